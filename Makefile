@@ -1,0 +1,36 @@
+# Single entry point. `make demo` and `make test` each set up the virtual
+# environment first (scripts/bootstrap.sh: fast when already done).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VENV
+
+.PHONY: setup demo test lint typecheck pytest bench-synthetic bench-vqconv clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	$(PY) -m vqgnn info --dataset synthetic
+
+lint: setup
+	$(PY) -m ruff check .
+
+typecheck: setup
+	$(PY) -m mypy vqgnn
+
+pytest: setup
+	$(PY) -m pytest -q
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy vqgnn
+	$(PY) -m pytest -q
+
+bench-synthetic: setup
+	$(PY) benchmarks/synthetic_speed.py --n 1000000 --deg 20
+
+bench-vqconv: setup
+	$(PY) benchmarks/vqconv_step.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
