@@ -1,0 +1,109 @@
+"""The full graph as VQ layers need it: edge list, degrees, and a node-to-batch map."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def check_edge_index(edge_index: Tensor, num_nodes: int, owner: str = "VQGraph") -> None:
+    """Raise a clear error unless ``edge_index`` is a (2, E) integer tensor within range."""
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"'{owner}': 'edge_index' must be a torch.Tensor, "
+                        f"received {type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"'{owner}': 'edge_index' must have shape (2, E), "
+                         f"received {tuple(edge_index.shape)}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"'{owner}': 'edge_index' must be int64 or int32, "
+                         f"received {edge_index.dtype}")
+    if edge_index.numel() > 0:
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(f"'{owner}': 'edge_index' holds node indices in [{lo}, {hi}], "
+                             f"outside [0, {num_nodes}) for num_nodes={num_nodes}")
+
+
+class VQGraph:
+    """The full graph, prepared once for mini-batch VQ layers.
+
+    Holds ``edge_index`` (PyG convention: row 0 sources, row 1 targets), the in- and
+    out-degrees, and an (N,) map from node id to position in the current batch (-1
+    outside), reused by every batch so that no per-step allocation grows with N
+    beyond that one vector.
+
+    Args:
+        edge_index: (2, E) edges ``j -> i``.
+        num_nodes: N.
+
+    Example:
+        >>> graph = VQGraph(data.edge_index, data.num_nodes)
+        >>> out_b = vq_conv(x[batch], graph, batch)
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int) -> None:
+        if not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"'VQGraph': 'num_nodes' must be an int >= 1, received {num_nodes!r}")
+        check_edge_index(edge_index, num_nodes)
+        self.edge_index = edge_index.long()
+        self.num_nodes = num_nodes
+        self.in_degree = torch.bincount(self.edge_index[1], minlength=num_nodes)
+        self.out_degree = torch.bincount(self.edge_index[0], minlength=num_nodes)
+        self.local = torch.full((num_nodes,), -1, dtype=torch.long, device=edge_index.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.edge_index.device
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.size(1)
+
+    def to(self, device: torch.device | str) -> VQGraph:
+        """This graph on ``device`` (a copy; ``self`` when already there)."""
+        if torch.device(device) == self.device:
+            return self
+        return VQGraph(self.edge_index.to(device), self.num_nodes)
+
+    def check_batch(self, batch: Tensor, owner: str = "VQGraph") -> None:
+        """Raise unless ``batch`` holds distinct node ids in [0, N)."""
+        if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (
+                torch.int64, torch.int32):
+            shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+            raise ValueError(f"'{owner}': 'batch' must be a 1-D integer tensor of node ids, "
+                             f"received {shape}")
+        if batch.numel() == 0:
+            raise ValueError(f"'{owner}': 'batch' is empty")
+        lo, hi = int(batch.min()), int(batch.max())
+        if lo < 0 or hi >= self.num_nodes:
+            raise ValueError(f"'{owner}': 'batch' holds node ids in [{lo}, {hi}], outside "
+                             f"[0, {self.num_nodes})")
+        if torch.unique(batch).numel() != batch.numel():
+            raise ValueError(f"'{owner}': 'batch' holds duplicated node ids "
+                             f"({batch.numel() - torch.unique(batch).numel()} repeats)")
+
+    def __repr__(self) -> str:
+        return f"VQGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges})"
+
+
+def sorted_csr(row: Tensor, col: Tensor, value: Tensor, num_rows: int,
+               num_cols: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """CSR arrays ``(rowptr, col, value)`` of a coordinate list, sorted by (row, col).
+
+    Args:
+        row: (E,) row ids.
+        col: (E,) column ids.
+        value: (E,) values.
+        num_rows: number of rows.
+        num_cols: number of columns (default ``num_rows``).
+
+    Returns:
+        ``rowptr`` (num_rows + 1,), ``col`` (E,), ``value`` (E,).
+    """
+    num_cols = num_rows if num_cols is None else num_cols
+    perm = torch.argsort(row * num_cols + col)
+    counts = torch.bincount(row, minlength=num_rows)
+    rowptr = torch.zeros(num_rows + 1, dtype=torch.long, device=row.device)
+    torch.cumsum(counts, 0, out=rowptr[1:])
+    return rowptr, col[perm], value[perm]

@@ -1,0 +1,162 @@
+r"""Per-batch low-rank convolution matrices :math:`[C_{B,B} \mid C_{B,\sim B} R]`.
+
+Built from CSR copies of the full-graph convolution matrix, once per batch and
+layer, fully vectorised: slice the batch's rows, map every column to its batch
+position or to ``b + c(j)`` (its codeword), and merge duplicates.
+
+Letter code: ``N`` nodes, ``B``/``b`` batch nodes, ``K`` codewords, ``M`` entries.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from vqgnn.batching.graph import sorted_csr
+
+
+class SparseOperator(NamedTuple):
+    r"""A full-graph convolution matrix :math:`C` in two CSR layouts.
+
+    ``rowptr/col/value``: rows are targets ``i``, columns sources ``j``, value
+    :math:`C_{ij}` (the weight of message ``j -> i``). ``t_rowptr/t_col/t_value``: rows
+    are sources ``i``, columns targets ``j``, value :math:`C_{ji}` (what ``j`` receives
+    from ``i``), used by the backward approximation.
+    """
+
+    rowptr: Tensor
+    col: Tensor
+    value: Tensor
+    t_rowptr: Tensor
+    t_col: Tensor
+    t_value: Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return self.rowptr.numel() - 1
+
+
+def build_operator(edge_index: Tensor, value: Tensor, num_nodes: int) -> SparseOperator:
+    """:class:`SparseOperator` of the messages ``edge_index[0] -> edge_index[1]`` with weights.
+
+    Args:
+        edge_index: (2, E) sources and targets.
+        value: (E,) message weights.
+        num_nodes: N.
+    """
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    value = value.float()
+    rowptr, col, val = sorted_csr(dst, src, value, num_nodes)
+    t_rowptr, t_col, t_val = sorted_csr(src, dst, value, num_nodes)
+    return SparseOperator(rowptr, col, val, t_rowptr, t_col, t_val)
+
+
+def gather_rows(rowptr: Tensor, col: Tensor, value: Tensor,
+                rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The entries of the CSR rows ``rows``, with ``rows``' positions as row ids.
+
+    Returns:
+        ``(row, col, value)``: (M,) position in ``rows``, global column, value.
+    """
+    start = rowptr[rows]
+    count = rowptr[rows + 1] - start
+    row = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
+    # Offsets within each row: a global arange minus each row's first output position.
+    first = torch.cumsum(count, 0) - count
+    idx = torch.arange(row.numel(), device=rows.device) - first[row] + start[row]
+    return row, col[idx], value[idx]
+
+
+class BatchEdges(NamedTuple):
+    """Messages into the batch: ``col -> row`` with weight ``value`` and multiplicity ``count``.
+
+    ``row`` in [0, b) is a batch position; ``col`` in [0, b + K) is a batch position
+    (< b) or ``b + codeword``. Merged edges have ``count`` > 1.
+    """
+
+    row: Tensor
+    col: Tensor
+    value: Tensor
+    count: Tensor
+    num_rows: int
+    num_cols: int
+    merged: bool
+
+
+class BackwardEdges(NamedTuple):
+    """Messages from batch nodes to their out-of-batch neighbours.
+
+    ``row`` in [0, b) is the batch position of the sender ``i``; ``target`` its
+    out-of-batch neighbour ``j`` (global id); ``code`` = ``c(j)``; ``value`` =
+    :math:`C_{ji}`.
+    """
+
+    row: Tensor
+    target: Tensor
+    code: Tensor
+    value: Tensor
+
+
+def batch_edges(op: SparseOperator, batch: Tensor, local: Tensor, assignment: Tensor,
+                num_codewords: int, merge: bool = True) -> BatchEdges:
+    """The batch's rows of ``op`` with out-of-batch columns replaced by codewords.
+
+    Args:
+        op: the full-graph operator.
+        batch: (b,) batch node ids.
+        local: (N,) batch position of every node, -1 outside the batch.
+        assignment: (N,) codeword of every node.
+        num_codewords: K.
+        merge: merge entries with the same (row, column), summing values and counts.
+    """
+    b = batch.numel()
+    row, col, value = gather_rows(op.rowptr, op.col, op.value, batch)
+    pos = local[col]
+    col = torch.where(pos >= 0, pos, b + assignment[col].long())
+    count = torch.ones_like(value)
+    num_cols = b + num_codewords
+    if merge:
+        row, col, value, count = merge_duplicates(row, col, value, num_cols)
+    return BatchEdges(row, col, value, count, b, num_cols, merge)
+
+
+def merge_duplicates(row: Tensor, col: Tensor, value: Tensor,
+                     num_cols: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sum the values and count the entries of each distinct (row, col), sorted by it."""
+    key = row * num_cols + col
+    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    merged = torch.zeros(uniq.numel(), dtype=value.dtype, device=value.device)
+    merged.index_add_(0, inverse, value)
+    count = torch.zeros_like(merged)
+    count.index_add_(0, inverse, torch.ones_like(value))
+    return uniq // num_cols, uniq % num_cols, merged, count
+
+
+def backward_edges(op: SparseOperator, batch: Tensor, local: Tensor,
+                   assignment: Tensor) -> BackwardEdges:
+    """Messages ``i -> j`` from batch nodes ``i`` to out-of-batch neighbours ``j``."""
+    row, target, value = gather_rows(op.t_rowptr, op.t_col, op.t_value, batch)
+    outside = local[target] < 0
+    row, target, value = row[outside], target[outside], value[outside]
+    return BackwardEdges(row, target, assignment[target].long(), value)
+
+
+def lowrank_backward(edges: BackwardEdges, num_rows: int, num_codewords: int) -> Tensor:
+    r"""Dense (b, K) matrix :math:`\sum_{j \notin B, c(j)=k} C_{ji}` of the backward term."""
+    out = torch.zeros(num_rows * num_codewords, dtype=edges.value.dtype,
+                      device=edges.value.device)
+    out.index_add_(0, edges.row * num_codewords + edges.code, edges.value)
+    return out.view(num_rows, num_codewords)
+
+
+def to_sparse_csr(edges: BatchEdges) -> Tensor:
+    """The merged ``edges`` as a (b, b + K) ``torch.sparse_csr`` matrix (rows sorted)."""
+    counts = torch.bincount(edges.row, minlength=edges.num_rows)
+    crow = torch.zeros(edges.num_rows + 1, dtype=torch.long, device=edges.row.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" on every process
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, edges.col, edges.value,
+                                       (edges.num_rows, edges.num_cols), check_invariants=False)

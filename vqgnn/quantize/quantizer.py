@@ -1,0 +1,233 @@
+"""The per-layer quantizer of (input feature, output gradient) pairs."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vqgnn.quantize.codebook import AllReduceFn, Codebook, CodebookHealth, noop_all_reduce
+
+
+class RunningStandardizer(torch.nn.Module):
+    r"""Per-dimension running mean and variance, BatchNorm-style, without affine parameters.
+
+    :math:`\hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon}`. The first update sets the
+    statistics to the batch's; later ones move them by ``momentum``.
+
+    Args:
+        dim: D.
+        momentum: weight of a new batch's statistics, in (0, 1].
+        eps: added to the variance.
+    """
+
+    mean: Tensor
+    var: Tensor
+    initialized: Tensor
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"'{type(self).__name__}': 'momentum' must be in (0, 1], "
+                             f"received {momentum!r}")
+        self.dim = dim
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def reset_parameters(self) -> None:
+        self.mean.zero_()
+        self.var.fill_(1.0)
+        self.initialized.fill_(False)
+
+    @torch.no_grad()
+    def update(self, x: Tensor, all_reduce_fn: AllReduceFn = noop_all_reduce) -> None:
+        """Move the statistics towards those of the batch ``x`` (B, D)."""
+        x = x.float()
+        stats = torch.cat([x.sum(0), x.pow(2).sum(0), x.new_tensor([x.size(0)])])
+        all_reduce_fn(stats)
+        n = stats[-1].clamp_min(1.0)
+        mean = stats[: self.dim] / n
+        var = (stats[self.dim : 2 * self.dim] / n - mean.pow(2)).clamp_min(0.0)
+        m = 1.0 if not bool(self.initialized) else self.momentum
+        self.mean.mul_(1 - m).add_(mean, alpha=m)
+        self.var.mul_(1 - m).add_(var, alpha=m)
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.float() - self.mean) / torch.sqrt(self.var + self.eps)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return z * torch.sqrt(self.var + self.eps) + self.mean
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, momentum={self.momentum}, eps={self.eps}"
+
+
+class FeatureGradientQuantizer(torch.nn.Module):
+    r"""Quantizes, per layer, the pair (layer input :math:`x_j`, gradient :math:`g_j`).
+
+    Each node ``j`` of the graph is assigned to one codeword of a :class:`Codebook`
+    over the concatenation :math:`[\hat x_j \| \hat g_j]` of the two halves, each
+    standardised per dimension by running statistics (:class:`RunningStandardizer`).
+    :meth:`features` and :meth:`gradients` return the codewords' two halves in the
+    original (de-standardised) scales. The assignment of every node is kept in
+    ``assignment`` (N entries) and refreshed for the nodes of each update.
+
+    Args:
+        num_nodes: N, the number of nodes of the graph.
+        feature_dim: :math:`D_x`, the layer's input channels.
+        grad_dim: :math:`D_g`, the channels of the layer's aggregated output.
+        num_codewords: K.
+        momentum: momentum of the running standardisation.
+        grad_eps: variance epsilon of the gradient half (gradients are tiny).
+        index_dtype: ``torch.int64`` or ``torch.int32`` for the assignment.
+        all_reduce_fn: sums batch statistics across workers (default: no-op).
+        **codebook_kwargs: passed to :class:`Codebook` (decay, eps, dead_threshold, ...).
+    """
+
+    assignment: Tensor
+
+    def __init__(
+        self,
+        num_nodes: int,
+        feature_dim: int,
+        grad_dim: int,
+        num_codewords: int,
+        momentum: float = 0.1,
+        grad_eps: float = 1e-20,
+        index_dtype: torch.dtype = torch.int64,
+        all_reduce_fn: Optional[AllReduceFn] = None,
+        **codebook_kwargs,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("num_nodes", num_nodes), ("feature_dim", feature_dim),
+                           ("grad_dim", grad_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
+        if index_dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"'{name}': 'index_dtype' must be torch.int64 or torch.int32, "
+                             f"received {index_dtype}")
+        self.num_nodes = num_nodes
+        self.feature_dim = feature_dim
+        self.grad_dim = grad_dim
+        self.all_reduce_fn: AllReduceFn = all_reduce_fn or noop_all_reduce
+        self.codebook = Codebook(num_codewords, feature_dim + grad_dim,
+                                 all_reduce_fn=self.all_reduce_fn, **codebook_kwargs)
+        self.x_norm = RunningStandardizer(feature_dim, momentum)
+        self.g_norm = RunningStandardizer(grad_dim, momentum, eps=grad_eps)
+        self.register_buffer("assignment", torch.zeros(num_nodes, dtype=index_dtype))
+
+    @property
+    def num_codewords(self) -> int:
+        return self.codebook.num_codewords
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.codebook.initialized)
+
+    def reset_parameters(self) -> None:
+        self.codebook.reset_parameters()
+        self.x_norm.reset_parameters()
+        self.g_norm.reset_parameters()
+        self.assignment.zero_()
+
+    def features(self) -> Tensor:
+        """(K, D_x) feature parts of the codewords, de-standardised."""
+        return self.x_norm.inverse(self.codebook.embed[:, : self.feature_dim])
+
+    def gradients(self) -> Tensor:
+        """(K, D_g) gradient parts of the codewords, de-standardised."""
+        return self.g_norm.inverse(self.codebook.embed[:, self.feature_dim :])
+
+    def _check_pair(self, node_idx: Tensor, x: Tensor, g: Optional[Tensor]) -> None:
+        name = type(self).__name__
+        if node_idx.dim() != 1 or node_idx.size(0) != x.size(0):
+            raise ValueError(f"'{name}': 'node_idx' must be 1-D with one entry per row of 'x' "
+                             f"({x.size(0)}), received shape {tuple(node_idx.shape)}")
+        if x.dim() != 2 or x.size(1) != self.feature_dim:
+            raise ValueError(f"'{name}': 'x' must have shape (B, {self.feature_dim}), "
+                             f"received {tuple(x.shape)}")
+        if g is not None and (g.dim() != 2 or g.shape != (x.size(0), self.grad_dim)):
+            raise ValueError(f"'{name}': 'g' must have shape ({x.size(0)}, {self.grad_dim}), "
+                             f"received {tuple(g.shape)}")
+
+    def _vectors(self, x: Tensor, g: Optional[Tensor]) -> Tensor:
+        zx = self.x_norm(x)
+        zg = self.g_norm(g) if g is not None else zx.new_zeros(x.size(0), self.grad_dim)
+        return torch.cat([zx, zg], dim=1)
+
+    @torch.no_grad()
+    def initialize(self, node_idx: Tensor, x: Tensor, g: Optional[Tensor] = None,
+                   seed: int = 0) -> None:
+        """k-means initialisation on a first pass, and assignment of those nodes.
+
+        Args:
+            node_idx: (n,) node ids of the rows.
+            x: (n, D_x) their layer inputs.
+            g: (n, D_g) their gradients, or None (gradient half at its mean).
+            seed: k-means seed.
+        """
+        self._check_pair(node_idx, x, g)
+        self.x_norm.update(x, self.all_reduce_fn)
+        if g is not None:
+            self.g_norm.update(g, self.all_reduce_fn)
+        codes = self.codebook.init_(self._vectors(x, g), seed=seed)
+        self.assignment[node_idx] = codes.to(self.assignment.dtype)
+
+    @torch.no_grad()
+    def update(self, node_idx: Tensor, x: Tensor, g: Tensor) -> Tensor:
+        """One EMA step on a batch's pairs; refreshes the batch nodes' assignment.
+
+        Args:
+            node_idx: (B,) batch node ids.
+            x: (B, D_x) their layer inputs.
+            g: (B, D_g) gradients of the loss at their aggregated outputs.
+
+        Returns:
+            (B,) their codewords.
+        """
+        self._check_pair(node_idx, x, g)
+        self.x_norm.update(x, self.all_reduce_fn)
+        self.g_norm.update(g, self.all_reduce_fn)
+        codes = self.codebook.update(self._vectors(x, g))
+        self.assignment[node_idx] = codes.to(self.assignment.dtype)
+        return codes
+
+    @torch.no_grad()
+    def set_codewords(self, features: Tensor, gradients: Tensor,
+                      assignment: Optional[Tensor] = None) -> None:
+        """Set the codewords' two halves (original scales) and optionally every assignment.
+
+        Useful for tests (an "oracle" codebook) and for loading external codebooks.
+
+        Args:
+            features: (K, D_x).
+            gradients: (K, D_g).
+            assignment: (N,) codeword of every node.
+        """
+        name = type(self).__name__
+        k = self.num_codewords
+        if features.shape != (k, self.feature_dim) or gradients.shape != (k, self.grad_dim):
+            raise ValueError(f"'{name}': expected features ({k}, {self.feature_dim}) and "
+                             f"gradients ({k}, {self.grad_dim}), received "
+                             f"{tuple(features.shape)} and {tuple(gradients.shape)}")
+        self.x_norm.initialized.fill_(True)
+        self.g_norm.initialized.fill_(True)
+        self.codebook.set_codewords(torch.cat([self.x_norm(features), self.g_norm(gradients)], 1))
+        if assignment is not None:
+            if assignment.shape != (self.num_nodes,) or bool(
+                    (assignment < 0).any() | (assignment >= k).any()):
+                raise ValueError(f"'{name}': 'assignment' must have shape ({self.num_nodes},) "
+                                 f"with values in [0, {k}), received {tuple(assignment.shape)}")
+            self.assignment.copy_(assignment.to(self.assignment.dtype))
+
+    def health(self) -> CodebookHealth:
+        return self.codebook.health()
+
+    def extra_repr(self) -> str:
+        return (f"num_nodes={self.num_nodes}, feature_dim={self.feature_dim}, "
+                f"grad_dim={self.grad_dim}, num_codewords={self.num_codewords}")
