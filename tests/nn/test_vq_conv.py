@@ -1,0 +1,340 @@
+"""VQConv: exactness on the whole graph, the oracle codebook, merged vs per-edge, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import GATConv, GATv2Conv, GCNConv, GINConv, GraphConv, SAGEConv
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.utils import coalesce, to_undirected
+
+from vqgnn import VQConv, VQGraph
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+class LinearUserConv(MessagePassing):
+    """A user's layer with messages linear in the source features (mean aggregation)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(aggr="mean")
+        self.in_channels = in_channels
+        self.lin = torch.nn.Linear(in_channels, out_channels)
+        self.root = torch.nn.Linear(in_channels, out_channels, bias=False)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        return self.propagate(edge_index, x=self.lin(x)) + self.root(x)
+
+    def message(self, x_j: Tensor) -> Tensor:
+        return x_j
+
+
+class NonlinearUserConv(MessagePassing):
+    """A user's layer whose messages depend non-linearly on both end points."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(aggr="add")
+        self.in_channels = in_channels
+        self.lin_j = torch.nn.Linear(in_channels, out_channels)
+        self.lin_i = torch.nn.Linear(in_channels, out_channels, bias=False)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        return self.propagate(edge_index, x=x) * 0.1
+
+    def message(self, x_j: Tensor, x_i: Tensor) -> Tensor:
+        return torch.tanh(self.lin_j(x_j) + self.lin_i(x_i))
+
+
+def make_conv(kind: str, cin: int, cout: int) -> MessagePassing:
+    if kind == "gcn":
+        return GCNConv(cin, cout)
+    if kind == "sage":
+        return SAGEConv(cin, cout)
+    if kind == "gat":
+        return GATConv(cin, cout // 2, heads=2)
+    if kind == "gatv2":
+        return GATv2Conv(cin, cout // 2, heads=2)
+    if kind == "graph":
+        return GraphConv(cin, cout, aggr="mean")
+    if kind == "gin":
+        return GINConv(torch.nn.Sequential(torch.nn.Linear(cin, cout), torch.nn.Tanh(),
+                                           torch.nn.Linear(cout, cout)), train_eps=True)
+    if kind == "user_linear":
+        return LinearUserConv(cin, cout)
+    if kind == "user_nonlinear":
+        return NonlinearUserConv(cin, cout)
+    raise KeyError(kind)
+
+
+ALL_KINDS = ["gcn", "sage", "gat", "gatv2", "graph", "gin", "user_linear", "user_nonlinear"]
+LINEAR_KINDS = ["gcn", "sage", "graph", "gin", "user_linear"]
+NONLINEAR_KINDS = ["gat", "gatv2", "user_nonlinear"]
+
+
+def random_graph(num_nodes: int = 40, num_edges: int = 160, seed: int = 0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    ei = torch.randint(num_nodes, (2, num_edges), generator=gen)
+    ei = ei[:, ei[0] != ei[1]]
+    return coalesce(to_undirected(ei, num_nodes=num_nodes), num_nodes=num_nodes)
+
+
+class Stack(torch.nn.Module):
+    """A multi-layer model of VQConvs with tanh in between (smooth, so grads compare)."""
+
+    def __init__(self, kind: str, num_nodes: int, channels: list[int], num_codewords: int,
+                 **kwargs) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            VQConv(make_conv(kind, cin, cout), num_codewords, num_nodes, **kwargs)
+            for cin, cout in zip(channels[:-1], channels[1:]))
+
+    def forward(self, x: Tensor, graph: VQGraph, batch: Tensor | None = None,
+                inputs: list[Tensor] | None = None) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            if inputs is not None:
+                x.retain_grad()
+                inputs.append(x)
+            x = layer(x, graph, batch)
+            if i < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("merge", [True, False])
+def test_whole_graph_batch_equals_wrapped_conv(kind: str, merge: bool, device: str) -> None:
+    torch.manual_seed(0)
+    n = 30
+    graph = VQGraph(random_graph(n, 120).to(device), n)
+    layer = VQConv(make_conv(kind, 6, 8), num_codewords=4, num_nodes=n, merge=merge).to(device)
+    x = torch.randn(n, 6, device=device)
+    layer.init_codebook(x)
+    perm = torch.randperm(n, device=device)  # the batch order must not matter
+
+    x1 = x.clone().requires_grad_()
+    ref = layer.conv(x1, graph.edge_index)
+    (ref * torch.arange(ref.numel(), device=device).view_as(ref).sin()).sum().backward()
+    ref_grads = [p.grad.clone() for p in layer.conv.parameters()]
+    layer.conv.zero_grad()
+
+    x2 = x.clone().requires_grad_()
+    out = layer(x2[perm], graph, perm)
+    torch.testing.assert_close(out, ref[perm].detach(), rtol=1e-5, atol=1e-5)
+    weight = torch.arange(ref.numel(), device=device).view_as(ref).sin()[perm]
+    (out * weight).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
+    for p, g in zip(layer.conv.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)
+
+
+def full_graph_reference(model: Stack, x: Tensor, graph: VQGraph, y: Tensor):
+    """Full-graph outputs, input gradients per layer, parameter gradients, aggregated grads."""
+    model.zero_grad()
+    inputs: list[Tensor] = []
+    x = x.clone().requires_grad_()
+    out = model(x, graph, None, inputs)
+    F.cross_entropy(out, y, reduction="sum").div(y.numel()).backward()
+    input_grads = [h.grad.clone() for h in inputs]
+    param_grads = [p.grad.clone() for p in model.parameters()]
+    # Gradients at every layer's aggregated output, through the whole-graph batch path
+    # (equal to the wrapped layers', as tested above).
+    model.zero_grad()
+    everyone = torch.arange(graph.num_nodes, device=x.device)
+    out_all = model(x.detach(), graph, everyone)
+    F.cross_entropy(out_all, y, reduction="sum").div(y.numel()).backward()
+    agg_grads = []
+    for layer in model.layers:
+        captured = layer.take_captured()
+        assert captured is not None and torch.equal(captured.batch, everyone)
+        agg_grads.append(captured.grad)
+    model.zero_grad()
+    return out.detach(), [h.detach() for h in inputs], input_grads, param_grads, agg_grads
+
+
+def set_oracle(model: Stack, inputs: list[Tensor], agg_grads: list[Tensor]) -> None:
+    n = inputs[0].size(0)
+    for layer, h, g in zip(model.layers, inputs, agg_grads):
+        layer.quantizer.set_codewords(h, g, torch.arange(n, device=h.device))
+
+
+def oracle_batch_step(model: Stack, x: Tensor, graph: VQGraph, y: Tensor, batch: Tensor):
+    inputs: list[Tensor] = []
+    xb = x[batch].clone().requires_grad_()
+    out = model(xb, graph, batch, inputs)
+    F.cross_entropy(out, y[batch], reduction="sum").div(y.numel()).backward()
+    for layer in model.layers:  # keep the oracle codebook: drop the captured pairs
+        layer.take_captured()
+    return out.detach(), [h.grad for h in inputs]
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def setup_oracle(kind: str, backward_approx: bool, device: str = "cpu", n: int = 36):
+    torch.manual_seed(1)
+    graph = VQGraph(random_graph(n, 150, seed=1).to(device), n)
+    model = Stack(kind, n, [5, 8, 8, 4], num_codewords=n, backward_approx=backward_approx)
+    model = model.to(device)
+    x = torch.randn(n, 5, device=device)
+    y = torch.randint(4, (n,), device=device)
+    return model, graph, x, y
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_oracle_codebook_outputs_equal_full_graph(kind: str, device: str) -> None:
+    model, graph, x, y = setup_oracle(kind, True, device)
+    out_full, inputs, _, _, agg_grads = full_graph_reference(model, x, graph, y)
+    set_oracle(model, inputs, agg_grads)
+    batch = torch.randperm(graph.num_nodes, device=device)[:10]
+    out, _ = oracle_batch_step(model, x, graph, y, batch)
+    torch.testing.assert_close(out, out_full[batch], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", LINEAR_KINDS)
+def test_oracle_codebook_gradients_equal_full_graph(kind: str, device: str) -> None:
+    model, graph, x, y = setup_oracle(kind, True, device)
+    _, inputs, input_grads, param_grads, agg_grads = full_graph_reference(model, x, graph, y)
+    set_oracle(model, inputs, agg_grads)
+    # A partition of all nodes into batches: the batches' parameter gradients add up
+    # to the full-graph gradient, and every batch's representation gradients match.
+    perm = torch.randperm(graph.num_nodes, device=device)
+    model.zero_grad()
+    for batch in perm.split(7):
+        _, grads = oracle_batch_step(model, x, graph, y, batch)
+        for layer_grad, full_grad in zip(grads, input_grads):
+            torch.testing.assert_close(layer_grad, full_grad[batch], rtol=1e-4, atol=1e-6)
+    for p, g in zip(model.parameters(), param_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", LINEAR_KINDS)
+def test_oracle_gradients_differ_without_backward_term(kind: str) -> None:
+    """The test above must fail when the backward term is removed."""
+    model, graph, x, y = setup_oracle(kind, False)
+    _, inputs, input_grads, _, agg_grads = full_graph_reference(model, x, graph, y)
+    set_oracle(model, inputs, agg_grads)
+    batch = torch.randperm(graph.num_nodes)[:10]
+    _, grads = oracle_batch_step(model, x, graph, y, batch)
+    # The last layer's inputs get no out-of-batch gradient messages: they differ.
+    assert not torch.allclose(grads[-1], input_grads[-1][batch], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", NONLINEAR_KINDS)
+def test_oracle_backward_term_helps_nonlinear_layers(kind: str) -> None:
+    """Attention and nonlinear messages: the backward term is approximate but helps.
+
+    Cosine similarities to the full-graph gradients (seeds fixed), lowest layer input
+    gradient of a 3-layer model, with and without the backward term, are printed.
+    """
+    sims = {}
+    for backward in (True, False):
+        model, graph, x, y = setup_oracle(kind, backward)
+        _, inputs, input_grads, _, agg_grads = full_graph_reference(model, x, graph, y)
+        set_oracle(model, inputs, agg_grads)
+        batch = torch.randperm(graph.num_nodes)[:10]
+        _, grads = oracle_batch_step(model, x, graph, y, batch)
+        sims[backward] = min(cosine(g, f[batch]) for g, f in zip(grads[1:], input_grads[1:]))
+    print(f"{kind}: cosine with backward term {sims[True]:.4f}, without {sims[False]:.4f}")
+    assert sims[True] > 0.9
+    assert 1 - sims[True] < 0.5 * (1 - sims[False])
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat", "gatv2"])
+def test_merged_and_per_edge_paths_agree(kind: str) -> None:
+    torch.manual_seed(0)
+    n = 60
+    graph = VQGraph(random_graph(n, 400), n)
+    merged = VQConv(make_conv(kind, 6, 8), num_codewords=3, num_nodes=n, merge=True)
+    per_edge = VQConv(make_conv(kind, 6, 8), num_codewords=3, num_nodes=n, merge=False)
+    per_edge.load_state_dict(merged.state_dict(), strict=False)
+    per_edge.conv.load_state_dict(merged.conv.state_dict())
+    x = torch.randn(n, 6)
+    merged.init_codebook(x)
+    per_edge.quantizer.load_state_dict(merged.quantizer.state_dict())
+    batch = torch.randperm(n)[:12]
+    # With K=3 codewords and ~13 neighbours per node, codewords repeat within rows.
+    op = merged.operator(graph)
+    from vqgnn.batching import batch_edges
+
+    local = graph.local
+    local[batch] = torch.arange(12)
+    edges = batch_edges(op, batch, local, merged.quantizer.assignment, 3, merge=True)
+    local[batch] = -1
+    assert float(edges.count.max()) > 1
+    outs = []
+    for layer in (merged, per_edge):
+        xb = x[batch].clone().requires_grad_()
+        out = layer(xb, graph, batch)
+        out.pow(2).sum().backward()
+        outs.append((out.detach(), xb.grad, [p.grad for p in layer.conv.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_codebook_updates_after_backward_and_assignments_refresh() -> None:
+    torch.manual_seed(0)
+    n = 50
+    graph = VQGraph(random_graph(n, 200), n)
+    layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
+    x = torch.randn(n, 4)
+    layer.init_codebook(x)
+    before = layer.quantizer.codebook.embed.clone()
+    batch = torch.arange(10)
+    layer(x[batch], graph, batch).pow(2).sum().backward()
+    assert layer.update_codebook()
+    assert not torch.equal(before, layer.quantizer.codebook.embed)
+    # The gradient half was learned from real gradients (not all at the mean).
+    assert float(layer.quantizer.g_norm.var.sum()) > 0
+    assert not layer.update_codebook()  # nothing pending any more
+    with torch.no_grad():  # no capture outside training
+        layer(x[batch], graph, batch)
+    assert layer.take_captured() is None
+
+
+def test_uninitialised_codebook_is_an_error() -> None:
+    n = 20
+    graph = VQGraph(random_graph(n, 60), n)
+    layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        layer(torch.randn(5, 4), graph, torch.arange(5))
+
+
+def test_errors_name_the_argument() -> None:
+    n = 20
+    graph = VQGraph(random_graph(n, 60), n)
+    with pytest.raises(TypeError, match="MessagePassing layer, received Linear"):
+        VQConv(torch.nn.Linear(3, 3), num_codewords=4, num_nodes=n)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'num_codewords' must be an int >= 1, received 0"):
+        VQConv(GCNConv(4, 6), num_codewords=0, num_nodes=n)
+    layer = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=n)
+    layer.init_codebook(torch.randn(n, 4))
+    with pytest.raises(ValueError, match=r"'x' must have shape \(3, 4\).*received \(3, 5\)"):
+        layer(torch.randn(3, 5), graph, torch.arange(3))
+    with pytest.raises(ValueError, match="duplicated node ids"):
+        layer(torch.randn(3, 4), graph, torch.tensor([1, 1, 2]))
+    with pytest.raises(ValueError, match=r"outside \[0, 20\)"):
+        layer(torch.randn(2, 4), graph, torch.tensor([1, 20]))
+    with pytest.raises(ValueError, match="'edge_index' holds node indices in"):
+        VQGraph(torch.tensor([[0, 5], [1, 2]]), 5)
+    with pytest.raises(ValueError, match=r"'edge_index' must have shape \(2, E\)"):
+        VQGraph(torch.tensor([0, 1]), 5)
+    with pytest.raises(ValueError, match="needs aggr in"):
+        VQConv(SAGEConv(4, 6, aggr="max"), num_codewords=4, num_nodes=n)
+    with pytest.raises(ValueError, match="pass 'in_channels'"):
+        VQConv(GCNConv(-1, 6), num_codewords=4, num_nodes=n)
+
+
+def test_repr_and_reset_parameters() -> None:
+    layer = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=10)
+    assert repr(layer).startswith("VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=10")
+    layer.init_codebook(torch.randn(10, 4))
+    assert layer.quantizer.initialized
+    layer.reset_parameters()
+    assert not layer.quantizer.initialized

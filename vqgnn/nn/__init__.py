@@ -1,0 +1,15 @@
+"""VQ-GNN layers: ``VQConv`` wraps any PyG ``MessagePassing`` layer."""
+from vqgnn.nn.adapters import (
+    AttentionAdapter,
+    ConvAdapter,
+    GenericAdapter,
+    LinearAdapter,
+    adapter_for,
+    register_adapter,
+)
+from vqgnn.nn.vq_conv import VQConv
+
+__all__ = [
+    "VQConv", "ConvAdapter", "LinearAdapter", "AttentionAdapter", "GenericAdapter",
+    "adapter_for", "register_adapter",
+]

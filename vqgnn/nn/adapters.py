@@ -1,0 +1,413 @@
+r"""How :class:`~vqgnn.nn.VQConv` runs each kind of convolution on a mini-batch.
+
+An adapter splits a convolution into the three steps VQ-GNN needs, using the wrapped
+layer's own parameters (the layer is never edited):
+
+* ``operator``: the full-graph convolution matrix :math:`C` (normalised on the full
+  graph, once): :math:`\mathrm{agg}_i = \sum_j C_{ij}\, \mathrm{msg}(x_j)`;
+* ``aggregate``: the batch's messages, from batch nodes (exact) and codewords;
+* ``message``/``update``: the per-source transform and the per-target output.
+
+:class:`LinearAdapter` subclasses cover convolutions whose messages are linear
+in the source features (GCN, SAGE-mean/sum, GraphConv, GIN): messages sharing a
+codeword are merged by summing their weights, one sparse product per layer, and
+the backward approximation is exact given the codewords.
+:class:`AttentionAdapter` subclasses (GAT, GATv2) fold a merged edge's multiplicity
+``m`` into the softmax (``+ log m`` on the logit). :class:`GenericAdapter` runs any
+other ``MessagePassing`` layer per edge on the graph of batch nodes and codewords.
+New adapters are registered with :func:`register_adapter`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import GATConv, GATv2Conv, GCNConv, GINConv, GraphConv, SAGEConv
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import softmax
+
+from vqgnn.batching.graph import VQGraph
+from vqgnn.batching.lowrank import BatchEdges, SparseOperator, build_operator, to_sparse_csr
+
+LINEAR_AGGRS = ("add", "sum", "mean")
+
+
+def _aggr_name(conv: MessagePassing) -> str:
+    aggr = getattr(conv, "aggr", None)
+    return aggr if isinstance(aggr, str) else type(aggr).__name__
+
+
+def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False) -> SparseOperator:
+    """``C = A`` (sum) or ``D^{-1} A`` (mean), optionally with self-loops, on the full graph."""
+    n = graph.num_nodes
+    edge_index = graph.edge_index
+    if self_loops:
+        loop = torch.arange(n, device=edge_index.device)
+        edge_index = torch.cat([edge_index, torch.stack([loop, loop])], dim=1)
+    value = torch.ones(edge_index.size(1), device=edge_index.device)
+    if mean:
+        deg = torch.bincount(edge_index[1], minlength=n).clamp_min(1).float()
+        value = value / deg[edge_index[1]]
+    return build_operator(edge_index, value, n)
+
+
+def _detached_linear(lin: torch.nn.Module, x: Tensor) -> Tensor:
+    """``lin(x)`` with the layer's parameters detached (no gradient to them)."""
+    bias = lin.bias.detach() if getattr(lin, "bias", None) is not None else None
+    return F.linear(x, lin.weight.detach(), bias)
+
+
+class ConvAdapter:
+    """Base class: how one kind of ``MessagePassing`` layer runs on a VQ mini-batch."""
+
+    #: Whether messages sharing a codeword can be merged into one.
+    mergeable: bool = True
+
+    def check(self, conv: MessagePassing) -> None:
+        """Raise ``ValueError`` for options of ``conv`` the adapter cannot run exactly."""
+
+    def in_channels(self, conv: MessagePassing) -> Optional[int]:
+        """The layer's input channels, when the layer tells them."""
+        value = getattr(conv, "in_channels", None)
+        if isinstance(value, (tuple, list)):
+            value = value[0]
+        return value if isinstance(value, int) and value > 0 else None
+
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        """Channels of the aggregated output, where the gradient is captured."""
+        raise NotImplementedError
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        """The full-graph convolution matrix (computed once per graph)."""
+        raise NotImplementedError
+
+    def forward(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+                edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        """Run the layer for the batch.
+
+        Args:
+            conv: the wrapped layer.
+            x_src: (b + K, D_in) batch inputs followed by codeword features.
+            x_dst: (b, D_in) batch inputs.
+            edges: messages into the batch.
+
+        Returns:
+            ``(out, agg)``: (b, D_out) outputs and (b, D_agg) aggregated messages, the
+            tensor ``out`` is computed from (gradients are captured there).
+        """
+        raise NotImplementedError
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        """The message batch nodes send, with the layer's parameters detached: (b, D_agg)."""
+        raise NotImplementedError
+
+
+class LinearAdapter(ConvAdapter):
+    r"""Convolutions :math:`\mathrm{out}_i = u(\sum_j C_{ij}\, \mathrm{msg}(x_j), x_i)`."""
+
+    def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return x
+
+    def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return x
+
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        return in_channels
+
+    def forward(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+                edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        msg = self.message(conv, x_src)  # (b + K, D_agg)
+        agg = aggregate(edges, msg)  # (b, D_agg)
+        return self.update(conv, agg, x_dst), agg
+
+
+def aggregate(edges: BatchEdges, msg: Tensor) -> Tensor:
+    r""":math:`\mathrm{agg}_i = \sum_{(i, s)} w_{is}\, \mathrm{msg}_s`.
+
+    Merged edges (sorted by row, no duplicates) go through one sparse CSR product;
+    per-edge lists (``count`` all 1, duplicates allowed) through gather and scatter.
+    """
+    if edges.merged:
+        return to_sparse_csr(edges).to(msg.dtype) @ msg
+    out = msg.new_zeros(edges.num_rows, msg.size(1))
+    return out.index_add(0, edges.row, msg[edges.col] * edges.value.to(msg.dtype).unsqueeze(1))
+
+
+class GCNAdapter(LinearAdapter):
+    r""":class:`~torch_geometric.nn.GCNConv`: :math:`C = \tilde D^{-1/2} \tilde A \tilde D^{-1/2}`."""
+
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        return conv.out_channels
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        if conv.normalize:
+            edge_index, value = gcn_norm(graph.edge_index, None, graph.num_nodes,
+                                         conv.improved, conv.add_self_loops)
+        else:
+            edge_index = graph.edge_index
+            value = torch.ones(edge_index.size(1), device=edge_index.device)
+        return build_operator(edge_index, value, graph.num_nodes)
+
+    def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return conv.lin(x)
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return _detached_linear(conv.lin, x)
+
+    def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
+        return agg + conv.bias if conv.bias is not None else agg
+
+
+class SAGEAdapter(LinearAdapter):
+    r""":class:`~torch_geometric.nn.SAGEConv` with ``mean`` or ``sum`` aggregation."""
+
+    def check(self, conv: MessagePassing) -> None:
+        if _aggr_name(conv) not in LINEAR_AGGRS:
+            raise ValueError(f"'SAGEAdapter' runs aggr in {LINEAR_AGGRS}, "
+                             f"received {_aggr_name(conv)!r}")
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        return _plain_operator(graph, mean=_aggr_name(conv) == "mean")
+
+    def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return conv.lin(x).relu() if conv.project and hasattr(conv, "lin") else x
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        if conv.project and hasattr(conv, "lin"):
+            return _detached_linear(conv.lin, x).relu()
+        return x
+
+    def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
+        out = conv.lin_l(agg)
+        if conv.root_weight:
+            out = out + conv.lin_r(x_dst)
+        return F.normalize(out, p=2.0, dim=-1) if conv.normalize else out
+
+
+class GraphConvAdapter(LinearAdapter):
+    """:class:`~torch_geometric.nn.GraphConv` with ``add``/``sum``/``mean`` aggregation."""
+
+    check = SAGEAdapter.check
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        return _plain_operator(graph, mean=_aggr_name(conv) == "mean")
+
+    def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
+        return conv.lin_rel(agg) + conv.lin_root(x_dst)
+
+
+class GINAdapter(LinearAdapter):
+    r""":class:`~torch_geometric.nn.GINConv`: :math:`h((1+\epsilon) x_i + \sum_j x_j)`."""
+
+    def in_channels(self, conv: MessagePassing) -> Optional[int]:
+        for module in conv.nn.modules():
+            if isinstance(module, torch.nn.Linear):
+                return module.in_features
+            size = getattr(module, "in_channels", None)
+            if isinstance(size, int) and size > 0 and module is not conv.nn:
+                return size
+        return None
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        return _plain_operator(graph, mean=False)
+
+    def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
+        return conv.nn(agg + (1 + conv.eps) * x_dst)
+
+
+class AttentionAdapter(ConvAdapter):
+    r"""Attention convolutions: softmax over a target's incoming messages.
+
+    A merged edge standing for ``m`` neighbours sharing a codeword adds :math:`\log m`
+    to its logit, so that the softmax equals the one over the original neighbours.
+    The operator's values are :math:`1/\deg(i)`: the backward approximation uses
+    uniform attention weights for the messages batch nodes send out of the batch
+    (it neglects the attention logits and the softmax normaliser's dependence on the
+    batch node's features; see the class docs of :class:`~vqgnn.nn.VQConv`).
+    """
+
+    def check(self, conv: MessagePassing) -> None:
+        if getattr(conv, "edge_dim", None) is not None:
+            raise ValueError(f"'{type(self).__name__}' does not support edge features "
+                             f"(edge_dim={conv.edge_dim}) of '{type(conv).__name__}'")
+
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        return conv.heads * conv.out_channels
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        return _plain_operator(graph, mean=True, self_loops=conv.add_self_loops)
+
+    def logits(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+               edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        """Per-edge logits (M, H) and source values (b + K, H, C)."""
+        raise NotImplementedError
+
+    def forward(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+                edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        logit, value = self.logits(conv, x_src, x_dst, edges)  # (M, H), (b + K, H, C)
+        logit = logit + torch.log(edges.count).to(logit.dtype).unsqueeze(1)
+        alpha = softmax(logit, edges.row, num_nodes=edges.num_rows)
+        alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
+        msg = value[edges.col] * alpha.unsqueeze(-1)  # (M, H, C)
+        agg = msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
+        agg = agg.view(edges.num_rows, -1)  # (b, H * C)
+        out = agg if conv.concat else agg.view(-1, conv.heads, conv.out_channels).mean(1)
+        if getattr(conv, "res", None) is not None:
+            out = out + conv.res(x_dst)
+        if conv.bias is not None:
+            out = out + conv.bias
+        return out, agg
+
+
+class GATAdapter(AttentionAdapter):
+    """:class:`~torch_geometric.nn.GATConv`."""
+
+    def _lins(self, conv: MessagePassing) -> tuple[torch.nn.Module, torch.nn.Module]:
+        if conv.lin is not None:
+            return conv.lin, conv.lin
+        return conv.lin_src, conv.lin_dst
+
+    def logits(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+               edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        heads, channels = conv.heads, conv.out_channels
+        lin_src, lin_dst = self._lins(conv)
+        h_src = lin_src(x_src).view(-1, heads, channels)
+        h_dst = lin_dst(x_dst).view(-1, heads, channels)
+        a_src = (h_src * conv.att_src).sum(-1)  # (b + K, H)
+        a_dst = (h_dst * conv.att_dst).sum(-1)  # (b, H)
+        logit = F.leaky_relu(a_src[edges.col] + a_dst[edges.row], conv.negative_slope)
+        return logit, h_src
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return _detached_linear(self._lins(conv)[0], x)
+
+
+class GATv2Adapter(AttentionAdapter):
+    """:class:`~torch_geometric.nn.GATv2Conv`."""
+
+    def logits(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+               edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        heads, channels = conv.heads, conv.out_channels
+        h_src = conv.lin_l(x_src).view(-1, heads, channels)
+        h_dst = conv.lin_r(x_dst).view(-1, heads, channels)
+        e = F.leaky_relu(h_src[edges.col] + h_dst[edges.row], conv.negative_slope)
+        return (e * conv.att).sum(-1), h_src
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return _detached_linear(conv.lin_l, x)
+
+
+class GenericAdapter(ConvAdapter):
+    r"""Any ``MessagePassing`` layer, run per edge by the layer itself.
+
+    The layer is called on the graph of the ``b`` batch nodes followed by the ``K``
+    codewords, with every message into a batch node (``col -> row``); only the first
+    ``b`` outputs are kept. The forward pass is exact given the codewords whenever the
+    layer normalises by each target's incoming messages (sum, mean, max, softmax
+    attention); a layer that normalises by the *source's* degree (as GCN does) needs
+    an adapter of its own (:func:`register_adapter`). The aggregated output is captured
+    by a ``MessagePassing`` aggregate hook. The backward approximation calls the layer
+    on the batch nodes' messages to their out-of-batch neighbours (parameters detached);
+    it is exact for sum and mean aggregations of messages linear in the source features.
+    """
+
+    mergeable = False
+
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        x = torch.zeros(2, in_channels)
+        edge_index = torch.tensor([[0], [1]])
+        agg = run_capturing_aggregate(conv, x, edge_index, conv.__call__)[1]
+        return agg.size(-1)
+
+    def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
+        return _plain_operator(graph, mean=False)
+
+    def forward(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
+                edges: BatchEdges) -> tuple[Tensor, Tensor]:
+        edge_index = torch.stack([edges.col, edges.row])
+        b = edges.num_rows
+        out, agg = run_capturing_aggregate(conv, x_src, edge_index, conv.__call__, rows=b)
+        return out[:b], agg
+
+
+def run_capturing_aggregate(conv: MessagePassing, x: Tensor, edge_index: Tensor,
+                            call: Callable[..., Tensor], rows: Optional[int] = None
+                            ) -> tuple[Tensor, Tensor]:
+    """``call(x, edge_index)`` and the first ``rows`` rows of ``conv``'s (last) aggregate.
+
+    The captured rows lie on the output's autograd path (a hook on them sees the
+    gradient that reaches the aggregated output).
+    """
+    captured: list[Tensor] = []
+
+    def hook(module: MessagePassing, inputs: tuple, output: Tensor) -> Tensor:
+        flat = output.reshape(output.size(0), -1)
+        head = flat if rows is None else flat[:rows]
+        captured.append(head)
+        if rows is not None:
+            flat = torch.cat([head, flat[rows:]], dim=0)
+        return flat.view_as(output)
+
+    handle = conv.register_aggregate_forward_hook(hook)
+    try:
+        out = call(x, edge_index)
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError(f"'{type(conv).__name__}' did not call 'aggregate' on an edge_index "
+                         f"input; VQConv needs its aggregated output")
+    return out, captured[-1]
+
+
+_ADAPTERS: dict[type, Callable[[], ConvAdapter]] = {
+    GCNConv: GCNAdapter,
+    SAGEConv: SAGEAdapter,
+    GraphConv: GraphConvAdapter,
+    GINConv: GINAdapter,
+    GATConv: GATAdapter,
+    GATv2Conv: GATv2Adapter,
+}
+
+
+def register_adapter(conv_type: type, factory: Callable[[], ConvAdapter]) -> None:
+    """Use ``factory()`` for every layer of exactly ``conv_type``.
+
+    Example:
+        >>> register_adapter(MyConv, MyConvAdapter)
+    """
+    if not (isinstance(conv_type, type) and issubclass(conv_type, MessagePassing)):
+        raise TypeError(f"register_adapter: 'conv_type' must be a MessagePassing subclass, "
+                        f"received {conv_type!r}")
+    _ADAPTERS[conv_type] = factory
+
+
+def adapter_for(conv: MessagePassing) -> ConvAdapter:
+    """The adapter of ``conv``'s exact type; :class:`GenericAdapter` otherwise.
+
+    Known layers with an option their adapter cannot run (e.g. ``SAGEConv`` with
+    ``aggr='max'``) also fall back to the generic per-edge adapter.
+    """
+    factory = _ADAPTERS.get(type(conv))
+    if factory is None:
+        return GenericAdapter()
+    adapter = factory()
+    try:
+        adapter.check(conv)
+    except ValueError:
+        if isinstance(adapter, AttentionAdapter):
+            raise
+        return GenericAdapter()
+    return adapter
+
+
+__all__ = [
+    "ConvAdapter", "LinearAdapter", "AttentionAdapter", "GenericAdapter", "GCNAdapter",
+    "SAGEAdapter", "GraphConvAdapter", "GINAdapter", "GATAdapter", "GATv2Adapter",
+    "adapter_for", "register_adapter", "aggregate",
+]
