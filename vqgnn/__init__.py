@@ -1,0 +1,25 @@
+"""vqgnn: scale PyTorch Geometric GNNs to large graphs with vector quantization (VQ-GNN)."""
+from vqgnn.batching import VQGraph
+from vqgnn.nn import VQConv, register_adapter
+from vqgnn.quantize import Codebook, CodebookHealth, FeatureGradientQuantizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "VQGraph",
+    "VQConv",
+    "register_adapter",
+    "Codebook",
+    "CodebookHealth",
+    "FeatureGradientQuantizer",
+    "load_dataset",
+]
+
+
+def __getattr__(name: str):  # the data layer imports ogb lazily (it is slow to import)
+    if name == "load_dataset":
+        from vqgnn.datasets import load_dataset
+
+        return load_dataset
+    raise AttributeError(f"module 'vqgnn' has no attribute {name!r}")
