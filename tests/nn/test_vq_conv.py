@@ -265,7 +265,7 @@ def test_merged_and_per_edge_paths_agree(kind: str) -> None:
     local[batch] = torch.arange(12)
     edges = batch_edges(op, batch, local, merged.quantizer.assignment, 3, merge=True)
     local[batch] = -1
-    assert float(edges.count.max()) > 1
+    assert float(edges.multiplicity.max()) > 1
     outs = []
     for layer in (merged, per_edge):
         xb = x[batch].clone().requires_grad_()
@@ -338,3 +338,43 @@ def test_repr_and_reset_parameters() -> None:
     assert layer.quantizer.initialized
     layer.reset_parameters()
     assert not layer.quantizer.initialized
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_layerwise_inference_is_exact(kind: str) -> None:
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 160), n)
+    layer = VQConv(make_conv(kind, 6, 8), num_codewords=3, num_nodes=n).eval()
+    x = torch.randn(n, 6)
+    full = layer(x, graph)
+    with torch.no_grad():
+        chunks = [layer.inference(x, graph, chunk) for chunk in torch.arange(n).split(7)]
+    torch.testing.assert_close(torch.cat(chunks), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_constant_input_layer_is_exact_without_codebook(kind: str) -> None:
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 160), n)
+    layer = VQConv(make_conv(kind, 6, 8), num_codewords=3, num_nodes=n)
+    x = torch.randn(n, 6)
+    full = layer(x, graph)
+    (full * torch.arange(full.numel()).view_as(full).cos()).sum().backward()
+    ref_grads = [p.grad.clone() for p in layer.conv.parameters()]
+    layer.conv.zero_grad()
+    layer.set_constant_input(x, graph)
+    assert not layer.quantizer.initialized  # no codebook needed
+    total = None
+    for batch in torch.randperm(n).split(9):
+        out = layer(x[batch], graph, batch)
+        torch.testing.assert_close(out, full[batch].detach(), rtol=1e-5, atol=1e-5)
+        w = torch.arange(full.numel()).view_as(full).cos()[batch]
+        loss = (out * w).sum()
+        total = loss if total is None else total + loss
+    total.backward()
+    for p, g in zip(layer.conv.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="'x' of shape"):
+        layer.set_constant_input(torch.randn(3, 6), graph)

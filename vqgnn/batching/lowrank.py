@@ -70,16 +70,16 @@ def gather_rows(rowptr: Tensor, col: Tensor, value: Tensor,
 
 
 class BatchEdges(NamedTuple):
-    """Messages into the batch: ``col -> row`` with weight ``value`` and multiplicity ``count``.
+    """Messages into the batch: ``col -> row`` with weight ``value`` and multiplicity ``multiplicity``.
 
     ``row`` in [0, b) is a batch position; ``col`` in [0, b + K) is a batch position
-    (< b) or ``b + codeword``. Merged edges have ``count`` > 1.
+    (< b) or ``b + codeword``. Merged edges have ``multiplicity`` > 1.
     """
 
     row: Tensor
     col: Tensor
     value: Tensor
-    count: Tensor
+    multiplicity: Tensor
     num_rows: int
     num_cols: int
     merged: bool
@@ -160,3 +160,13 @@ def to_sparse_csr(edges: BatchEdges) -> Tensor:
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, edges.col, edges.value,
                                        (edges.num_rows, edges.num_cols), check_invariants=False)
+
+
+def csr_matmul(rowptr: Tensor, col: Tensor, value: Tensor, dense: Tensor) -> Tensor:
+    """(rows, D) product of a CSR matrix with ``dense`` (num_cols, D)."""
+    num_rows = rowptr.numel() - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(rowptr, col, value.to(dense.dtype),
+                                         (num_rows, dense.size(0)), check_invariants=False)
+    return matrix @ dense

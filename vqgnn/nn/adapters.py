@@ -19,7 +19,7 @@ New adapters are registered with :func:`register_adapter`.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False) -> Spa
     return build_operator(edge_index, value, n)
 
 
-def _detached_linear(lin: torch.nn.Module, x: Tensor) -> Tensor:
+def _detached_linear(lin: Any, x: Tensor) -> Tensor:
     """``lin(x)`` with the layer's parameters detached (no gradient to them)."""
     bias = lin.bias.detach() if getattr(lin, "bias", None) is not None else None
     return F.linear(x, lin.weight.detach(), bias)
@@ -111,6 +111,10 @@ class LinearAdapter(ConvAdapter):
     def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
         return x
 
+    def message_is_linear_map(self, conv: MessagePassing) -> bool:
+        """Whether ``message(C X) == C message(X)`` (then ``C X`` can be precomputed)."""
+        return True
+
     def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -140,7 +144,10 @@ def aggregate(edges: BatchEdges, msg: Tensor) -> Tensor:
 
 
 class GCNAdapter(LinearAdapter):
-    r""":class:`~torch_geometric.nn.GCNConv`: :math:`C = \tilde D^{-1/2} \tilde A \tilde D^{-1/2}`."""
+    r""":class:`~torch_geometric.nn.GCNConv`.
+
+    :math:`C = \tilde D^{-1/2} \tilde A \tilde D^{-1/2}` on the full graph (PyG's ``gcn_norm``).
+    """
 
     def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
         return conv.out_channels
@@ -177,6 +184,9 @@ class SAGEAdapter(LinearAdapter):
 
     def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
         return conv.lin(x).relu() if conv.project and hasattr(conv, "lin") else x
+
+    def message_is_linear_map(self, conv: MessagePassing) -> bool:
+        return not (conv.project and hasattr(conv, "lin"))
 
     def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
         if conv.project and hasattr(conv, "lin"):
@@ -251,7 +261,7 @@ class AttentionAdapter(ConvAdapter):
     def forward(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
                 edges: BatchEdges) -> tuple[Tensor, Tensor]:
         logit, value = self.logits(conv, x_src, x_dst, edges)  # (M, H), (b + K, H, C)
-        logit = logit + torch.log(edges.count).to(logit.dtype).unsqueeze(1)
+        logit = logit + torch.log(edges.multiplicity).to(logit.dtype).unsqueeze(1)
         alpha = softmax(logit, edges.row, num_nodes=edges.num_rows)
         alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
         msg = value[edges.col] * alpha.unsqueeze(-1)  # (M, H, C)

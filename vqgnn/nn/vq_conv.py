@@ -11,15 +11,19 @@ from torch_geometric.nn.conv import MessagePassing
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.lowrank import (
     BackwardEdges,
+    BatchEdges,
     SparseOperator,
     backward_edges,
     batch_edges,
+    csr_matmul,
+    gather_rows,
     lowrank_backward,
 )
 from vqgnn.nn.adapters import (
     LINEAR_AGGRS,
     ConvAdapter,
     GenericAdapter,
+    LinearAdapter,
     _aggr_name,
     adapter_for,
     run_capturing_aggregate,
@@ -158,6 +162,7 @@ class VQConv(torch.nn.Module):
             num_codewords, **quantizer_kwargs)
         self._operator: Optional[tuple[VQGraph, SparseOperator]] = None
         self._pending: Optional[_Pending] = None
+        self._constant: Optional[tuple[VQGraph, Tensor, Optional[Tensor]]] = None
 
     @property
     def num_codewords(self) -> int:
@@ -216,15 +221,21 @@ class VQConv(torch.nn.Module):
             return self.conv(x, graph.edge_index)
         return self._forward_batch(x, graph, batch)
 
-    def _forward_batch(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
+    def _check_batch(self, x: Optional[Tensor], graph: VQGraph, batch: Tensor) -> None:
         graph.check_batch(batch, "VQConv")
-        b = batch.numel()
-        if x.dim() != 2 or x.shape != (b, self.in_channels):
-            raise ValueError(f"'VQConv': 'x' must have shape ({b}, {self.in_channels}) for a "
-                             f"batch of {b} nodes, received {tuple(x.shape)}")
         if graph.num_nodes != self.num_nodes:
             raise ValueError(f"'VQConv' was built for num_nodes={self.num_nodes}, the graph "
                              f"has {graph.num_nodes}")
+        b = batch.numel()
+        if x is not None and (x.dim() != 2 or x.shape != (b, self.in_channels)):
+            raise ValueError(f"'VQConv': 'x' must have shape ({b}, {self.in_channels}) for a "
+                             f"batch of {b} nodes, received {tuple(x.shape)}")
+
+    def _forward_batch(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
+        self._check_batch(x, graph, batch)
+        if self._constant is not None:
+            return self._forward_constant(x, graph, batch)
+        b = batch.numel()
         training = self.training and torch.is_grad_enabled()
         if training:
             self.update_codebook()
@@ -252,6 +263,67 @@ class VQConv(torch.nn.Module):
             agg.register_hook(pending.capture)
             self._pending = pending
         return out
+
+    def set_constant_input(self, x: Optional[Tensor], graph: Optional[VQGraph] = None) -> None:
+        """Declare the inputs of all nodes constant (e.g. the raw features of a first layer).
+
+        Such a layer needs no codebook: its mini-batch outputs are exact. For layers
+        whose message is a linear map (GCN, SAGE without projection, GraphConv, GIN)
+        the aggregation :math:`C X` is computed once and a step costs O(b); otherwise
+        each step gathers the batch's 1-hop neighbours' inputs. ``None`` undoes it.
+
+        Args:
+            x: (N, D_in) inputs of all nodes, or None.
+            graph: the full graph (needed when ``x`` is given).
+        """
+        if x is None:
+            self._constant = None
+            return
+        if graph is None or x.shape != (graph.num_nodes, self.in_channels):
+            shape = tuple(x.shape)
+            raise ValueError(f"'VQConv.set_constant_input' needs the graph and 'x' of shape "
+                             f"(num_nodes, {self.in_channels}), received {shape}")
+        aggregated = None
+        if isinstance(self.adapter, LinearAdapter) and self.adapter.message_is_linear_map(
+                self.conv):
+            op = self.operator(graph)
+            with torch.no_grad():
+                aggregated = csr_matmul(op.rowptr, op.col, op.value, x)  # (N, D_in)
+        self._constant = (graph, x, aggregated)
+
+    def _forward_constant(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
+        const_graph, x_all, aggregated = self._constant  # type: ignore[misc]
+        if const_graph is not graph:
+            raise ValueError("'VQConv': the constant input was set for another graph")
+        if aggregated is None:
+            return self._exact(x_all, graph, batch, x)
+        adapter = self.adapter
+        assert isinstance(adapter, LinearAdapter)
+        agg = adapter.message(self.conv, aggregated[batch].to(x.dtype))
+        return adapter.update(self.conv, agg, x)
+
+    def inference(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
+        """Exact outputs of the ``batch`` nodes from the inputs ``x`` (N, D_in) of all nodes.
+
+        Layer-wise inference: only the batch's 1-hop neighbourhood is read, so chunks
+        of nodes bound the memory at any graph size.
+        """
+        self._check_batch(None, graph, batch)
+        if x.shape != (graph.num_nodes, self.in_channels):
+            raise ValueError(f"'VQConv.inference': 'x' must have shape ({graph.num_nodes}, "
+                             f"{self.in_channels}), received {tuple(x.shape)}")
+        return self._exact(x, graph, batch, x[batch])
+
+    def _exact(self, x_all: Tensor, graph: VQGraph, batch: Tensor, x_dst: Tensor) -> Tensor:
+        op = self.operator(graph)
+        b = batch.numel()
+        row, col, value = gather_rows(op.rowptr, op.col, op.value, batch)
+        sources, inverse = torch.unique(col, return_inverse=True)
+        # Rows come sorted by column within each row and ``unique`` keeps that order.
+        edges = BatchEdges(row, b + inverse, value, torch.ones_like(value), b,
+                           b + sources.numel(), merged=True)
+        x_src = torch.cat([x_dst, x_all[sources].to(x_dst.dtype)], dim=0)
+        return self.adapter.forward(self.conv, x_src, x_dst, edges)[0]
 
     def _inject_backward(self, out: Tensor, x: Tensor, graph: VQGraph,
                          edges: BackwardEdges) -> Tensor:

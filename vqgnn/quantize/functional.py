@@ -12,7 +12,7 @@ from torch import Tensor
 try:  # faiss is a declared dependency, but the torch path must work without it.
     import faiss  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - exercised only where faiss is missing
-    faiss = None
+    faiss = None  # type: ignore[assignment]
 
 
 def has_faiss() -> bool:
@@ -182,6 +182,7 @@ def kmeans_faiss(x: Tensor, num_codewords: int, num_iters: int = 20, seed: int =
                       gpu=bool(gpu), verbose=False, min_points_per_centroid=1,
                       max_points_per_centroid=max(256, (n + num_codewords - 1) // num_codewords))
     km.train(data)
+    assert km.centroids is not None
     centroids = torch.from_numpy(km.centroids.copy()).to(device)
     codes = nearest_codeword(x.float(), centroids)
     counts, _ = batch_statistics(codes, x, num_codewords)
