@@ -1,0 +1,108 @@
+"""Memory and time meters for training steps, comparable on CPU and GPU."""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+
+def _tensor_bytes(t: Tensor) -> list[tuple[Any, int]]:
+    """(storage key, bytes) of the storages behind ``t`` (sparse: its index and value parts)."""
+    if t.layout == torch.sparse_csr:
+        parts = [t.crow_indices(), t.col_indices(), t.values()]
+    elif t.layout == torch.sparse_coo:
+        parts = [t._indices(), t._values()]
+    else:
+        parts = [t]
+    out = []
+    for part in parts:
+        storage = part.untyped_storage()
+        out.append(((part.device, storage.data_ptr()), storage.nbytes()))
+    return out
+
+
+class SavedTensorMeter:
+    """Bytes held by the tensors autograd saves for backward, plus declared step inputs.
+
+    Inside the ``with`` block every tensor saved for backward is recorded once per
+    storage (views of one storage count once). :meth:`add` declares the step's inputs
+    (e.g. the batch features). On CUDA, :attr:`cuda_peak` also reports
+    ``torch.cuda.max_memory_allocated`` over the block.
+
+    Example:
+        >>> with SavedTensorMeter() as meter:
+        ...     meter.add(x_batch)
+        ...     loss = model(x_batch).sum()
+        >>> meter.bytes
+    """
+
+    def __init__(self, device: Optional[torch.device] = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self._seen: dict[Any, int] = {}
+        self._hooks: Optional[Any] = None
+        self.cuda_peak: Optional[int] = None
+
+    def _pack(self, t: Tensor) -> Tensor:
+        for key, nbytes in _tensor_bytes(t):
+            self._seen[key] = nbytes
+        return t
+
+    @staticmethod
+    def _unpack(t: Tensor) -> Tensor:
+        return t
+
+    def add(self, *tensors: Tensor) -> None:
+        """Count ``tensors`` as inputs of the step."""
+        for t in tensors:
+            self._pack(t)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._seen.clear()
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._hooks is not None
+        self._hooks.__exit__(*exc)
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.cuda_peak = torch.cuda.max_memory_allocated(self.device)
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class Timer:
+    """Wall-clock seconds of a block, synchronising CUDA first and last."""
+
+    def __init__(self, device: Optional[torch.device] = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.seconds = float("nan")
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> Timer:
+        self._sync()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._sync()
+        self.seconds = time.perf_counter() - self._start
