@@ -139,7 +139,10 @@ class Codebook(torch.nn.Module):
     def init_(self, x: Tensor, seed: int = 0) -> Tensor:
         """Initialise by k-means on ``x``, consistently: ``S = V * N0`` with ``N0 > 0``.
 
-        ``N0`` is the k-means cluster size (1 for an empty cluster).
+        ``N0`` is the k-means cluster size (1 for an empty cluster). Under data
+        parallelism each worker clusters its own vectors; the workers' codewords are then
+        combined index by index (count-weighted means, through ``all_reduce_fn``), so that
+        every worker starts from the same codebook, and the rows are re-assigned to it.
 
         Args:
             x: (N, D) vectors of a first pass.
@@ -151,8 +154,14 @@ class Codebook(torch.nn.Module):
         self._check_vectors(x)
         result = kmeans(x.detach().float(), self.num_codewords, self.kmeans_iters, seed,
                         self.kmeans_backend)
-        self.set_codewords(result.centroids, result.counts.clamp_min(1.0))
-        return result.assignment
+        counts = result.counts.clamp_min(1.0)
+        sums = result.centroids * counts.unsqueeze(1)
+        self.all_reduce_fn(counts)
+        self.all_reduce_fn(sums)
+        self.set_codewords(sums / counts.unsqueeze(1), counts)
+        if self.all_reduce_fn is noop_all_reduce:
+            return result.assignment
+        return self.assign(x)
 
     @torch.no_grad()
     def set_codewords(self, codewords: Tensor, counts: Optional[Tensor] = None) -> None:

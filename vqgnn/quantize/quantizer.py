@@ -45,12 +45,16 @@ class RunningStandardizer(torch.nn.Module):
     @torch.no_grad()
     def update(self, x: Tensor, all_reduce_fn: AllReduceFn = noop_all_reduce) -> None:
         """Move the statistics towards those of the batch ``x`` (B, D)."""
-        x = x.float()
-        stats = torch.cat([x.sum(0), x.pow(2).sum(0), x.new_tensor([x.size(0)])])
+        # Shifted sums in float64: E[x^2] - E[x]^2 cancels catastrophically in fp32 when
+        # |mean| >> std. The shift (the running mean) is the same on every worker.
+        shift = self.mean.double()
+        z = x.double() - shift
+        stats = torch.cat([z.sum(0), z.pow(2).sum(0), z.new_tensor([x.size(0)])])
         all_reduce_fn(stats)
         n = stats[-1].clamp_min(1.0)
-        mean = stats[: self.dim] / n
-        var = (stats[self.dim : 2 * self.dim] / n - mean.pow(2)).clamp_min(0.0)
+        mean_z = stats[: self.dim] / n
+        var = (stats[self.dim : 2 * self.dim] / n - mean_z.pow(2)).clamp_min(0.0).float()
+        mean = (mean_z + shift).float()
         m = 1.0 if not bool(self.initialized) else self.momentum
         self.mean.mul_(1 - m).add_(mean, alpha=m)
         self.var.mul_(1 - m).add_(var, alpha=m)

@@ -1,0 +1,295 @@
+"""Per-batch low-rank operators [C_BB | C_B~B R]: hand graph, dense references, large indices."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from vqgnn.batching.graph import sorted_csr
+from vqgnn.batching.lowrank import (
+    BackwardEdges,
+    BatchEdges,
+    backward_edges,
+    batch_edges,
+    build_operator,
+    csr_matmul,
+    gather_rows,
+    lowrank_backward,
+    merge_duplicates,
+    to_sparse_csr,
+)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="CUDA is not available on this machine")),
+]
+
+# A hand graph of 9 nodes (node 8 isolated): messages src -> dst with weight w.
+EDGES = [  # (src, dst, w)
+    (1, 5, 0.1), (3, 5, 0.2), (4, 5, 0.3), (0, 5, 0.4), (5, 5, 0.5),  # into batch node 5
+    (1, 0, 0.6), (6, 0, 0.7), (7, 0, 0.8), (2, 0, 0.9),               # into batch node 0
+    (3, 2, 1.0), (4, 2, 1.1),                                         # into batch node 2
+    (5, 1, 1.2), (0, 6, 1.3), (2, 3, 1.4), (6, 7, 1.5), (1, 4, 1.6), (5, 4, 1.7),
+]
+N, K = 9, 3
+BATCH = [5, 0, 2]  # positions 0, 1, 2 (deliberately not sorted)
+# Codewords of the out-of-batch nodes 1, 3, 4 -> 1; 6, 7 -> 2; 8 -> 0. Batch nodes get 2,
+# which must never be used for them.
+ASSIGNMENT = [2, 1, 2, 1, 1, 2, 2, 2, 0]
+# The expected (b, b + K) matrix [C_BB | C_B~B R] and its merge counts, by hand.
+EXPECTED = [
+    [0.5, 0.4, 0.0, 0.0, 0.1 + 0.2 + 0.3, 0.0],
+    [0.0, 0.0, 0.9, 0.0, 0.6, 0.7 + 0.8],
+    [0.0, 0.0, 0.0, 0.0, 1.0 + 1.1, 0.0],
+]
+EXPECTED_COUNT = [
+    [1, 1, 0, 0, 3, 0],
+    [0, 0, 1, 0, 1, 2],
+    [0, 0, 0, 0, 2, 0],
+]
+
+
+def hand_graph(device="cpu"):
+    src, dst, w = zip(*EDGES)
+    edge_index = torch.tensor([src, dst], device=device)
+    value = torch.tensor(w, device=device)
+    dense = torch.zeros(N, N, device=device)
+    dense[edge_index[1], edge_index[0]] = value  # C[i, j]: weight of j -> i
+    return edge_index, value, dense
+
+
+def setup(device="cpu", index_dtype=torch.long):
+    edge_index, value, dense = hand_graph(device)
+    op = build_operator(edge_index, value, N)
+    batch = torch.tensor(BATCH, device=device)
+    local = torch.full((N,), -1, dtype=torch.long, device=device)
+    local[batch] = torch.arange(batch.numel(), device=device)
+    assignment = torch.tensor(ASSIGNMENT, dtype=index_dtype, device=device)
+    return op, batch, local, assignment, dense
+
+
+def to_dense(row, col, value, shape):
+    out = torch.zeros(shape, dtype=value.dtype, device=value.device)
+    return out.index_put_((row, col), value, accumulate=True)
+
+
+def dense_reference(dense, batch, assignment, k):
+    """[C_BB | C_B~B R] from the dense N x N matrix."""
+    n = dense.size(0)
+    outside = torch.ones(n, dtype=torch.bool, device=dense.device)
+    outside[batch] = False
+    r = torch.nn.functional.one_hot(assignment.long(), k).to(dense.dtype) * outside[:, None]
+    return torch.cat([dense[batch][:, batch], dense[batch] @ r], dim=1)
+
+
+# --- CSR construction ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_build_operator_matches_dense_in_both_layouts(device):
+    edge_index, value, dense = hand_graph(device)
+    op = build_operator(edge_index, value, N)
+    assert op.num_nodes == N
+    assert op.rowptr.tolist()[-1] == len(EDGES)
+    for rowptr, col, val, ref in ((op.rowptr, op.col, op.value, dense),
+                                  (op.t_rowptr, op.t_col, op.t_value, dense.t())):
+        row = torch.repeat_interleave(torch.arange(N, device=device), rowptr.diff())
+        assert_close(to_dense(row, col, val, (N, N)), ref)
+        key = row * N + col
+        assert bool((key.diff() > 0).all())  # sorted by (row, col), no duplicates
+
+
+def test_sorted_csr_rectangular_with_empty_rows():
+    row = torch.tensor([3, 0, 3, 0, 1])
+    col = torch.tensor([4, 6, 0, 1, 2])
+    value = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    rowptr, c, v = sorted_csr(row, col, value, num_rows=5, num_cols=7)
+    assert rowptr.tolist() == [0, 2, 3, 3, 5, 5]
+    assert c.tolist() == [1, 6, 2, 0, 4]
+    assert v.tolist() == [4.0, 2.0, 5.0, 3.0, 1.0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_rows_equals_dense_row_slicing(device):
+    edge_index, value, dense = hand_graph(device)
+    op = build_operator(edge_index, value, N)
+    rows = torch.tensor([5, 8, 0, 2, 5], device=device)  # unsorted, an empty row, a repeat
+    row, col, val = gather_rows(op.rowptr, op.col, op.value, rows)
+    assert_close(to_dense(row, col, val, (rows.numel(), N)), dense[rows])
+    empty = gather_rows(op.rowptr, op.col, op.value, torch.tensor([8], device=device))
+    assert all(t.numel() == 0 for t in empty)
+
+
+# --- batch edges ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_batch_edges_merged_and_unmerged_match_the_hand_matrix(device, index_dtype):
+    op, batch, local, assignment, dense = setup(device, index_dtype)
+    b, shape = len(BATCH), (len(BATCH), len(BATCH) + K)
+    expected = torch.tensor(EXPECTED, device=device)
+    assert_close(dense_reference(dense, batch, assignment, K), expected)
+    merged = batch_edges(op, batch, local, assignment, K, merge=True)
+    plain = batch_edges(op, batch, local, assignment, K, merge=False)
+    assert isinstance(merged, BatchEdges)
+    assert (merged.num_rows, merged.num_cols, merged.merged) == (b, b + K, True)
+    assert (plain.num_rows, plain.num_cols, plain.merged) == (b, b + K, False)
+    assert_close(to_dense(merged.row, merged.col, merged.value, shape), expected)
+    assert_close(to_dense(plain.row, plain.col, plain.value, shape), expected)
+    # Merged counts are the number of entries merged; unmerged counts are all one.
+    count = to_dense(merged.row, merged.col, merged.multiplicity, shape)
+    assert_close(count, torch.tensor(EXPECTED_COUNT, dtype=count.dtype, device=device))
+    assert bool((plain.multiplicity == 1).all()) and plain.row.numel() == 11
+    assert merged.row.numel() == 7
+    key = merged.row * (b + K) + merged.col
+    assert bool((key.diff() > 0).all())  # sorted, one entry per (row, col)
+
+
+def test_batch_edges_maps_in_batch_sources_to_batch_positions():
+    op, batch, local, assignment, _ = setup()
+    plain = batch_edges(op, batch, local, assignment, K, merge=False)
+    in_batch = plain.col < len(BATCH)
+    pairs = sorted(zip(plain.row[in_batch].tolist(), plain.col[in_batch].tolist(),
+                       plain.value[in_batch].tolist()))
+    # 5 -> 5 (pos 0 -> 0), 0 -> 5 (pos 1 -> 0), 2 -> 0 (pos 2 -> 1)
+    assert [(r, c) for r, c, _ in pairs] == [(0, 0), (0, 1), (1, 2)]
+    assert_close(torch.tensor([v for *_, v in pairs]), torch.tensor([0.5, 0.4, 0.9]))
+
+
+def test_batch_edges_and_backward_edges_leave_local_unchanged():
+    op, batch, local, assignment, _ = setup()
+    before = local.clone()
+    batch_edges(op, batch, local, assignment, K, merge=True)
+    batch_edges(op, batch, local, assignment, K, merge=False)
+    backward_edges(op, batch, local, assignment)
+    assert torch.equal(local, before)
+
+
+def test_merge_duplicates_hand_case():
+    row, col = torch.tensor([1, 0, 1, 1]), torch.tensor([2, 3, 2, 0])
+    r, c, v, n = merge_duplicates(row, col, torch.tensor([1.0, 2.0, 3.0, 4.0]), num_cols=4)
+    assert r.tolist() == [0, 1, 1] and c.tolist() == [3, 0, 2]
+    assert v.tolist() == [2.0, 4.0, 4.0] and n.tolist() == [1.0, 1.0, 2.0]
+
+
+def test_batch_without_incoming_edges_gives_empty_operators():
+    op, _, _, assignment, _ = setup()
+    batch = torch.tensor([8])  # the isolated node
+    local = torch.full((N,), -1, dtype=torch.long)
+    local[batch] = 0
+    edges = batch_edges(op, batch, local, assignment, K, merge=True)
+    assert edges.row.numel() == 0 and (edges.num_rows, edges.num_cols) == (1, 1 + K)
+    assert_close(to_sparse_csr(edges).to_dense(), torch.zeros(1, 1 + K))
+    back = backward_edges(op, batch, local, assignment)
+    assert_close(lowrank_backward(back, 1, K), torch.zeros(1, K))
+
+
+# --- backward edges ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_edges_keep_out_of_batch_targets_with_transposed_values(device):
+    op, batch, local, assignment, dense = setup(device)
+    edges = backward_edges(op, batch, local, assignment)
+    assert isinstance(edges, BackwardEdges)
+    got = sorted(zip(edges.row.tolist(), edges.target.tolist(), edges.code.tolist()))
+    # Batch senders: 5 -> 1, 5 -> 4 (pos 0), 0 -> 6 (pos 1), 2 -> 3 (pos 2); 0 -> 5, 5 -> 5
+    # and 2 -> 0 stay inside the batch and are dropped.
+    assert got == [(0, 1, 1), (0, 4, 1), (1, 6, 2), (2, 3, 1)]
+    # value = C_ji, what target j receives from sender i.
+    assert_close(edges.value, dense[edges.target, batch[edges.row]])
+    # Dense: C^T restricted to batch rows and out-of-batch columns.
+    ref = dense.t()[batch].clone()
+    ref[:, batch] = 0
+    assert_close(to_dense(edges.row, edges.target, edges.value, (len(BATCH), N)), ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lowrank_backward_equals_dense_sum(device):
+    op, batch, local, assignment, dense = setup(device)
+    edges = backward_edges(op, batch, local, assignment)
+    out = lowrank_backward(edges, len(BATCH), K)
+    outside = torch.ones(N, dtype=torch.bool, device=device)
+    outside[batch] = False
+    r = torch.nn.functional.one_hot(assignment, K).float() * outside[:, None]
+    assert_close(out, dense.t()[batch] @ r)
+    assert_close(out, torch.tensor([[0.0, 1.2 + 1.7, 0.0], [0.0, 0.0, 1.3], [0.0, 1.4, 0.0]],
+                                   device=device))
+
+
+# --- sparse products ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_to_sparse_csr_product_equals_dense_product(device):
+    op, batch, local, assignment, _ = setup(device)
+    edges = batch_edges(op, batch, local, assignment, K, merge=True)
+    matrix = to_sparse_csr(edges)
+    assert matrix.layout == torch.sparse_csr and matrix.shape == (len(BATCH), len(BATCH) + K)
+    # Valid CSR (sorted rows, columns in range) by torch's own invariant checks.
+    torch.sparse_csr_tensor(matrix.crow_indices(), matrix.col_indices(), matrix.values(),
+                            matrix.shape, check_invariants=True)
+    y = torch.randn(len(BATCH) + K, 4, generator=torch.Generator().manual_seed(0)).to(device)
+    expected = torch.tensor(EXPECTED, device=device)
+    assert_close(matrix.to_dense(), expected)
+    assert_close(matrix @ y, expected @ y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_csr_matmul_equals_dense_product(device):
+    edge_index, value, dense = hand_graph(device)
+    op = build_operator(edge_index, value, N)
+    y = torch.randn(N, 3, generator=torch.Generator().manual_seed(0)).to(device)
+    assert_close(csr_matmul(op.rowptr, op.col, op.value, y), dense @ y)
+    assert_close(csr_matmul(op.t_rowptr, op.t_col, op.t_value, y), dense.t() @ y)
+
+
+# --- large indices: no int16 overflow -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def path_case():
+    """b = 30000 batch nodes of a 40000-node path graph, K = 5000: b + K > 32767."""
+    n, b, k = 40_000, 30_000, 5_000
+    gen = torch.Generator().manual_seed(0)
+    path = torch.arange(n - 1)
+    edge_index = torch.cat([torch.stack([path, path + 1]), torch.stack([path + 1, path])], 1)
+    value = (edge_index[0] % 7 + 1).float()  # weights that depend on the source
+    op = build_operator(edge_index, value, n)
+    batch = torch.randperm(n, generator=gen)[:b]
+    assignment = torch.randint(k, (n,), generator=gen)
+    local = torch.full((n,), -1, dtype=torch.long)
+    local[batch] = torch.arange(b)
+    return edge_index, value, op, batch, local, assignment, b, k
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=["int64", "int32"])
+def test_batch_plus_codewords_above_int16_range_map_correctly(path_case, index_dtype):
+    edge_index, value, op, batch, local, assignment, b, k = path_case
+    assignment = assignment.to(index_dtype)
+    # Expected entries straight from the edge list (not through the CSR layout).
+    src, dst = edge_index
+    into = local[dst] >= 0
+    src, dst, w = src[into], dst[into], value[into]
+    exp_col = torch.where(local[src] >= 0, local[src], b + assignment[src].long())
+    expected = torch.sparse_coo_tensor(torch.stack([local[dst], exp_col]), w, (b, b + k),
+                                       check_invariants=True).coalesce()
+
+    for merge in (False, True):
+        edges = batch_edges(op, batch, local, assignment, k, merge=merge)
+        assert edges.num_cols == b + k > 32767
+        assert int(edges.col.min()) >= 0 and int(edges.col.max()) < b + k
+        assert int(edges.col.max()) > 32767  # the region where int16 arithmetic wrapped
+        got = torch.sparse_coo_tensor(torch.stack([edges.row, edges.col]), edges.value,
+                                      (b, b + k), check_invariants=True).coalesce()
+        assert torch.equal(got.indices(), expected.indices())
+        assert_close(got.values(), expected.values())
+    # The merged operator as a sparse product, against the coalesced reference.
+    y = torch.randn(b + k, 2, generator=torch.Generator().manual_seed(1))
+    assert_close(to_sparse_csr(edges) @ y, torch.sparse.mm(expected, y))
+    back = backward_edges(op, batch, local, assignment)
+    assert bool((local[back.target] < 0).all())
+    assert torch.equal(back.code, assignment[back.target].long())
+    assert int(back.code.max()) == k - 1
