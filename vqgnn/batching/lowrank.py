@@ -70,7 +70,7 @@ def gather_rows(rowptr: Tensor, col: Tensor, value: Tensor,
 
 
 class BatchEdges(NamedTuple):
-    """Messages into the batch: ``col -> row`` with weight ``value`` and multiplicity ``multiplicity``.
+    """Messages into the batch: ``col -> row``, weight ``value``, ``multiplicity`` merged edges.
 
     ``row`` in [0, b) is a batch position; ``col`` in [0, b + K) is a batch position
     (< b) or ``b + codeword``. Merged edges have ``multiplicity`` > 1.

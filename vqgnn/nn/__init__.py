@@ -7,9 +7,10 @@ from vqgnn.nn.adapters import (
     adapter_for,
     register_adapter,
 )
+from vqgnn.nn.models import VQGNN, backbone_factory
 from vqgnn.nn.vq_conv import VQConv
 
 __all__ = [
-    "VQConv", "ConvAdapter", "LinearAdapter", "AttentionAdapter", "GenericAdapter",
-    "adapter_for", "register_adapter",
+    "VQConv", "VQGNN", "backbone_factory", "ConvAdapter", "LinearAdapter", "AttentionAdapter",
+    "GenericAdapter", "adapter_for", "register_adapter",
 ]

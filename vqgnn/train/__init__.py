@@ -1,4 +1,16 @@
-"""Training utilities: memory and time meters."""
+"""Training: the mini-batch trainer, evaluation, checkpoints, memory and time meters."""
+from vqgnn.train.experiment import ModelConfig, run_experiment
 from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes
+from vqgnn.train.trainer import (
+    EpochLog,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    clone_config,
+    seed_everything,
+)
 
-__all__ = ["SavedTensorMeter", "Timer", "peak_rss_bytes"]
+__all__ = [
+    "SavedTensorMeter", "Timer", "peak_rss_bytes", "EpochLog", "TrainConfig", "Trainer",
+    "TrainResult", "clone_config", "seed_everything", "ModelConfig", "run_experiment",
+]
