@@ -31,7 +31,8 @@ class NodeBatchSampler:
 
     Args:
         nodes: (n,) the node ids to partition.
-        batch_size: nodes per batch (the last one may be smaller).
+        batch_size: nodes per batch (the last one may be smaller; a last batch of one
+            node joins the previous one).
         seed: seed of the sampler's generator.
 
     Example:
@@ -51,11 +52,18 @@ class NodeBatchSampler:
         self.generator = torch.Generator().manual_seed(stream_seed(seed, "batches"))
 
     def __len__(self) -> int:
-        return (self.nodes.numel() + self.batch_size - 1) // self.batch_size
+        n = self.nodes.numel()
+        full, rest = divmod(n, self.batch_size)
+        joins = rest == 1 and full > 0 and self.batch_size > 1
+        return full + (1 if rest and not joins else 0)
 
     def __iter__(self) -> Iterator[Tensor]:
         perm = torch.randperm(self.nodes.numel(), generator=self.generator)
-        yield from self.nodes[perm.to(self.nodes.device)].split(self.batch_size)
+        batches = list(self.nodes[perm.to(self.nodes.device)].split(self.batch_size))
+        if self.batch_size > 1 and len(batches) > 1 and batches[-1].numel() == 1:
+            # A one-node batch breaks batch normalisation: the previous batch takes it.
+            batches[-2:] = [torch.cat(batches[-2:])]
+        yield from batches
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -90,6 +90,13 @@ class TrainConfig:
                                  f"received {value!r}")
         if self.lr <= 0:
             raise ValueError(f"'TrainConfig': 'lr' must be > 0, received {self.lr!r}")
+        if self.num_parts is not None and (not isinstance(self.num_parts, int)
+                                           or self.num_parts < 1):
+            raise ValueError(f"'TrainConfig': 'num_parts' must be an int >= 1 or None, "
+                             f"received {self.num_parts!r}")
+        if self.method == "full" and self.inference == "vq":
+            raise ValueError("'TrainConfig': 'inference' 'vq' needs method 'vq' (full-graph "
+                             "training has no codebooks); received method 'full'")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"'TrainConfig': 'patience' must be >= 1 or None, "
                              f"received {self.patience!r}")
@@ -216,7 +223,8 @@ class Trainer:
                 else torch.arange(data.num_nodes, device=self.device))
         # Loss per training node, divided by the expected training nodes of a full batch,
         # so that every batch's gradients share one scale.
-        self.loss_scale = config.batch_size * self.train_idx.numel() / pool.numel()
+        self.loss_scale = (min(config.batch_size, pool.numel()) * self.train_idx.numel()
+                           / pool.numel())
         self.sampler = self._make_sampler(pool)
         self.optimizer = self._make_optimizer()
         self.epoch = 0
@@ -234,7 +242,8 @@ class Trainer:
     def _make_sampler(self, pool: Tensor) -> NodeBatchSampler:
         cfg = self.config
         if cfg.sampler == "metis":
-            num_parts = cfg.num_parts or max(1, 4 * self.data.num_nodes // cfg.batch_size)
+            num_parts = (cfg.num_parts if cfg.num_parts is not None
+                         else max(1, 4 * self.data.num_nodes // cfg.batch_size))
             parts = metis_partition(self.data.edge_index, self.data.num_nodes, num_parts,
                                     seed=cfg.seed)
             return ClusterBatchSampler(pool.cpu(), cfg.batch_size, parts, seed=cfg.seed)

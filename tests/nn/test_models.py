@@ -1,0 +1,154 @@
+"""VQGNN: exact layer-wise inference, exact VQ forward on a full batch, factories, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn import GraphConv
+
+from vqgnn import VQGraph
+from vqgnn.datasets import load_dataset
+from vqgnn.nn.models import VQGNN
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="CUDA is not available")),
+]
+CONVS = ["gcn", "sage", "gat"]
+
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic:n=300,deg=6,features=8,classes=3")
+
+
+def build(data, conv="gcn", residual=False, **kwargs) -> VQGNN:
+    torch.manual_seed(0)
+    kwargs.setdefault("num_codewords", 16)
+    return VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv=conv, residual=residual,
+                 **kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("conv", CONVS)
+def test_layerwise_inference_equals_full_graph_forward(data, conv, residual, device):
+    norm = "layer" if residual else "batch"
+    model = build(data, conv, residual, norm=norm).to(device).eval()
+    x, graph = data.x.to(device), VQGraph(data.edge_index.to(device), data.num_nodes)
+    with torch.no_grad():
+        full = model(x, graph)
+    out = model.inference(x, graph, batch_size=37)  # chunks of uneven size
+    assert out.shape == (data.num_nodes, 3)
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("conv", CONVS)
+def test_vq_forward_on_all_nodes_equals_full_graph(data, conv, residual, device):
+    model = build(data, conv, residual).to(device)
+    x, graph = data.x.to(device), VQGraph(data.edge_index.to(device), data.num_nodes)
+    model.prepare(x, graph, batch_size=100)
+    assert model.training  # prepare restores the mode
+    model.eval()
+    batch = torch.randperm(data.num_nodes, generator=torch.Generator().manual_seed(1))
+    batch = batch.to(device)
+    with torch.no_grad():
+        full = model(x, graph)
+        out = model(x[batch], graph, batch)
+    torch.testing.assert_close(out, full[batch], atol=1e-5, rtol=1e-5)
+
+
+def test_prepare_initialises_every_quantized_layer(data):
+    for residual in (False, True):
+        model = build(data, residual=residual)
+        graph = VQGraph(data.edge_index, data.num_nodes)
+        assert model.codebook_health() is None
+        model.prepare(data.x, graph)
+        initialized = [conv.quantizer.initialized for conv in model.layers]
+        # The exact first layer (default without residual) needs no codebook.
+        assert initialized == ([True, True] if residual else [False, True])
+        health = model.codebook_health()
+        assert health is not None and 0 < health.usage <= 1 and health.perplexity >= 1
+
+
+def test_update_codebooks_counts_layers_with_a_gradient(data):
+    model = build(data, dropout=0.0)
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model.prepare(data.x, graph)
+    batch = torch.arange(0, 300, 3)
+    model(data.x[batch], graph, batch).sum().backward()
+    assert model.update_codebooks() == 1  # layer 0 reads constant inputs
+    assert model.update_codebooks() == 0  # nothing captured since
+
+
+def test_custom_factory(data):
+    def factory(cin, cout, i):
+        return GraphConv(cin, cout, aggr="mean")
+
+    model = build(data, conv=factory).eval()
+    assert all(isinstance(conv.conv, GraphConv) for conv in model.layers)
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    with torch.no_grad():
+        full = model(data.x, graph)
+    torch.testing.assert_close(model.inference(data.x, graph, batch_size=50), full,
+                               atol=1e-5, rtol=1e-5)
+    model.prepare(data.x, graph)
+    batch = torch.arange(data.num_nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(model(data.x, graph, batch), full, atol=1e-5, rtol=1e-5)
+    assert "conv=GraphConv" in repr(model)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_layers": 0}, "'num_layers' must be an int >= 1, received 0"),
+    ({"hidden_channels": 0}, "'hidden_channels' must be an int >= 1"),
+    ({"dropout": 1.0}, r"'dropout' must be in \[0, 1\), received 1.0"),
+    ({"dropout": -0.1}, "'dropout'"),
+    ({"norm": "foo"}, "'norm' must be one of .* received 'foo'"),
+    ({"act": "foo"}, "'act' must be one of .* received 'foo'"),
+    ({"conv": "foo"}, "'conv' must be one of .* received 'foo'"),
+])
+def test_bad_arguments(kwargs, match):
+    args = {"in_channels": 8, "hidden_channels": 16, "out_channels": 3, "num_layers": 2,
+            "num_nodes": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        VQGNN(**args)
+
+
+def test_bad_conv_type_and_batch_size(data):
+    with pytest.raises(TypeError, match="'conv' must be a backbone name or a factory"):
+        VQGNN(8, 16, 3, 2, 10, conv=3)
+    model = build(data)
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    with pytest.raises(ValueError, match="'batch_size' must be an int >= 1, received 0"):
+        model.inference(data.x, graph, batch_size=0)
+
+
+def test_repr(data):
+    text = repr(build(data, "sage", num_codewords=32))
+    assert text.startswith("VQGNN(8, 16, 3, num_layers=2")
+    assert "conv=SAGEConv" in text and "num_codewords=32" in text and "residual=False" in text
+    assert "conv=GATConv" in repr(build(data, "gat", residual=True))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_reset_parameters(data, residual):
+    model = build(data, residual=residual, norm="layer")
+    model.prepare(data.x, VQGraph(data.edge_index, data.num_nodes))
+    with torch.no_grad():
+        for norm in model.norms:
+            norm.weight.fill_(3.0)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    model.reset_parameters()
+    after = dict(model.named_parameters())
+    conv_weights = [k for k in before if k.startswith("convs.") and k.endswith("weight")]
+    assert conv_weights and all(not torch.equal(before[k], after[k]) for k in conv_weights)
+    assert all(bool((n.weight == 1).all()) for n in model.norms)
+    if residual:
+        assert not torch.equal(before["lin_in.weight"], after["lin_in.weight"])
+        assert not torch.equal(before["lin_out.weight"], after["lin_out.weight"])
+    assert not any(conv.quantizer.initialized for conv in model.layers)
+    assert model.codebook_health() is None

@@ -1,0 +1,121 @@
+"""The ``vqgnn`` command line: ``info`` and ``train``, exit codes, tables, JSON records."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from vqgnn.cli import main
+
+DATASET = "synthetic:n=300,deg=6,features=8,classes=3"
+JSON_KEYS = {"dataset", "split", "method", "conv", "seed", "metric", "best_val", "test",
+             "median_epoch_seconds", "peak_memory_bytes", "memory_measure", "inference_seconds"}
+SMALL = ["--hidden", "16", "--num-codewords", "16", "--batch-size", "64"]
+
+
+
+def run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def read_records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_info(capsys):
+    assert run(["info", "--dataset", "synthetic:n=200,deg=4"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("| field") and lines[1].startswith("|--")
+    assert "| nodes" in out and "200" in out
+    for row in ("edges (directed)", "classes", "metric", "train nodes", "edge homophily",
+                "load time"):
+        assert f"| {row}" in out
+
+
+def test_info_unknown_dataset(capsys):
+    assert run(["info", "--dataset", "nosuch"]) == 2
+    captured = capsys.readouterr()
+    assert "vqgnn info: error:" in captured.err
+    assert "unknown dataset 'nosuch'" in captured.err
+    assert "Cora" in captured.err and "synthetic" in captured.err
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert run([]) == 2
+    assert "usage: vqgnn" in capsys.readouterr().err
+
+
+def test_train_two_methods(tmp_path, capsys):
+    path = tmp_path / "out" / "r.jsonl"
+    code = run(["train", "--dataset", DATASET, "--method", "vq,full", "--epochs", "3", *SMALL,
+                "--quiet", "--json", str(path)])
+    assert code == 0
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | best val accuracy | test accuracy")
+    assert rows[1].startswith("| vq |") and rows[2].startswith("| full |")
+    assert "[vq] epoch" not in captured.out  # --quiet: no epoch logs
+    assert captured.err == ""  # --quiet: no progress bars
+    records = read_records(path)
+    assert [r["method"] for r in records] == ["vq", "full"]
+    for record in records:
+        assert JSON_KEYS <= record.keys()
+        assert record["conv"] == "gcn" and record["seed"] == 0 and record["split"] == 0
+        assert record["dataset"].startswith("synthetic:n=300") and record["metric"] == "accuracy"
+        assert len(record["history"]) == 3 and 0 <= record["test"] <= 1
+    # --json appends.
+    assert run(["train", "--dataset", DATASET, "--method", "full", "--epochs", "1", "--quiet",
+                "--json", str(path)]) == 0
+    assert len(read_records(path)) == 3
+
+
+def test_train_verbose(capsys):
+    code = run(["train", "--dataset", DATASET, "--method", "vq", "--epochs", "2", *SMALL])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "| nodes" in captured.out  # the dataset summary first
+    assert "[vq] epoch   1/2 | loss" in captured.out and "[vq] epoch   2/2" in captured.out
+    assert "epoch 1" in captured.err  # progress bars
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--method", "bogus"], "'method' must be one of .* received 'bogus'"),
+    (["--method", "vq,bogus"], "'method'"),
+    (["--epochs", "0"], "'epochs' must be an int >= 1"),
+    (["--lr", "-1"], "'lr' must be > 0"),
+    (["--patience", "0"], "'patience'"),
+    (["--num-codewords", "0"], "'num_codewords' must be an int >= 1"),
+])
+def test_train_bad_options(capsys, argv, match):
+    assert run(["train", "--dataset", DATASET, "--epochs", "1", "--quiet", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("vqgnn train: error:")
+    assert re.search(match, captured.err)
+
+
+def test_train_bad_choice_is_an_argparse_error(capsys):
+    assert run(["train", "--dataset", DATASET, "--optimizer", "rmsprop"]) == 2
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_train_checkpoint_and_resume(tmp_path, capsys):
+    checkpoint = tmp_path / "ck.pt"
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    base = ["train", "--dataset", DATASET, "--method", "vq,full", *SMALL, "--quiet",
+            "--checkpoint", str(checkpoint)]
+    assert run([*base, "--epochs", "2", "--json", str(first)]) == 0
+    for method in ("vq", "full"):  # one file per method
+        assert (tmp_path / f"ck.{method}.pt").is_file()
+    assert run([*base, "--epochs", "4", "--resume", "--json", str(second)]) == 0
+    for before, after in zip(read_records(first), read_records(second)):
+        assert len(before["history"]) == 2 and len(after["history"]) == 4
+        assert ([h["loss"] for h in after["history"][:2]]
+                == [h["loss"] for h in before["history"]])
+        state = torch.load(tmp_path / f"ck.{after['method']}.pt", weights_only=False)
+        assert state["epoch"] == 4
+    capsys.readouterr()

@@ -1,0 +1,356 @@
+"""Trainer: learning on a tiny graph, options, records, exact resume from checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler
+from vqgnn.datasets import load_dataset
+from vqgnn.nn.models import VQGNN
+from vqgnn.train import (
+    ModelConfig,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    clone_config,
+    run_experiment,
+    seed_everything,
+)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="CUDA is not available")),
+]
+RECORD_KEYS = {"method", "metric", "best_val", "test", "median_epoch_seconds",
+               "peak_memory_bytes", "memory_measure", "inference_seconds_exact"}
+CHANCE = 1 / 3  # three balanced classes
+
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic:n=300,deg=6,features=8,classes=3")
+
+
+def build(data, dropout: float = 0.2) -> VQGNN:
+    return VQGNN(data.num_features, 16, 3, 2, data.num_nodes, num_codewords=16,
+                 dropout=dropout)
+
+
+def config(**changes) -> TrainConfig:
+    base = {"epochs": 10, "batch_size": 64, "lr": 0.03, "eval_batch_size": 128}
+    return TrainConfig(**{**base, **changes})
+
+
+def train(data, log=None, **changes) -> tuple[Trainer, TrainResult]:
+    seed_everything(0)
+    trainer = Trainer(build(data), data, config(**changes), log=log)
+    return trainer, trainer.fit()
+
+
+# ------------------------------------------------------------------ learning
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["vq", "full"])
+def test_fit_learns(data, method, device):
+    _, result = train(data, method=method, epochs=15, device=device)
+    losses = [h.loss for h in result.history]
+    assert len(losses) == result.epochs_run == 15
+    assert all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-3:]) < 0.85 * sum(losses[:3])
+    assert result.test > CHANCE + 0.25 and result.best_val > CHANCE + 0.25
+    assert 1 <= result.best_epoch <= 15
+
+
+@pytest.mark.parametrize("method", ["vq", "full"])
+def test_record(data, method):
+    _, result = train(data, method=method, epochs=4)
+    record = result.record()
+    assert RECORD_KEYS <= record.keys()
+    json.loads(json.dumps(record))
+    assert record["method"] == method and record["metric"] == "accuracy"
+    assert record["peak_memory_bytes"] > 0 and "saved" in record["memory_measure"]
+    assert record["median_epoch_seconds"] > 0 and record["inference_seconds_exact"] > 0
+    assert record["selection_inference"] == "exact"
+    assert record["best_val"] == record["val_exact"] and record["test"] == record["test_exact"]
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert all(h["val"] is not None for h in history)
+    health = ("usage", "perplexity", "quantization_error")
+    if method == "vq":
+        assert 0 <= record["val_vq"] <= 1 and 0 <= record["test_vq"] <= 1
+        assert record["inference_seconds_vq"] > 0
+        assert all(h[k] is not None for h in history for k in health)
+        assert all(0 < h["usage"] <= 1 for h in history)
+    else:
+        assert record["val_vq"] is None and record["test_vq"] is None
+        assert all(h[k] is None for h in history for k in health)
+
+
+def test_measure_memory_off(data):
+    _, result = train(data, epochs=1, measure_memory=False)
+    assert result.peak_memory_bytes is None
+
+
+# ------------------------------------------------------------------- options
+@pytest.mark.parametrize("optimizer, cls", [
+    ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_optimizers(data, optimizer, cls):
+    lr = 0.1 if optimizer == "sgd" else 0.03
+    trainer, result = train(data, optimizer=optimizer, lr=lr, weight_decay=1e-4)
+    assert type(trainer.optimizer) is cls
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 1e-4
+    assert result.history[-1].loss < result.history[0].loss
+    assert result.test > CHANCE + 0.15
+
+
+@pytest.mark.parametrize("sampler, cls", [
+    ("random", NodeBatchSampler), ("metis", ClusterBatchSampler)])
+@pytest.mark.parametrize("batch_nodes", ["train", "all"])
+def test_samplers_and_batch_nodes(data, sampler, cls, batch_nodes):
+    trainer, result = train(data, sampler=sampler, batch_nodes=batch_nodes)
+    assert type(trainer.sampler) is cls
+    expected = (data.train_mask.nonzero().view(-1) if batch_nodes == "train"
+                else torch.arange(data.num_nodes))
+    assert torch.equal(trainer.sampler.nodes.sort().values, expected)
+    assert result.history[-1].loss < result.history[0].loss
+    assert result.test > CHANCE + 0.15
+
+
+def test_metis_num_parts(data):
+    trainer, _ = train(data, sampler="metis", num_parts=5, epochs=1)
+    assert trainer.sampler.part_sizes.numel() == 5
+
+
+def test_eval_every(data):
+    _, result = train(data, epochs=7, eval_every=2)
+    evaluated = [h.epoch for h in result.history if h.val is not None]
+    assert evaluated == [2, 4, 6, 7]
+    assert all(h.train is None and h.test is None for h in result.history if h.val is None)
+    assert result.best_epoch in evaluated
+
+
+def test_patience_stops_early(data):
+    _, result = train(data, epochs=20, lr=1e-6, patience=2)
+    assert result.epochs_run < 20
+    assert len(result.history) == result.epochs_run
+    assert result.best_epoch < result.epochs_run
+
+
+@pytest.mark.parametrize("inference", ["exact", "vq"])
+def test_selection_inference(data, inference):
+    _, result = train(data, epochs=4, inference=inference)
+    assert result.selection_inference == inference
+    if inference == "vq":
+        assert (result.best_val, result.test) == (result.val_vq, result.test_vq)
+    else:
+        assert (result.best_val, result.test) == (result.val_exact, result.test_exact)
+
+
+def test_progress_bars_go_to_stderr(data, capsys):
+    train(data, epochs=2, progress=True)
+    captured = capsys.readouterr()
+    assert "epoch 1" in captured.err and "epoch 2" in captured.err
+    assert captured.out == ""
+
+
+def test_silent_by_default(data, capsys):
+    train(data, epochs=2)
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("method", ["vq", "full"])
+def test_log_one_line_per_epoch(data, method):
+    lines: list[str] = []
+    train(data, log=lines.append, method=method, epochs=3)
+    assert len(lines) == 3
+    assert all("loss" in line and "accuracy" in line for line in lines)
+    assert lines[0].startswith("epoch   1/3") and lines[2].startswith("epoch   3/3")
+    assert all(("codebook" in line) == (method == "vq") for line in lines)
+
+
+# --------------------------------------------------------- predict, evaluate
+@pytest.mark.parametrize("mode", ["exact", "vq"])
+def test_predict_and_evaluate(data, mode):
+    trainer, _ = train(data, epochs=2)
+    out = trainer.predict(mode)
+    assert out.shape == (data.num_nodes, 3)
+    scores = trainer.evaluate(mode)
+    assert set(scores) == {"train", "val", "test"}
+    assert all(0 <= v <= 1 for v in scores.values())
+
+
+def test_exact_predict_equals_full_graph_forward(data):
+    trainer, _ = train(data, epochs=2)
+    trainer.model.eval()
+    with torch.no_grad():
+        full = trainer.model(trainer.x, trainer.graph)
+    torch.testing.assert_close(trainer.predict("exact"), full, atol=1e-5, rtol=1e-5)
+
+
+def test_predict_bad_mode(data):
+    trainer = Trainer(build(data), data, config())
+    with pytest.raises(ValueError, match="'mode' must be one of .* received 'foo'"):
+        trainer.predict("foo")
+
+
+# ------------------------------------------------------------------- errors
+@pytest.mark.parametrize("changes, match", [
+    ({"method": "foo"}, "'method' must be one of \\('vq', 'full'\\), received 'foo'"),
+    ({"optimizer": "rmsprop"}, "'optimizer' must be one of .* received 'rmsprop'"),
+    ({"sampler": "saint"}, "'sampler' must be one of .* received 'saint'"),
+    ({"batch_nodes": "val"}, "'batch_nodes' must be one of"),
+    ({"inference": "approx"}, "'inference' must be one of"),
+    ({"epochs": 0}, "'epochs' must be an int >= 1, received 0"),
+    ({"epochs": 2.0}, "'epochs' must be an int >= 1, received 2.0"),
+    ({"batch_size": 0}, "'batch_size' must be an int >= 1"),
+    ({"eval_every": 0}, "'eval_every' must be an int >= 1"),
+    ({"lr": 0.0}, "'lr' must be > 0, received 0.0"),
+    ({"lr": -1.0}, "'lr' must be > 0"),
+    ({"patience": 0}, "'patience' must be >= 1 or None, received 0"),
+])
+def test_config_validate(changes, match):
+    TrainConfig().validate()
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**changes).validate()
+
+
+def test_config_validate_num_parts():
+    with pytest.raises(ValueError, match="'num_parts'"):
+        TrainConfig(sampler="metis", num_parts=0).validate()
+
+
+def test_full_method_with_vq_inference(data):
+    try:
+        trainer = Trainer(build(data), data, config(method="full", inference="vq", epochs=2))
+    except ValueError as err:  # rejecting the combination up front is fine too
+        assert "'inference'" in str(err)
+        return
+    result = trainer.fit()  # eval_batch_size 128 < 300 nodes
+    assert result.epochs_run == 2 and all(h.val is not None for h in result.history)
+
+
+def test_trainer_errors(data, tmp_path):
+    with pytest.raises(ValueError, match="'method' must be one of"):
+        Trainer(build(data), data, TrainConfig(method="foo"))
+    with pytest.raises(TypeError, match="'model' must be a VQGNN, received Linear"):
+        Trainer(torch.nn.Linear(8, 3), data, config())
+    small = VQGNN(8, 16, 3, 2, 10)
+    with pytest.raises(ValueError, match="built for 10 nodes, the graph has 300"):
+        Trainer(small, data, config())
+    no_train = data.clone()
+    no_train.train_mask = torch.zeros_like(data.train_mask)
+    with pytest.raises(ValueError, match="no training nodes"):
+        Trainer(build(data), no_train, config())
+    trainer = Trainer(build(data), data, config())
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        trainer.fit(resume_from=tmp_path / "missing.pt")
+
+
+def test_clone_config():
+    base = config()
+    new = clone_config(base, epochs=3, lr=0.5)
+    assert (new.epochs, new.lr, base.epochs, base.lr) == (3, 0.5, 10, 0.03)
+    with pytest.raises(ValueError, match="unknown option 'epoch'"):
+        clone_config(base, epoch=3)
+
+
+def test_run_experiment(data, tmp_path):
+    lines: list[str] = []
+    record = run_experiment(data, ModelConfig(hidden=16, num_codewords=16),
+                            config(epochs=3, checkpoint=str(tmp_path / "c.pt")), log=lines.append)
+    json.dumps(record)
+    assert RECORD_KEYS | {"dataset", "split", "seed", "conv", "inference_seconds"} <= set(record)
+    assert record["dataset"] == str(data.name) and record["conv"] == "gcn"
+    assert record["inference_seconds"] == record["inference_seconds_exact"]
+    assert record["model_config"]["hidden"] == 16 and record["train_config"]["epochs"] == 3
+    assert len(lines) == 3 and (tmp_path / "c.pt").is_file()
+    # resume=True with an existing checkpoint and more epochs continues from it.
+    more = run_experiment(data, ModelConfig(hidden=16, num_codewords=16),
+                          config(epochs=5, checkpoint=str(tmp_path / "c.pt")), resume=True)
+    assert len(more["history"]) == 5
+    assert [h["loss"] for h in more["history"][:3]] == [h["loss"] for h in record["history"]]
+
+
+# -------------------------------------------------------------------- resume
+def _run(data, path, epochs: int, seed: int = 0, resume: bool = False, **changes) -> Trainer:
+    seed_everything(seed)
+    cfg = config(epochs=epochs, checkpoint=str(path), seed=seed, **changes)
+    trainer = Trainer(build(data, dropout=0.3), data, cfg)
+    trainer.fit(resume_from=path if resume else None)
+    return trainer
+
+
+def _load(path) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+def _identical(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Bit-for-bit equal values, NaN in the same places (e.g. an unused layer's ``last_error``)."""
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return False
+    if x.is_floating_point():
+        return torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(), y.nan_to_num())
+    return torch.equal(x, y)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert _identical(a[key], b[key]), key
+
+
+def _optimizer_tensors(state: dict) -> list[torch.Tensor]:
+    return [t for s in state["state"].values() for t in s.values() if torch.is_tensor(t)]
+
+
+RESUME_CASES = [
+    pytest.param({"method": "vq"}, id="vq"),
+    pytest.param({"method": "vq", "sampler": "metis", "batch_nodes": "all"}, id="vq-metis-all"),
+    pytest.param({"method": "full"}, id="full"),
+]
+
+
+@pytest.mark.parametrize("changes", RESUME_CASES)
+def test_resume_equals_straight_run(data, tmp_path, changes):
+    _run(data, tmp_path / "a.pt", 20, **changes)
+    _run(data, tmp_path / "b.pt", 10, **changes)
+    assert _load(tmp_path / "b.pt")["epoch"] == 10
+    resumed = _run(data, tmp_path / "b.pt", 20, resume=True, **changes)
+    a, b = _load(tmp_path / "a.pt"), _load(tmp_path / "b.pt")
+    assert a["epoch"] == b["epoch"] == 20
+    model_state = a["model"]
+    if changes["method"] == "vq":  # the comparison covers codebooks and standardisers
+        names = " ".join(model_state)
+        assert "codebook.embed" in names and "assignment" in names and "x_norm.mean" in names
+    _assert_same_state(model_state, b["model"])
+    _assert_same_state(a["best_state"], b["best_state"])
+    opt_a, opt_b = _optimizer_tensors(a["optimizer"]), _optimizer_tensors(b["optimizer"])
+    assert len(opt_a) == len(opt_b) > 0
+    assert all(_identical(x, y) for x, y in zip(opt_a, opt_b))
+    assert torch.equal(a["sampler"]["generator"], b["sampler"]["generator"])
+    assert len(a["history"]) == len(b["history"]) == len(resumed.history) == 20
+    for ha, hb in zip(a["history"], b["history"]):
+        assert (ha["epoch"], ha["loss"], ha["val"]) == (hb["epoch"], hb["loss"], hb["val"])
+    assert (a["best_epoch"], a["best_val"]) == (b["best_epoch"], b["best_val"])
+
+
+@pytest.mark.parametrize("method", ["vq", "full"])
+def test_resume_comparison_is_sensitive_to_the_seed(data, tmp_path, method):
+    _run(data, tmp_path / "a.pt", 20, method=method)
+    _run(data, tmp_path / "c.pt", 20, seed=1, method=method)
+    a, c = _load(tmp_path / "a.pt")["model"], _load(tmp_path / "c.pt")["model"]
+    assert a.keys() == c.keys()
+    weights = [k for k in a if a[k].is_floating_point()]
+    assert weights and all(not torch.equal(a[k], c[k]) for k in weights if "weight" in k)
+
+
+def test_resume_with_a_finished_checkpoint_trains_no_more(data, tmp_path):
+    _run(data, tmp_path / "a.pt", 3)
+    before = _load(tmp_path / "a.pt")
+    trainer = _run(data, tmp_path / "a.pt", 3, resume=True)
+    assert trainer.epoch == 3 and len(trainer.history) == 3
+    _assert_same_state(before["model"], _load(tmp_path / "a.pt")["model"])
