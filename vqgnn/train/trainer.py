@@ -41,9 +41,11 @@ class TrainConfig:
         optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'``.
         sampler: ``'random'`` node batches or ``'metis'`` cluster batches.
         num_parts: METIS parts (default: about 4 per batch).
-        batch_nodes: ``'train'``: batches partition the training nodes; ``'all'``: they
-            partition all nodes (loss on the training nodes among them), which also
-            refreshes the codeword assignments of unlabeled nodes every epoch.
+        batch_nodes: ``'all'``: batches partition all nodes (the loss is on the training
+            nodes among them), which refreshes every node's codeword assignment each epoch;
+            ``'train'``: batches partition the training nodes only (assignments of the
+            other nodes then stay as k-means left them, and accuracy suffers: on Tolokers,
+            split 0, GCN, 71.1 against 72.3 ROC-AUC).
         eval_every: evaluate every this many epochs (and after the last).
         patience: stop after this many evaluations without a better validation metric.
         inference: ``'exact'`` layer-wise or ``'vq'`` mini-batch inference for model
@@ -64,7 +66,7 @@ class TrainConfig:
     optimizer: str = "adam"
     sampler: str = "random"
     num_parts: Optional[int] = None
-    batch_nodes: str = "train"
+    batch_nodes: str = "all"
     eval_every: int = 1
     patience: Optional[int] = None
     inference: str = "exact"
