@@ -129,6 +129,27 @@ def test_whole_graph_batch_equals_wrapped_conv(kind: str, merge: bool, device: s
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_full_graph_forward_equals_wrapped_conv(kind: str, device: str) -> None:
+    torch.manual_seed(0)
+    n = 30
+    graph = VQGraph(random_graph(n, 120).to(device), n)
+    layer = VQConv(make_conv(kind, 6, 8), num_codewords=4, num_nodes=n).to(device)
+    x1 = torch.randn(n, 6, device=device, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    ref = layer.conv(x1, graph.edge_index)
+    ref.pow(2).sum().backward()
+    ref_grads = [p.grad.clone() for p in layer.conv.parameters()]
+    layer.conv.zero_grad()
+    out = layer(x2, graph)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.pow(2).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
+    for p, g in zip(layer.conv.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)
+
+
 def full_graph_reference(model: Stack, x: Tensor, graph: VQGraph, y: Tensor):
     """Full-graph outputs, input gradients per layer, parameter gradients, aggregated grads."""
     model.zero_grad()

@@ -98,9 +98,10 @@ class VQConv(torch.nn.Module):
     (:class:`~vqgnn.nn.adapters.GenericAdapter`) the layer itself computes the messages
     to out-of-batch neighbours, exact for sum/mean aggregation of linear messages.
 
-    Calling the layer without ``batch`` runs the wrapped layer on the full graph,
-    exactly (for inference and tests); with ``batch`` in ``eval()`` mode it runs
-    VQ-approximated mini-batch inference.
+    Calling the layer without ``batch`` runs it on the full graph, exactly: through the
+    adapter (one sparse product per layer for linear layers; tested equal to the wrapped
+    layer) or, for layers without an adapter of their own, the wrapped layer itself.
+    With ``batch`` in ``eval()`` mode it runs VQ-approximated mini-batch inference.
 
     Args:
         conv: the layer to wrap (a ``MessagePassing`` instance; it is not modified).
@@ -218,8 +219,19 @@ class VQConv(torch.nn.Module):
             if x.size(0) != graph.num_nodes:
                 raise ValueError(f"'VQConv': full-graph 'x' must have {graph.num_nodes} rows, "
                                  f"received {x.size(0)}")
-            return self.conv(x, graph.edge_index)
+            if isinstance(self.adapter, GenericAdapter):
+                return self.conv(x, graph.edge_index)
+            return self._full(x, graph)
         return self._forward_batch(x, graph, batch)
+
+    def _full(self, x: Tensor, graph: VQGraph) -> Tensor:
+        """The whole graph through the adapter: one sparse product per layer for linear
+        layers (PyG's edge-wise layers materialise an (E, D) message tensor instead)."""
+        op = self.operator(graph)
+        n = graph.num_nodes
+        row = torch.repeat_interleave(torch.arange(n, device=x.device), op.rowptr.diff())
+        edges = BatchEdges(row, op.col, op.value, torch.ones_like(op.value), n, n, merged=True)
+        return self.adapter.forward(self.conv, x, x, edges)[0]
 
     def _check_batch(self, x: Optional[Tensor], graph: VQGraph, batch: Tensor) -> None:
         graph.check_batch(batch, "VQConv")
