@@ -6,12 +6,6 @@ import torch
 
 from vqgnn.batching.graph import VQGraph, check_edge_index
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="CUDA is not available on this machine")),
-]
-
 
 def hand_graph(device="cpu", dtype=torch.long) -> VQGraph:
     # 0 -> 1, 0 -> 2, 1 -> 2, 3 -> 2, 2 -> 2 (self-loop); node 4 isolated.
@@ -19,7 +13,6 @@ def hand_graph(device="cpu", dtype=torch.long) -> VQGraph:
     return VQGraph(edge_index, 5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 def test_degrees_local_map_and_repr(device, dtype):
     graph = hand_graph(device, dtype)

@@ -19,12 +19,6 @@ from vqgnn.batching.lowrank import (
     to_sparse_csr,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="CUDA is not available on this machine")),
-]
-
 # A hand graph of 9 nodes (node 8 isolated): messages src -> dst with weight w.
 EDGES = [  # (src, dst, w)
     (1, 5, 0.1), (3, 5, 0.2), (4, 5, 0.3), (0, 5, 0.4), (5, 5, 0.5),  # into batch node 5
@@ -86,7 +80,6 @@ def dense_reference(dense, batch, assignment, k):
 # --- CSR construction ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_build_operator_matches_dense_in_both_layouts(device):
     edge_index, value, dense = hand_graph(device)
     op = build_operator(edge_index, value, N)
@@ -110,7 +103,6 @@ def test_sorted_csr_rectangular_with_empty_rows():
     assert v.tolist() == [4.0, 2.0, 5.0, 3.0, 1.0]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_gather_rows_equals_dense_row_slicing(device):
     edge_index, value, dense = hand_graph(device)
     op = build_operator(edge_index, value, N)
@@ -124,7 +116,6 @@ def test_gather_rows_equals_dense_row_slicing(device):
 # --- batch edges ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 def test_batch_edges_merged_and_unmerged_match_the_hand_matrix(device, index_dtype):
     op, batch, local, assignment, dense = setup(device, index_dtype)
@@ -189,7 +180,6 @@ def test_batch_without_incoming_edges_gives_empty_operators():
 # --- backward edges ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_backward_edges_keep_out_of_batch_targets_with_transposed_values(device):
     op, batch, local, assignment, dense = setup(device)
     edges = backward_edges(op, batch, local, assignment)
@@ -206,7 +196,6 @@ def test_backward_edges_keep_out_of_batch_targets_with_transposed_values(device)
     assert_close(to_dense(edges.row, edges.target, edges.value, (len(BATCH), N)), ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_lowrank_backward_equals_dense_sum(device):
     op, batch, local, assignment, dense = setup(device)
     edges = backward_edges(op, batch, local, assignment)
@@ -222,7 +211,6 @@ def test_lowrank_backward_equals_dense_sum(device):
 # --- sparse products ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_to_sparse_csr_product_equals_dense_product(device):
     op, batch, local, assignment, _ = setup(device)
     edges = batch_edges(op, batch, local, assignment, K, merge=True)
@@ -237,7 +225,6 @@ def test_to_sparse_csr_product_equals_dense_product(device):
     assert_close(matrix @ y, expected @ y)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_csr_matmul_equals_dense_product(device):
     edge_index, value, dense = hand_graph(device)
     op = build_operator(edge_index, value, N)

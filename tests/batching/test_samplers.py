@@ -13,12 +13,6 @@ from vqgnn.batching.samplers import (
 )
 from vqgnn.datasets import load_dataset
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="CUDA is not available")),
-]
-
 
 @pytest.fixture(scope="module")
 def data():
@@ -45,7 +39,6 @@ def assert_partition(batches: list[torch.Tensor], nodes: torch.Tensor) -> None:
     assert torch.equal(joined.sort().values.cpu(), nodes.sort().values.cpu())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 1000, 97])
 def test_node_batches_partition_the_nodes(batch_size, device):
     nodes = torch.arange(5, 300, 3, device=device)  # 99 nodes, a subset, not 0..n-1

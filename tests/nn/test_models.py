@@ -9,11 +9,6 @@ from vqgnn import VQGraph
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="CUDA is not available")),
-]
 CONVS = ["gcn", "sage", "gat"]
 
 
@@ -30,7 +25,6 @@ def build(data, conv="gcn", residual=False, **kwargs) -> VQGNN:
                  **kwargs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("conv", CONVS)
 def test_layerwise_inference_equals_full_graph_forward(data, conv, residual, device):
@@ -44,7 +38,6 @@ def test_layerwise_inference_equals_full_graph_forward(data, conv, residual, dev
     torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("conv", CONVS)
 def test_vq_forward_on_all_nodes_equals_full_graph(data, conv, residual, device):

@@ -11,8 +11,6 @@ from torch_geometric.utils import coalesce, to_undirected
 
 from vqgnn import VQConv, VQGraph
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
 
 class LinearUserConv(MessagePassing):
     """A user's layer with messages linear in the source features (mean aggregation)."""
@@ -101,7 +99,6 @@ class Stack(torch.nn.Module):
         return x
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("merge", [True, False])
 def test_whole_graph_batch_equals_wrapped_conv(kind: str, merge: bool, device: str) -> None:
@@ -129,7 +126,6 @@ def test_whole_graph_batch_equals_wrapped_conv(kind: str, merge: bool, device: s
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_full_graph_forward_equals_wrapped_conv(kind: str, device: str) -> None:
     torch.manual_seed(0)
@@ -204,7 +200,6 @@ def setup_oracle(kind: str, backward_approx: bool, device: str = "cpu", n: int =
     return model, graph, x, y
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_oracle_codebook_outputs_equal_full_graph(kind: str, device: str) -> None:
     model, graph, x, y = setup_oracle(kind, True, device)
@@ -215,7 +210,6 @@ def test_oracle_codebook_outputs_equal_full_graph(kind: str, device: str) -> Non
     torch.testing.assert_close(out, out_full[batch], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", LINEAR_KINDS)
 def test_oracle_codebook_gradients_equal_full_graph(kind: str, device: str) -> None:
     model, graph, x, y = setup_oracle(kind, True, device)

@@ -18,11 +18,6 @@ from vqgnn.quantize.functional import (
     perplexity,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="CUDA is not available on this machine")),
-]
 NEEDS_FAISS = pytest.mark.skipif(not has_faiss(), reason="faiss is not installed")
 
 
@@ -69,7 +64,6 @@ def test_laplace_smoothing_small_eps_is_near_identity():
     assert_close(laplace_smoothing(counts, eps=1e-9), counts)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_batch_statistics_hand_case(device):
     codes = torch.tensor([0, 2, 0], device=device)
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], device=device)
@@ -88,7 +82,6 @@ def test_nearest_codeword_docstring_case():
     assert out.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk_size", [1, 3, 1000])
 def test_nearest_codeword_chunked_equals_brute_force(device, chunk_size):
     gen = torch.Generator().manual_seed(1)
@@ -113,7 +106,6 @@ def test_nearest_codeword_rejects_bad_chunk_size(chunk_size):
 # --- k-means --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_kmeans_torch_recovers_blobs(device):
     x = blobs(device)
     # Lloyd's from random rows can settle in a local minimum (two seeds in one blob): about

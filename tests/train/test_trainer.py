@@ -20,11 +20,6 @@ from vqgnn.train import (
     seed_everything,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="CUDA is not available")),
-]
 RECORD_KEYS = {"method", "metric", "best_val", "test", "median_epoch_seconds",
                "peak_memory_bytes", "memory_measure", "inference_seconds_exact"}
 CHANCE = 1 / 3  # three balanced classes
@@ -53,7 +48,6 @@ def train(data, log=None, **changes) -> tuple[Trainer, TrainResult]:
 
 
 # ------------------------------------------------------------------ learning
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["vq", "full"])
 def test_fit_learns(data, method, device):
     _, result = train(data, method=method, epochs=15, device=device)
