@@ -1,6 +1,6 @@
 """vqgnn: scale PyTorch Geometric GNNs to large graphs with vector quantization (VQ-GNN)."""
 from vqgnn.batching import VQGraph
-from vqgnn.nn import VQConv, register_adapter
+from vqgnn.nn import VQGNN, VQConv, init_codebooks, register_adapter
 from vqgnn.quantize import Codebook, CodebookHealth, FeatureGradientQuantizer
 
 __version__ = "0.1.0"
@@ -9,6 +9,8 @@ __all__ = [
     "__version__",
     "VQGraph",
     "VQConv",
+    "VQGNN",
+    "init_codebooks",
     "register_adapter",
     "Codebook",
     "CodebookHealth",

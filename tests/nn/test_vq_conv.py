@@ -393,3 +393,25 @@ def test_constant_input_layer_is_exact_without_codebook(kind: str) -> None:
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="'x' of shape"):
         layer.set_constant_input(torch.randn(3, 6), graph)
+
+
+def test_init_codebooks_of_any_model() -> None:
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 160), n)
+    model = Stack("gcn", n, [5, 8, 8, 4], num_codewords=6)
+    x = torch.randn(n, 5)
+    model.layers[0].set_constant_input(x, graph)
+    from vqgnn import init_codebooks
+
+    assert init_codebooks(model, x, graph) == 2  # the constant-input layer needs none
+    assert not model.layers[0].quantizer.initialized
+    assert all(layer.quantizer.initialized for layer in model.layers[1:])
+    # Layer 2's codebook was fitted on layer 2's full-graph inputs.
+    h = torch.tanh(model.layers[0](x, graph)).detach()
+    q = model.layers[1].quantizer
+    torch.testing.assert_close(q.x_norm.mean, h.mean(0), rtol=1e-4, atol=1e-5)
+    batch = torch.arange(10)
+    model(x[batch], graph, batch).sum().backward()  # mini-batch steps now run
+    with pytest.raises(ValueError, match="holds no VQConv layer"):
+        init_codebooks(torch.nn.Linear(2, 2), torch.randn(1, 2))

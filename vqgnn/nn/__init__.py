@@ -8,9 +8,9 @@ from vqgnn.nn.adapters import (
     register_adapter,
 )
 from vqgnn.nn.models import VQGNN, backbone_factory
-from vqgnn.nn.vq_conv import VQConv
+from vqgnn.nn.vq_conv import VQConv, init_codebooks
 
 __all__ = [
     "VQConv", "VQGNN", "backbone_factory", "ConvAdapter", "LinearAdapter", "AttentionAdapter",
-    "GenericAdapter", "adapter_for", "register_adapter",
+    "GenericAdapter", "adapter_for", "register_adapter", "init_codebooks",
 ]

@@ -396,3 +396,55 @@ class VQConv(torch.nn.Module):
         return (f"{type(self).__name__}({self.conv}, num_codewords={self.num_codewords}, "
                 f"num_nodes={self.num_nodes}, merge={self.merge}, "
                 f"backward_approx={self.backward_approx})")
+
+
+@torch.no_grad()
+def init_codebooks(model: torch.nn.Module, *inputs: Any, seed: int = 0, **kwargs: Any) -> int:
+    """k-means initialisation of every :class:`VQConv` inside any model.
+
+    Runs ``model(*inputs, **kwargs)`` once in ``eval()`` mode, as an exact full-graph
+    forward (its ``VQConv`` layers called without ``batch``), records each layer's input
+    with a forward pre-hook, and initialises each codebook on it. Layers with a constant
+    input (:meth:`VQConv.set_constant_input`) need no codebook and are left alone. For
+    graphs whose full-graph forward does not fit in memory, use
+    :meth:`~vqgnn.nn.VQGNN.prepare` (layer-wise, in chunks).
+
+    Args:
+        model: a module holding ``VQConv`` layers.
+        *inputs: the full-graph forward's arguments (e.g. ``data.x, graph``).
+        seed: k-means seed (layer ``i`` uses ``seed + i``).
+        **kwargs: keyword arguments of the forward.
+
+    Returns:
+        The number of codebooks initialised.
+
+    Example:
+        >>> init_codebooks(model, data.x, graph)
+    """
+    layers = [m for m in model.modules() if isinstance(m, VQConv)]
+    if not layers:
+        raise ValueError(f"init_codebooks: '{type(model).__name__}' holds no VQConv layer")
+    seen: dict[int, Tensor] = {}
+
+    def record(module: torch.nn.Module, args: tuple, kw: dict) -> None:
+        batch = args[2] if len(args) > 2 else kw.get("batch")
+        if batch is not None:
+            raise ValueError("init_codebooks needs a full-graph forward; a VQConv was called "
+                             "with 'batch'")
+        seen[id(module)] = args[0] if args else kw["x"]
+
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(*inputs, **kwargs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    count = 0
+    for i, layer in enumerate(layers):
+        if layer._constant is None and id(layer) in seen:
+            layer.init_codebook(seen[id(layer)], seed=seed + i)
+            count += 1
+    return count
