@@ -11,7 +11,7 @@ setup:
 
 # The main job: VQ-GNN and full-graph GCN side by side on a synthetic graph (no files).
 DEMO_DATASET ?= synthetic:n=100000,deg=20,signal=0.3
-DEMO_ARGS ?= --method vq,full --conv gcn --epochs 20 --batch-size 2048 --num-codewords 512
+DEMO_ARGS ?= --method vq,full --conv gcn --epochs 50 --batch-size 2048 --num-codewords 512
 
 demo: setup
 	$(PY) -m vqgnn train --dataset $(DEMO_DATASET) $(DEMO_ARGS)

@@ -11,7 +11,7 @@ import torch
 from torch.testing import assert_close
 
 from vqgnn.quantize.codebook import Codebook, CodebookHealth, noop_all_reduce
-from vqgnn.quantize.functional import has_faiss, laplace_smoothing
+from vqgnn.quantize.functional import has_faiss, laplace_smoothing, nearest_codeword
 
 BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(
     not has_faiss(), reason="faiss is not installed"))]
@@ -427,3 +427,29 @@ def test_set_codewords_rejects_bad_shapes_and_counts():
     with pytest.raises(ValueError, match=r"received \(3,\)"):
         cb.set_codewords(torch.zeros(2, 2), torch.ones(3))
     assert not bool(cb.initialized)
+
+
+def test_codebook_math_is_fp32_under_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8) * 3
+    plain = Codebook(16, 8, kmeans_backend="torch")
+    plain.init_(x)
+    auto = Codebook(16, 8, kmeans_backend="torch")
+    auto.load_state_dict(plain.state_dict())
+    batch = torch.randn(32, 8) * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (batch @ batch.t()).dtype == torch.bfloat16  # autocast is really on
+        codes_auto = auto.update(batch)
+    codes_plain = plain.update(batch)
+    assert torch.equal(codes_auto, codes_plain)
+    for name in ("cluster_size", "embed_sum", "embed"):
+        assert getattr(auto, name).dtype == torch.float32
+        assert torch.equal(getattr(auto, name), getattr(plain, name))
+
+
+def test_nearest_codeword_is_exact_under_autocast():
+    # In bfloat16 the product x . v rounds 1.003 to 1.0 and picks the wrong codeword.
+    x = torch.tensor([[1.0]])
+    codewords = torch.tensor([[1.003], [0.996]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert nearest_codeword(x, codewords).tolist() == [0]

@@ -10,6 +10,7 @@ from torch import Tensor
 from vqgnn.quantize.functional import (
     batch_statistics,
     ema_inplace,
+    fp32,
     kmeans,
     laplace_smoothing,
     nearest_codeword,
@@ -135,7 +136,7 @@ class Codebook(torch.nn.Module):
             raise ValueError(f"'{type(self).__name__}' expects '{arg}' of shape (N, {self.dim}), "
                              f"received {tuple(x.shape)}")
 
-    @torch.no_grad()
+    @fp32
     def init_(self, x: Tensor, seed: int = 0) -> Tensor:
         """Initialise by k-means on ``x``, consistently: ``S = V * N0`` with ``N0 > 0``.
 
@@ -163,7 +164,7 @@ class Codebook(torch.nn.Module):
             return result.assignment
         return self.assign(x)
 
-    @torch.no_grad()
+    @fp32
     def set_codewords(self, codewords: Tensor, counts: Optional[Tensor] = None) -> None:
         """Set the codewords (and their EMA counts, default 1) consistently.
 
@@ -184,13 +185,13 @@ class Codebook(torch.nn.Module):
         self.embed_sum.copy_(self.embed * self.cluster_size.unsqueeze(1))
         self.initialized.fill_(True)
 
-    @torch.no_grad()
+    @fp32
     def assign(self, x: Tensor) -> Tensor:
         """(N,) nearest codeword of each row of ``x`` (N, D), chunked."""
         self._check_vectors(x)
         return nearest_codeword(x, self.embed, self.chunk_size)
 
-    @torch.no_grad()
+    @fp32
     def update(self, x: Tensor, codes: Optional[Tensor] = None) -> Tensor:
         """One EMA k-means step on the batch ``x``; initialises by k-means first if needed.
 
@@ -239,7 +240,7 @@ class Codebook(torch.nn.Module):
         self.cluster_size[dead] = 1.0
         self.embed_sum[dead] = new
 
-    @torch.no_grad()
+    @fp32
     def health(self) -> CodebookHealth:
         """Usage, perplexity and the last batch's relative quantisation error."""
         alive = (self.cluster_size >= max(self.dead_threshold, 1e-12)).float().mean()

@@ -4,15 +4,34 @@ Letter code for shapes: ``N`` vectors, ``D`` dimensions, ``K`` codewords.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import functools
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 import torch
 from torch import Tensor
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 try:  # faiss is a declared dependency, but the torch path must work without it.
     import faiss  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - exercised only where faiss is missing
     faiss = None  # type: ignore[assignment]
+
+
+def fp32(fn: F) -> F:
+    """Run ``fn`` without autograd and with autocast off: codebook arithmetic stays fp32.
+
+    Under ``torch.autocast`` a matrix product would otherwise run in half precision,
+    which changes nearest-codeword decisions.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), \
+                torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def has_faiss() -> bool:
@@ -42,6 +61,7 @@ def laplace_smoothing(counts: Tensor, eps: float) -> Tensor:
     return (counts + eps) / (total + counts.numel() * eps) * total
 
 
+@fp32
 def nearest_codeword(x: Tensor, codewords: Tensor, chunk_size: int = 65536) -> Tensor:
     r"""Index of the nearest codeword (squared Euclidean) for every row of ``x``.
 
@@ -79,6 +99,7 @@ def nearest_codeword(x: Tensor, codewords: Tensor, chunk_size: int = 65536) -> T
     return out
 
 
+@fp32
 def batch_statistics(codes: Tensor, x: Tensor, num_codewords: int) -> tuple[Tensor, Tensor]:
     """Per-codeword count ``n_k`` and sum ``s_k`` of the vectors assigned to it.
 
@@ -117,6 +138,7 @@ def _initial_centroids(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return x[idx.to(x.device)].clone()
 
 
+@fp32
 def kmeans_torch(x: Tensor, num_codewords: int, num_iters: int = 20, seed: int = 0,
                  chunk_size: int = 65536) -> KMeansResult:
     """Lloyd's k-means in torch (any device).

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from vqgnn.quantize.codebook import AllReduceFn, Codebook, CodebookHealth, noop_all_reduce
+from vqgnn.quantize.functional import fp32
 
 
 class RunningStandardizer(torch.nn.Module):
@@ -42,7 +43,7 @@ class RunningStandardizer(torch.nn.Module):
         self.var.fill_(1.0)
         self.initialized.fill_(False)
 
-    @torch.no_grad()
+    @fp32
     def update(self, x: Tensor, all_reduce_fn: AllReduceFn = noop_all_reduce) -> None:
         """Move the statistics towards those of the batch ``x`` (B, D)."""
         # Shifted sums in float64: E[x^2] - E[x]^2 cancels catastrophically in fp32 when
@@ -164,7 +165,7 @@ class FeatureGradientQuantizer(torch.nn.Module):
         zg = self.g_norm(g) if g is not None else zx.new_zeros(x.size(0), self.grad_dim)
         return torch.cat([zx, zg], dim=1)
 
-    @torch.no_grad()
+    @fp32
     def initialize(self, node_idx: Tensor, x: Tensor, g: Optional[Tensor] = None,
                    seed: int = 0) -> None:
         """k-means initialisation on a first pass, and assignment of those nodes.
@@ -182,7 +183,7 @@ class FeatureGradientQuantizer(torch.nn.Module):
         codes = self.codebook.init_(self._vectors(x, g), seed=seed)
         self.assignment[node_idx] = codes.to(self.assignment.dtype)
 
-    @torch.no_grad()
+    @fp32
     def update(self, node_idx: Tensor, x: Tensor, g: Tensor) -> Tensor:
         """One EMA step on a batch's pairs; refreshes the batch nodes' assignment.
 
@@ -201,7 +202,7 @@ class FeatureGradientQuantizer(torch.nn.Module):
         self.assignment[node_idx] = codes.to(self.assignment.dtype)
         return codes
 
-    @torch.no_grad()
+    @fp32
     def set_codewords(self, features: Tensor, gradients: Tensor,
                       assignment: Optional[Tensor] = None) -> None:
         """Set the codewords' two halves (original scales) and optionally every assignment.
