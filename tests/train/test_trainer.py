@@ -348,3 +348,14 @@ def test_resume_with_a_finished_checkpoint_trains_no_more(data, tmp_path):
     trainer = _run(data, tmp_path / "a.pt", 3, resume=True)
     assert trainer.epoch == 3 and len(trainer.history) == 3
     _assert_same_state(before["model"], _load(tmp_path / "a.pt")["model"])
+
+
+def test_a_user_optimizer_is_used(data):
+    model = build(data)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    trainer = Trainer(model, data, config(epochs=2), optimizer=opt)
+    assert trainer.optimizer is opt
+    trainer.fit()
+    assert opt.state  # it stepped
+    with pytest.raises(TypeError, match="'optimizer' must be a torch.optim.Optimizer"):
+        Trainer(build(data), data, config(), optimizer="adam")  # type: ignore[arg-type]

@@ -193,6 +193,8 @@ class Trainer:
             ``y``, masks, ``metric``).
         config: :class:`TrainConfig`.
         log: called with one line per epoch (default: silent).
+        optimizer: an optimizer over ``model``'s parameters, in place of the one
+            ``config.optimizer`` names (any ``torch.optim.Optimizer``).
 
     Example:
         >>> trainer = Trainer(model, data, TrainConfig(epochs=50, batch_size=512))
@@ -200,7 +202,8 @@ class Trainer:
     """
 
     def __init__(self, model: VQGNN, data: Data, config: TrainConfig,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+                 log: Optional[Callable[[str], None]] = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         config.validate()
         if not isinstance(model, VQGNN):
             raise TypeError(f"'Trainer': 'model' must be a VQGNN, received "
@@ -228,7 +231,10 @@ class Trainer:
         self.loss_scale = (min(config.batch_size, pool.numel()) * self.train_idx.numel()
                            / pool.numel())
         self.sampler = self._make_sampler(pool)
-        self.optimizer = self._make_optimizer()
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"'Trainer': 'optimizer' must be a torch.optim.Optimizer, "
+                            f"received {type(optimizer).__name__}")
+        self.optimizer = optimizer if optimizer is not None else self._make_optimizer()
         self.epoch = 0
         self.history: list[EpochLog] = []
         self.best_val = -float("inf")
