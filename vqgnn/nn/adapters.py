@@ -40,6 +40,12 @@ def _aggr_name(conv: MessagePassing) -> str:
     return aggr if isinstance(aggr, str) else type(aggr).__name__
 
 
+def _check_linear_aggr(adapter: ConvAdapter, conv: MessagePassing) -> None:
+    if _aggr_name(conv) not in LINEAR_AGGRS:
+        raise ValueError(f"'{type(adapter).__name__}' runs aggr in {LINEAR_AGGRS}, "
+                         f"received {_aggr_name(conv)!r}")
+
+
 def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False) -> SparseOperator:
     """``C = A`` (sum) or ``D^{-1} A`` (mean), optionally with self-loops, on the full graph."""
     n = graph.num_nodes
@@ -175,9 +181,7 @@ class SAGEAdapter(LinearAdapter):
     r""":class:`~torch_geometric.nn.SAGEConv` with ``mean`` or ``sum`` aggregation."""
 
     def check(self, conv: MessagePassing) -> None:
-        if _aggr_name(conv) not in LINEAR_AGGRS:
-            raise ValueError(f"'SAGEAdapter' runs aggr in {LINEAR_AGGRS}, "
-                             f"received {_aggr_name(conv)!r}")
+        _check_linear_aggr(self, conv)
 
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
         return _plain_operator(graph, mean=_aggr_name(conv) == "mean")
@@ -203,7 +207,8 @@ class SAGEAdapter(LinearAdapter):
 class GraphConvAdapter(LinearAdapter):
     """:class:`~torch_geometric.nn.GraphConv` with ``add``/``sum``/``mean`` aggregation."""
 
-    check = SAGEAdapter.check
+    def check(self, conv: MessagePassing) -> None:
+        _check_linear_aggr(self, conv)
 
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
         return _plain_operator(graph, mean=_aggr_name(conv) == "mean")
