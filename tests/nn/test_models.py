@@ -145,3 +145,14 @@ def test_reset_parameters(data, residual):
         assert not torch.equal(before["lin_out.weight"], after["lin_out.weight"])
     assert not any(conv.quantizer.initialized for conv in model.layers)
     assert model.codebook_health() is None
+
+
+def test_layers_share_one_copy_of_the_convolution_matrix():
+    data = load_dataset("synthetic:n=200,deg=5,features=8,classes=3")
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model = VQGNN(8, 16, 3, 3, data.num_nodes, conv="gcn")
+    first, second, third = (layer.operator(graph) for layer in model.layers)
+    assert first is second is third
+    sage = VQGNN(8, 16, 3, 2, data.num_nodes, conv="sage")
+    assert sage.layers[0].operator(graph) is sage.layers[1].operator(graph)
+    assert sage.layers[0].operator(graph) is not first  # mean, not GCN's normalisation

@@ -1,10 +1,12 @@
 """The full graph as VQ layers need it: edge list, degrees, and a node-to-batch map."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Hashable, Optional, TypeVar
 
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 
 def check_edge_index(edge_index: Tensor, num_nodes: int, owner: str = "VQGraph") -> None:
@@ -51,6 +53,14 @@ class VQGraph:
         self.in_degree = torch.bincount(self.edge_index[1], minlength=num_nodes)
         self.out_degree = torch.bincount(self.edge_index[0], minlength=num_nodes)
         self.local = torch.full((num_nodes,), -1, dtype=torch.long, device=edge_index.device)
+        self._cache: dict[Hashable, Any] = {}
+
+    def cached(self, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()`` once per ``key``: convolution matrices shared by the layers that
+        normalise the same way (three GCN layers hold one copy, not three)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     @property
     def device(self) -> torch.device:

@@ -47,7 +47,15 @@ def _check_linear_aggr(adapter: ConvAdapter, conv: MessagePassing) -> None:
 
 
 def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False) -> SparseOperator:
-    """``C = A`` (sum) or ``D^{-1} A`` (mean), optionally with self-loops, on the full graph."""
+    """``C = A`` (sum) or ``D^{-1} A`` (mean), optionally with self-loops, on the full graph.
+
+    Built once per graph and shared by every layer that asks for the same one.
+    """
+    return graph.cached(("plain", mean, self_loops),
+                        lambda: _build_plain_operator(graph, mean, self_loops))
+
+
+def _build_plain_operator(graph: VQGraph, mean: bool, self_loops: bool) -> SparseOperator:
     n = graph.num_nodes
     edge_index = graph.edge_index
     if self_loops:
@@ -159,13 +167,15 @@ class GCNAdapter(LinearAdapter):
         return conv.out_channels
 
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
-        if conv.normalize:
+        if not conv.normalize:
+            return _plain_operator(graph, mean=False)
+
+        def build() -> SparseOperator:
             edge_index, value = gcn_norm(graph.edge_index, None, graph.num_nodes,
                                          conv.improved, conv.add_self_loops)
-        else:
-            edge_index = graph.edge_index
-            value = torch.ones(edge_index.size(1), device=edge_index.device)
-        return build_operator(edge_index, value, graph.num_nodes)
+            return build_operator(edge_index, value, graph.num_nodes)
+
+        return graph.cached(("gcn", conv.improved, conv.add_self_loops), build)
 
     def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
         return conv.lin(x)
