@@ -12,6 +12,7 @@ the shared copy stays untouched).
 Usage:
     python benchmarks/grid.py --preset accuracy                       # the README's table
     python benchmarks/grid.py --preset accuracy --datasets cora --convs gcn --runs 2
+    python benchmarks/grid.py --preset accuracy --table-only   # the table of the records
 """
 from __future__ import annotations
 
@@ -176,6 +177,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON lines file (default: results/)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--verbose", action="store_true", help="per-epoch logs")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: print the table of the records in --out")
     args = parser.parse_args()
 
     presets = PRESETS[args.preset]
@@ -192,7 +195,7 @@ def main() -> None:
     runs = [Run(presets[k], m, c, i) for k in keys for c in convs
             for i in range(args.runs or presets[k].runs) for m in methods]
     start = time.time()
-    for n, run in enumerate(runs, 1):
+    for n, run in enumerate([] if args.table_only else runs, 1):
         run.train = replace(run.train, device=args.device)
         p = run.preset
         root = prepare_root(p.family, Path(args.data_root))
@@ -213,8 +216,10 @@ def main() -> None:
               f"{record['median_epoch_seconds']:.3f} s/epoch "
               f"({time.time() - start:.0f} s so far)", flush=True)
 
+    names = {presets[k].name for k in keys} if args.datasets else None
     records = [r for r in load_records(out)
-               if r["method"] in methods and r["conv"] in convs]
+               if r["method"] in methods and r["conv"] in convs
+               and (names is None or r["dataset"] in names)]
     device = records[0]["device"] if records else args.device
     title = (f"Grid '{args.preset}' ({len(records)} runs, device {device}, "
              f"{torch.get_num_threads()} threads); command: "
