@@ -187,44 +187,78 @@ class GCNAdapter(LinearAdapter):
         return agg + conv.bias if conv.bias is not None else agg
 
 
+def _weight_only(lin: Any, x: Tensor, detach: bool = False) -> Tensor:
+    """``x W^T`` of a linear layer, without its bias (optionally with ``W`` detached)."""
+    weight = lin.weight.detach() if detach else lin.weight
+    return F.linear(x, weight)
+
+
+def _add_bias(out: Tensor, lin: Any) -> Tensor:
+    return out + lin.bias if getattr(lin, "bias", None) is not None else out
+
+
 class SAGEAdapter(LinearAdapter):
-    r""":class:`~torch_geometric.nn.SAGEConv` with ``mean`` or ``sum`` aggregation."""
+    r""":class:`~torch_geometric.nn.SAGEConv` with ``mean`` or ``sum`` aggregation.
+
+    ``lin_l`` is linear, so it is moved before the aggregation (its bias after it):
+    :math:`\mathrm{agg}_i = \sum_j C_{ij} W_l x_j`. The aggregated output, where the
+    gradient is captured, then has ``out_channels`` dimensions, not ``in_channels``: the
+    codewords' gradient halves are as small as GCN's and weigh less in the assignment.
+    """
 
     def check(self, conv: MessagePassing) -> None:
         _check_linear_aggr(self, conv)
 
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        return conv.out_channels
+
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
         return _plain_operator(graph, mean=_aggr_name(conv) == "mean")
 
+    def _projected(self, conv: MessagePassing, x: Tensor, detach: bool) -> Tensor:
+        if not (conv.project and hasattr(conv, "lin")):
+            return x
+        return (_detached_linear(conv.lin, x) if detach else conv.lin(x)).relu()
+
     def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
-        return conv.lin(x).relu() if conv.project and hasattr(conv, "lin") else x
+        return _weight_only(conv.lin_l, self._projected(conv, x, False))
 
     def message_is_linear_map(self, conv: MessagePassing) -> bool:
         return not (conv.project and hasattr(conv, "lin"))
 
     def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
-        if conv.project and hasattr(conv, "lin"):
-            return _detached_linear(conv.lin, x).relu()
-        return x
+        return _weight_only(conv.lin_l, self._projected(conv, x, True), detach=True)
 
     def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
-        out = conv.lin_l(agg)
+        out = _add_bias(agg, conv.lin_l)
         if conv.root_weight:
             out = out + conv.lin_r(x_dst)
         return F.normalize(out, p=2.0, dim=-1) if conv.normalize else out
 
 
 class GraphConvAdapter(LinearAdapter):
-    """:class:`~torch_geometric.nn.GraphConv` with ``add``/``sum``/``mean`` aggregation."""
+    """:class:`~torch_geometric.nn.GraphConv` with ``add``/``sum``/``mean`` aggregation.
+
+    As for SAGE, ``lin_rel`` is applied before the aggregation (its bias after it).
+    """
 
     def check(self, conv: MessagePassing) -> None:
         _check_linear_aggr(self, conv)
 
+    def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
+        return conv.out_channels
+
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
         return _plain_operator(graph, mean=_aggr_name(conv) == "mean")
 
+    def message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return _weight_only(conv.lin_rel, x)
+
+    def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
+        return _weight_only(conv.lin_rel, x, detach=True)
+
     def update(self, conv: MessagePassing, agg: Tensor, x_dst: Tensor) -> Tensor:
-        return conv.lin_rel(agg) + conv.lin_root(x_dst)
+        return _add_bias(agg, conv.lin_rel) + conv.lin_root(x_dst)
 
 
 class GINAdapter(LinearAdapter):
