@@ -229,7 +229,8 @@ class VQConv(torch.nn.Module):
         layers (PyG's edge-wise layers materialise an (E, D) message tensor instead)."""
         op = self.operator(graph)
         n = graph.num_nodes
-        row = torch.repeat_interleave(torch.arange(n, device=x.device), op.rowptr.diff())
+        row = graph.cached(("rows", id(op)), lambda: torch.repeat_interleave(
+            torch.arange(n, device=x.device), op.rowptr.diff()))
         edges = BatchEdges(row, op.col, op.value, torch.ones_like(op.value), n, n, merged=True)
         return self.adapter.forward(self.conv, x, x, edges)[0]
 

@@ -6,6 +6,7 @@ import copy
 import os
 import random
 import statistics
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -289,10 +290,8 @@ class Trainer:
     def _step(self, batch: Optional[Tensor]) -> float:
         model, opt = self.model, self.optimizer
         opt.zero_grad(set_to_none=True)
-        meter = SavedTensorMeter(self.device) if self.config.measure_memory else None
-        if meter is not None:
-            meter.__enter__()
-        try:
+        measure = self.config.measure_memory
+        with SavedTensorMeter(self.device) if measure else nullcontext() as meter:
             if batch is None:  # full graph
                 if meter is not None:
                     meter.add(self.x, self.graph.edge_index)
@@ -304,9 +303,6 @@ class Trainer:
                     meter.add(xb, batch)
                 loss = self._loss(model(xb, self.graph, batch), batch, self.loss_scale)
             loss.backward()
-        finally:
-            if meter is not None:
-                meter.__exit__(None, None, None)
         if meter is not None:
             measured = meter.cuda_peak if meter.cuda_peak is not None else meter.bytes
             self.peak_bytes = max(self.peak_bytes, measured)
