@@ -90,6 +90,8 @@ def test_train_verbose(capsys):
     (["--lr", "-1"], "'lr' must be > 0"),
     (["--patience", "0"], "'patience'"),
     (["--num-codewords", "0"], "'num_codewords' must be an int >= 1"),
+    (["--method", "sage", "--num-neighbors", "5"], "'num_neighbors' needs a fan-out per layer"),
+    (["--method", "saint", "--walk-length", "0"], "'walk_length' must be an int >= 1"),
 ])
 def test_train_bad_options(capsys, argv, match):
     assert run(["train", "--dataset", DATASET, "--epochs", "1", "--quiet", *argv]) == 2
@@ -101,6 +103,9 @@ def test_train_bad_options(capsys, argv, match):
 def test_train_bad_choice_is_an_argparse_error(capsys):
     assert run(["train", "--dataset", DATASET, "--optimizer", "rmsprop"]) == 2
     assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+    assert run(["train", "--dataset", DATASET, "--num-neighbors", "5,x"]) == 2
+    assert ("argument --num-neighbors: '--num-neighbors' must be comma-separated ints such as "
+            "15,10,5, received '5,x'") in capsys.readouterr().err
 
 
 def test_train_checkpoint_and_resume(tmp_path, capsys):
@@ -119,3 +124,20 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
         state = torch.load(tmp_path / f"ck.{after['method']}.pt", weights_only=False)
         assert state["epoch"] == 4
     capsys.readouterr()
+
+
+def test_train_baselines_side_by_side(tmp_path, capsys):
+    out = tmp_path / "runs.jsonl"
+    argv = ["train", "--dataset", DATASET, "--method", "full,sage,cluster,saint", "--epochs",
+            "3", "--quiet", "--num-neighbors", "4,3", "--num-parts", "8", "--walk-length", "3",
+            "--saint-coverage", "5", "--json", str(out), *SMALL]
+    assert run(argv) == 0
+    table = capsys.readouterr().out
+    records = read_records(out)
+    assert [r["method"] for r in records] == ["full", "sage", "cluster", "saint"]
+    for r in records:
+        assert JSON_KEYS <= r.keys() and r["test_vq"] is None
+        assert f"| {r['method']} |" in table
+    configs = {r["method"]: r["train_config"] for r in records}
+    assert configs["sage"]["num_neighbors"] == [4, 3]
+    assert configs["cluster"]["num_parts"] == 8 and configs["saint"]["walk_length"] == 3

@@ -59,9 +59,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fanouts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'--num-neighbors' must be comma-separated ints such as 15,10,5, "
+            f"received {text!r}") from None
+
+
+def train_config(args: argparse.Namespace, method: str, checkpoint: Optional[str] = None):
+    """The :class:`~vqgnn.train.TrainConfig` of one method from the command's options."""
+    from vqgnn.train import TrainConfig
+
+    return TrainConfig(
+        method=method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, optimizer=args.optimizer, sampler=args.sampler,
+        num_parts=args.num_parts, num_neighbors=args.num_neighbors,
+        walk_length=args.walk_length, saint_coverage=args.saint_coverage,
+        batch_nodes=args.batch_nodes, eval_every=args.eval_every, patience=args.patience,
+        inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
+        device=args.device, checkpoint=checkpoint, progress=not args.quiet)
+
+
 def train_one(data, method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one method with the command's options; returns its JSON record."""
-    from vqgnn.train import ModelConfig, TrainConfig, run_experiment
+    from vqgnn.train import ModelConfig, run_experiment
 
     checkpoint = None
     if args.checkpoint:
@@ -70,12 +93,7 @@ def train_one(data, method: str, args: argparse.Namespace) -> dict[str, Any]:
         conv=args.conv, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
         norm=args.norm, residual=args.residual,
         exact_first_layer=not args.no_exact_first_layer, num_codewords=args.num_codewords)
-    config = TrainConfig(
-        method=method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, optimizer=args.optimizer, sampler=args.sampler,
-        batch_nodes=args.batch_nodes, eval_every=args.eval_every, patience=args.patience,
-        inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
-        device=args.device, checkpoint=checkpoint, progress=not args.quiet)
+    config = train_config(args, method, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
     return run_experiment(data, model, config, log=log, resume=args.resume)
 
@@ -108,14 +126,10 @@ def summary_table(records: Sequence[dict[str, Any]]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
-    from vqgnn.train import TrainConfig
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     for method in methods:  # reject bad options before loading anything
-        TrainConfig(method=method, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, sampler=args.sampler, batch_nodes=args.batch_nodes,
-                    inference=args.inference, optimizer=args.optimizer,
-                    patience=args.patience, eval_every=args.eval_every).validate()
+        train_config(args, method).validate()
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if not args.quiet:
         print_table(dataset_summary(data), ("field", "value"))
@@ -148,7 +162,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vqgnn.nn.models import BACKBONES, NORMS
     from vqgnn.train import ModelConfig, TrainConfig
-    from vqgnn.train.trainer import INFERENCE, OPTIMIZERS, SAMPLERS
+    from vqgnn.train.trainer import INFERENCE, METHODS, OPTIMIZERS, SAMPLERS
 
     parser = argparse.ArgumentParser(
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
@@ -163,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(train)
     m, t = ModelConfig(), TrainConfig()  # one source for the defaults
     train.add_argument("--method", default=t.method,
-                       help="vq or full, or a comma-separated list (vq,full)")
+                       help=f"one of {', '.join(METHODS)}, or a comma-separated list "
+                            f"(vq,full,sage) trained side by side")
     train.add_argument("--conv", default=m.conv, choices=list(BACKBONES),
                        help="backbone convolution")
     train.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs")
@@ -185,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimizer")
     train.add_argument("--sampler", default=t.sampler, choices=list(SAMPLERS),
                        help="random node batches or METIS-cluster batches")
+    train.add_argument("--num-parts", type=int, default=t.num_parts,
+                       help="METIS parts (sampler metis, method cluster; default 4 per batch)")
+    train.add_argument("--num-neighbors", type=_fanouts,
+                       default=",".join(map(str, t.num_neighbors)),
+                       help="fan-outs of method sage, one per layer")
+    train.add_argument("--walk-length", type=int, default=t.walk_length,
+                       help="random-walk length of method saint")
+    train.add_argument("--saint-coverage", type=float, default=t.saint_coverage,
+                       help="GraphSAINT normalisation pre-sampling, samples per node")
     train.add_argument("--batch-nodes", default=t.batch_nodes, choices=["all", "train"],
                        help="batches partition all nodes or only the training nodes")
     train.add_argument("--eval-every", type=int, default=t.eval_every,

@@ -91,3 +91,19 @@ def test_constructor_and_check_edge_index_errors():
         check_edge_index(torch.tensor([[0], [7]]), 3, owner="Owner")
     with pytest.raises(ValueError, match=r"holds node indices in \[-2, 1\]"):
         check_edge_index(torch.tensor([[-2], [1]]), 3)
+
+
+def test_edge_weight_checks_and_travels():
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    graph = VQGraph(edge_index, 3, weight)
+    assert torch.equal(graph.edge_weight, weight) and "weighted" in repr(graph)
+    assert torch.equal(graph.to("cpu").edge_weight, weight)
+    with pytest.raises(ValueError, match="'edge_weight' must be a tensor of shape \\(3,\\), "
+                                         "received \\(2,\\)"):
+        VQGraph(edge_index, 3, weight[:2])
+    with pytest.raises(ValueError, match="'edge_weight' must hold non-negative floats, "
+                                         "received dtype torch.int64"):
+        VQGraph(edge_index, 3, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="non-negative .* minimum -1.0"):
+        VQGraph(edge_index, 3, torch.tensor([1.0, -1.0, 0.0]))

@@ -415,3 +415,45 @@ def test_init_codebooks_of_any_model() -> None:
     model(x[batch], graph, batch).sum().backward()  # mini-batch steps now run
     with pytest.raises(ValueError, match="holds no VQConv layer"):
         init_codebooks(torch.nn.Linear(2, 2), torch.randn(1, 2))
+
+
+# ------------------------------------------------------------- weighted graphs
+def _weighted_graph(seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = coalesce(torch.randint(0, 30, (2, 120), generator=gen), num_nodes=30)
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]
+    weight = torch.rand(edge_index.size(1), generator=gen) * 2 + 0.1
+    x = torch.randn(30, 6, generator=gen)
+    return x, edge_index, weight
+
+
+def test_weighted_gcn_equals_pyg_with_edge_weight():
+    x, edge_index, weight = _weighted_graph()
+    conv = GCNConv(6, 5)
+    layer = VQConv(conv, num_codewords=4, num_nodes=30)
+    out = layer(x, VQGraph(edge_index, 30, weight))
+    assert torch.allclose(out, conv(x, edge_index, weight), atol=1e-5)
+    assert not torch.allclose(out, conv(x, edge_index), atol=1e-3)  # the weights matter
+
+
+@pytest.mark.parametrize("aggr", ["mean", "sum"])
+def test_weighted_sage_divides_by_the_weighted_degree(aggr):
+    x, edge_index, weight = _weighted_graph(1)
+    conv = SAGEConv(6, 5, aggr=aggr)
+    layer = VQConv(conv, num_codewords=4, num_nodes=30)
+    out = layer(x, VQGraph(edge_index, 30, weight))
+    src, dst = edge_index
+    agg = torch.zeros(30, 6).index_add_(0, dst, weight.unsqueeze(1) * x[src])
+    if aggr == "mean":
+        total = torch.zeros(30).index_add_(0, dst, weight).clamp_min(1e-12)
+        agg = agg / total.unsqueeze(1)
+    expected = conv.lin_l(agg) + conv.lin_r(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_attention_ignores_edge_weights():
+    x, edge_index, weight = _weighted_graph(2)
+    conv = GATConv(6, 3, heads=2)
+    layer = VQConv(conv, num_codewords=4, num_nodes=30)
+    out = layer(x, VQGraph(edge_index, 30, weight))
+    assert torch.allclose(out, conv(x, edge_index), atol=1e-5)

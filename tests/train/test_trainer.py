@@ -47,10 +47,15 @@ def train(data, log=None, **changes) -> tuple[Trainer, TrainResult]:
     return trainer, trainer.fit()
 
 
+ALL_METHODS = ["vq", "full", "sage", "cluster", "saint"]
+# Small batches and fan-outs for a 300-node graph; 8 METIS parts of about 38 nodes.
+BASELINE_OPTIONS = {"num_neighbors": (4, 3), "num_parts": 8, "saint_coverage": 10.0}
+
+
 # ------------------------------------------------------------------ learning
-@pytest.mark.parametrize("method", ["vq", "full"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_fit_learns(data, method, device):
-    _, result = train(data, method=method, epochs=15, device=device)
+    _, result = train(data, method=method, epochs=15, device=device, **BASELINE_OPTIONS)
     losses = [h.loss for h in result.history]
     assert len(losses) == result.epochs_run == 15
     assert all(math.isfinite(loss) for loss in losses)
@@ -59,9 +64,9 @@ def test_fit_learns(data, method, device):
     assert 1 <= result.best_epoch <= 15
 
 
-@pytest.mark.parametrize("method", ["vq", "full"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_record(data, method):
-    _, result = train(data, method=method, epochs=4)
+    _, result = train(data, method=method, epochs=4, **BASELINE_OPTIONS)
     record = result.record()
     assert RECORD_KEYS <= record.keys()
     json.loads(json.dumps(record))
@@ -193,7 +198,13 @@ def test_predict_bad_mode(data):
 
 # ------------------------------------------------------------------- errors
 @pytest.mark.parametrize("changes, match", [
-    ({"method": "foo"}, "'method' must be one of \\('vq', 'full'\\), received 'foo'"),
+    ({"method": "foo"}, "'method' must be one of \\('vq', 'full', 'sage', 'cluster', "
+                        "'saint'\\), received 'foo'"),
+    ({"method": "sage", "inference": "vq"}, "'inference' 'vq' needs method 'vq' .* 'sage'"),
+    ({"num_neighbors": ()}, "'num_neighbors' must be ints >= 1 .* received \\(\\)"),
+    ({"num_neighbors": (10, 0)}, "'num_neighbors' must be ints >= 1 .* received \\(10, 0\\)"),
+    ({"walk_length": 0}, "'walk_length' must be an int >= 1, received 0"),
+    ({"saint_coverage": 0.0}, "'saint_coverage' must be > 0, received 0.0"),
     ({"optimizer": "rmsprop"}, "'optimizer' must be one of .* received 'rmsprop'"),
     ({"sampler": "saint"}, "'sampler' must be one of .* received 'saint'"),
     ({"batch_nodes": "val"}, "'batch_nodes' must be one of"),
@@ -305,6 +316,7 @@ RESUME_CASES = [
     pytest.param({"method": "vq"}, id="vq"),
     pytest.param({"method": "vq", "sampler": "metis", "batch_nodes": "all"}, id="vq-metis-all"),
     pytest.param({"method": "full"}, id="full"),
+    *[pytest.param({"method": m, **BASELINE_OPTIONS}, id=m) for m in ("sage", "cluster", "saint")],
 ]
 
 
@@ -325,17 +337,19 @@ def test_resume_equals_straight_run(data, tmp_path, changes):
     opt_a, opt_b = _optimizer_tensors(a["optimizer"]), _optimizer_tensors(b["optimizer"])
     assert len(opt_a) == len(opt_b) > 0
     assert all(_identical(x, y) for x, y in zip(opt_a, opt_b))
-    assert torch.equal(a["sampler"]["generator"], b["sampler"]["generator"])
+    if "generator" in a["sampler"]:  # the baselines draw from torch's global generator
+        assert torch.equal(a["sampler"]["generator"], b["sampler"]["generator"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     assert len(a["history"]) == len(b["history"]) == len(resumed.history) == 20
     for ha, hb in zip(a["history"], b["history"]):
         assert (ha["epoch"], ha["loss"], ha["val"]) == (hb["epoch"], hb["loss"], hb["val"])
     assert (a["best_epoch"], a["best_val"]) == (b["best_epoch"], b["best_val"])
 
 
-@pytest.mark.parametrize("method", ["vq", "full"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_resume_comparison_is_sensitive_to_the_seed(data, tmp_path, method):
-    _run(data, tmp_path / "a.pt", 20, method=method)
-    _run(data, tmp_path / "c.pt", 20, seed=1, method=method)
+    _run(data, tmp_path / "a.pt", 20, method=method, **BASELINE_OPTIONS)
+    _run(data, tmp_path / "c.pt", 20, seed=1, method=method, **BASELINE_OPTIONS)
     a, c = _load(tmp_path / "a.pt")["model"], _load(tmp_path / "c.pt")["model"]
     assert a.keys() == c.keys()
     weights = [k for k in a if a[k].is_floating_point()]
@@ -359,3 +373,33 @@ def test_a_user_optimizer_is_used(data):
     assert opt.state  # it stepped
     with pytest.raises(TypeError, match="'optimizer' must be a torch.optim.Optimizer"):
         Trainer(build(data), data, config(), optimizer="adam")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["sage", "cluster", "saint"])
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
+def test_baselines_train_every_backbone(data, method, conv):
+    seed_everything(0)
+    model = VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv=conv, num_codewords=16)
+    trainer = Trainer(model, data, config(method=method, epochs=8, **BASELINE_OPTIONS))
+    result = trainer.fit()
+    assert result.test > CHANCE + 0.2
+    assert result.test_vq is None and result.inference_seconds_vq is None
+    assert not any(layer.quantizer.initialized for layer in model.layers)  # no codebooks
+
+
+def test_baseline_batch_sizes(data):
+    trainer = Trainer(build(data), data, config(method="sage", batch_size=32,
+                                                num_neighbors=(4, 3)))
+    seeds = [b.loss_index.numel() for b in trainer.sampler]
+    assert max(seeds) == 32 and sum(seeds) == int(data.train_mask.sum())
+    cluster = Trainer(build(data), data, config(method="cluster", batch_size=75, num_parts=8))
+    assert cluster.sampler.parts_per_batch == 2  # 8 parts of about 38 nodes, 75 per batch
+    saint = Trainer(build(data), data, config(method="saint", batch_size=60, walk_length=2,
+                                              saint_coverage=5.0))
+    assert saint.sampler.roots == 20 and len(saint.sampler) == 5  # 300 nodes / 60
+
+
+def test_sage_needs_a_fanout_per_layer(data):
+    with pytest.raises(ValueError, match="'num_neighbors' needs a fan-out per layer \\(2\\), "
+                                         "received \\(5,\\)"):
+        Trainer(build(data), data, config(method="sage", num_neighbors=(5,)))

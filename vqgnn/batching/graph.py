@@ -38,16 +38,34 @@ class VQGraph:
     Args:
         edge_index: (2, E) edges ``j -> i``.
         num_nodes: N.
+        edge_weight: optional (E,) positive weights of the edges. The layers that take
+            edge weights (GCN, SAGE and GraphConv sum/mean, GIN) use them in their operator:
+            GCN normalises by the weighted degrees, a mean aggregation divides by the sum
+            of the incoming weights. Attention layers ignore them (their softmax
+            normalises over the incoming edges). GraphSAINT's aggregator normalisation
+            (``vqgnn.train.baselines``) is passed this way.
 
     Example:
         >>> graph = VQGraph(data.edge_index, data.num_nodes)
         >>> out_b = vq_conv(x[batch], graph, batch)
     """
 
-    def __init__(self, edge_index: Tensor, num_nodes: int) -> None:
+    def __init__(self, edge_index: Tensor, num_nodes: int,
+                 edge_weight: Optional[Tensor] = None) -> None:
         if not isinstance(num_nodes, int) or num_nodes < 1:
             raise ValueError(f"'VQGraph': 'num_nodes' must be an int >= 1, received {num_nodes!r}")
         check_edge_index(edge_index, num_nodes)
+        if edge_weight is not None:
+            if not isinstance(edge_weight, Tensor) or edge_weight.shape != (edge_index.size(1),):
+                shape = (tuple(edge_weight.shape) if isinstance(edge_weight, Tensor)
+                         else type(edge_weight).__name__)
+                raise ValueError(f"'VQGraph': 'edge_weight' must be a tensor of shape "
+                                 f"({edge_index.size(1)},), received {shape}")
+            if not edge_weight.is_floating_point() or bool((edge_weight < 0).any()):
+                raise ValueError("'VQGraph': 'edge_weight' must hold non-negative floats, "
+                                 f"received dtype {edge_weight.dtype} with minimum "
+                                 f"{edge_weight.min().item() if edge_weight.numel() else None}")
+        self.edge_weight = edge_weight
         self.edge_index = edge_index.long()
         self.num_nodes = num_nodes
         self.in_degree = torch.bincount(self.edge_index[1], minlength=num_nodes)
@@ -74,7 +92,8 @@ class VQGraph:
         """This graph on ``device`` (a copy; ``self`` when already there)."""
         if torch.device(device) == self.device:
             return self
-        return VQGraph(self.edge_index.to(device), self.num_nodes)
+        weight = None if self.edge_weight is None else self.edge_weight.to(device)
+        return VQGraph(self.edge_index.to(device), self.num_nodes, weight)
 
     def check_batch(self, batch: Tensor, owner: str = "VQGraph") -> None:
         """Raise unless ``batch`` holds distinct node ids in [0, N)."""
@@ -94,7 +113,8 @@ class VQGraph:
                              f"({batch.numel() - torch.unique(batch).numel()} repeats)")
 
     def __repr__(self) -> str:
-        return f"VQGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges})"
+        weighted = "" if self.edge_weight is None else ", weighted"
+        return f"VQGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}{weighted})"
 
 
 def sorted_csr(row: Tensor, col: Tensor, value: Tensor, num_rows: int,

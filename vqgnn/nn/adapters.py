@@ -46,25 +46,35 @@ def _check_linear_aggr(adapter: ConvAdapter, conv: MessagePassing) -> None:
                          f"received {_aggr_name(conv)!r}")
 
 
-def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False) -> SparseOperator:
+def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False,
+                    weighted: bool = True) -> SparseOperator:
     """``C = A`` (sum) or ``D^{-1} A`` (mean), optionally with self-loops, on the full graph.
 
-    Built once per graph and shared by every layer that asks for the same one.
+    With ``weighted`` and the graph's ``edge_weight``, ``A`` holds the weights and ``D`` the
+    weighted in-degrees (self-loops weigh 1). Built once per graph and shared by every
+    layer that asks for the same one.
     """
-    return graph.cached(("plain", mean, self_loops),
-                        lambda: _build_plain_operator(graph, mean, self_loops))
+    weighted = weighted and graph.edge_weight is not None
+    return graph.cached(("plain", mean, self_loops, weighted),
+                        lambda: _build_plain_operator(graph, mean, self_loops, weighted))
 
 
-def _build_plain_operator(graph: VQGraph, mean: bool, self_loops: bool) -> SparseOperator:
+def _build_plain_operator(graph: VQGraph, mean: bool, self_loops: bool,
+                          weighted: bool) -> SparseOperator:
     n = graph.num_nodes
     edge_index = graph.edge_index
+    if weighted:
+        assert graph.edge_weight is not None
+        value = graph.edge_weight.float()
+    else:
+        value = torch.ones(edge_index.size(1), device=edge_index.device)
     if self_loops:
         loop = torch.arange(n, device=edge_index.device)
         edge_index = torch.cat([edge_index, torch.stack([loop, loop])], dim=1)
-    value = torch.ones(edge_index.size(1), device=edge_index.device)
+        value = torch.cat([value, torch.ones(n, device=value.device)])
     if mean:
-        deg = torch.bincount(edge_index[1], minlength=n).clamp_min(1).float()
-        value = value / deg[edge_index[1]]
+        deg = torch.zeros(n, device=value.device).index_add_(0, edge_index[1], value)
+        value = value / deg.clamp_min(1e-12)[edge_index[1]]
     return build_operator(edge_index, value, n)
 
 
@@ -171,7 +181,7 @@ class GCNAdapter(LinearAdapter):
             return _plain_operator(graph, mean=False)
 
         def build() -> SparseOperator:
-            edge_index, value = gcn_norm(graph.edge_index, None, graph.num_nodes,
+            edge_index, value = gcn_norm(graph.edge_index, graph.edge_weight, graph.num_nodes,
                                          conv.improved, conv.add_self_loops)
             return build_operator(edge_index, value, graph.num_nodes)
 
@@ -300,7 +310,8 @@ class AttentionAdapter(ConvAdapter):
         return conv.heads * conv.out_channels
 
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
-        return _plain_operator(graph, mean=True, self_loops=conv.add_self_loops)
+        return _plain_operator(graph, mean=True, self_loops=conv.add_self_loops,
+                               weighted=False)
 
     def logits(self, conv: MessagePassing, x_src: Tensor, x_dst: Tensor,
                edges: BatchEdges) -> tuple[Tensor, Tensor]:

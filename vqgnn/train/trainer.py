@@ -18,12 +18,20 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
+from vqgnn.baselines import (
+    ClusterBatches,
+    NeighborBatches,
+    SaintBatches,
+    SubgraphBatch,
+    saint_roots,
+)
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler, metis_partition
 from vqgnn.nn.models import VQGNN
 from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes
 
-METHODS = ("vq", "full")
+METHODS = ("vq", "full", "sage", "cluster", "saint")
+SUBGRAPH_METHODS = ("sage", "cluster", "saint")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SAMPLERS = ("random", "metis")
 INFERENCE = ("exact", "vq")
@@ -34,14 +42,25 @@ class TrainConfig:
     """Options of :class:`Trainer`.
 
     Attributes:
-        method: ``'vq'`` (VQ-GNN mini-batches) or ``'full'`` (full-graph training).
+        method: ``'vq'`` (VQ-GNN mini-batches), ``'full'`` (full-graph training), or a
+            sampling baseline (:mod:`vqgnn.baselines`) training the same model exactly on
+            subgraphs: ``'sage'`` (GraphSAGE neighbour sampling, ``batch_size`` training
+            nodes and their sampled neighbourhood per step), ``'cluster'`` (Cluster-GCN:
+            METIS parts of about ``batch_size / 4`` nodes, four per step) or ``'saint'``
+            (GraphSAINT random walks from ``batch_size / (walk_length + 1)`` roots, with
+            its loss and aggregator normalisation).
         epochs: maximum epochs.
         batch_size: nodes per mini-batch.
         lr: learning rate.
         weight_decay: weight decay.
         optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'``.
         sampler: ``'random'`` node batches or ``'metis'`` cluster batches.
-        num_parts: METIS parts (default: about 4 per batch).
+        num_parts: METIS parts of ``sampler='metis'`` and of ``'cluster'`` (default: about
+            4 per batch).
+        num_neighbors: fan-outs of ``'sage'`` per layer, outermost hop last (the first
+            ``num_layers`` are used).
+        walk_length: random-walk length of ``'saint'``.
+        saint_coverage: GraphSAINT's pre-sampling for its normalisation, in samples per node.
         batch_nodes: ``'all'``: batches partition all nodes (the loss is on the training
             nodes among them), which refreshes every node's codeword assignment each epoch;
             ``'train'``: batches partition the training nodes only (assignments of the
@@ -67,6 +86,9 @@ class TrainConfig:
     optimizer: str = "adam"
     sampler: str = "random"
     num_parts: Optional[int] = None
+    num_neighbors: tuple[int, ...] = (15, 10, 5)
+    walk_length: int = 2
+    saint_coverage: float = 50.0
     batch_nodes: str = "all"
     eval_every: int = 1
     patience: Optional[int] = None
@@ -86,7 +108,7 @@ class TrainConfig:
             if getattr(self, name) not in valid:
                 raise ValueError(f"'TrainConfig': '{name}' must be one of {valid}, received "
                                  f"{getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "walk_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"'TrainConfig': '{name}' must be an int >= 1, "
@@ -97,9 +119,16 @@ class TrainConfig:
                                            or self.num_parts < 1):
             raise ValueError(f"'TrainConfig': 'num_parts' must be an int >= 1 or None, "
                              f"received {self.num_parts!r}")
-        if self.method == "full" and self.inference == "vq":
-            raise ValueError("'TrainConfig': 'inference' 'vq' needs method 'vq' (full-graph "
-                             "training has no codebooks); received method 'full'")
+        if self.method != "vq" and self.inference == "vq":
+            raise ValueError(f"'TrainConfig': 'inference' 'vq' needs method 'vq' (only VQ-GNN "
+                             f"trains codebooks); received method {self.method!r}")
+        fanouts = tuple(self.num_neighbors)
+        if not fanouts or any(not isinstance(k, int) or (k < 1 and k != -1) for k in fanouts):
+            raise ValueError(f"'TrainConfig': 'num_neighbors' must be ints >= 1 (or -1: all "
+                             f"neighbours), received {self.num_neighbors!r}")
+        if not self.saint_coverage > 0:
+            raise ValueError(f"'TrainConfig': 'saint_coverage' must be > 0, "
+                             f"received {self.saint_coverage!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"'TrainConfig': 'patience' must be >= 1 or None, "
                              f"received {self.patience!r}")
@@ -248,13 +277,34 @@ class Trainer:
         self.prepared = False
 
     # ----------------------------------------------------------------- set-up
-    def _make_sampler(self, pool: Tensor) -> NodeBatchSampler:
+    def _num_parts(self) -> int:
         cfg = self.config
+        if cfg.num_parts is not None:
+            return cfg.num_parts
+        return min(self.data.num_nodes, max(1, 4 * self.data.num_nodes // cfg.batch_size))
+
+    def _make_sampler(self, pool: Tensor) -> Any:
+        cfg = self.config
+        n, edge_index = self.data.num_nodes, self.data.edge_index
+        if cfg.method == "sage":
+            layers = self.model.num_layers
+            if len(cfg.num_neighbors) < layers:
+                raise ValueError(f"'TrainConfig': 'num_neighbors' needs a fan-out per layer "
+                                 f"({layers}), received {tuple(cfg.num_neighbors)}")
+            return NeighborBatches(edge_index, n, self.train_idx.cpu(),
+                                   list(cfg.num_neighbors)[:layers], cfg.batch_size)
+        if cfg.method == "cluster":
+            num_parts = self._num_parts()
+            parts_per_batch = max(1, round(num_parts * cfg.batch_size / n))
+            return ClusterBatches(edge_index, n, self.masks["train"], num_parts,
+                                  parts_per_batch, seed=cfg.seed)
+        if cfg.method == "saint":
+            return SaintBatches(edge_index, n, self.masks["train"],
+                                saint_roots(cfg.batch_size, cfg.walk_length), cfg.walk_length,
+                                num_steps=max(1, -(-n // cfg.batch_size)),
+                                coverage=cfg.saint_coverage, progress=cfg.progress)
         if cfg.sampler == "metis":
-            num_parts = (cfg.num_parts if cfg.num_parts is not None
-                         else max(1, 4 * self.data.num_nodes // cfg.batch_size))
-            parts = metis_partition(self.data.edge_index, self.data.num_nodes, num_parts,
-                                    seed=cfg.seed)
+            parts = metis_partition(edge_index, n, self._num_parts(), seed=cfg.seed)
             return ClusterBatchSampler(pool.cpu(), cfg.batch_size, parts, seed=cfg.seed)
         return NodeBatchSampler(pool.cpu(), cfg.batch_size, seed=cfg.seed)
 
@@ -286,6 +336,38 @@ class Trainer:
         else:
             loss = F.cross_entropy(out, target, reduction="sum")
         return loss / reduction_scale
+
+    def _weighted_loss(self, out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        if self.multilabel:
+            loss = F.binary_cross_entropy_with_logits(out, target.float(), reduction="none")
+            loss = loss.sum(-1)
+        else:
+            loss = F.cross_entropy(out, target, reduction="none")
+        return (loss * weight).sum()
+
+    def _subgraph_step(self, sub: SubgraphBatch) -> float:
+        """One step of a sampling baseline: the model run exactly on the subgraph."""
+        model, opt = self.model, self.optimizer
+        opt.zero_grad(set_to_none=True)
+        n_id = sub.n_id.to(self.device)
+        edge_index = sub.edge_index.to(self.device)
+        weight = None if sub.edge_weight is None else sub.edge_weight.to(self.device)
+        graph = VQGraph(edge_index, sub.num_nodes, weight)
+        loss_index = sub.loss_index.to(self.device)
+        with (SavedTensorMeter(self.device) if self.config.measure_memory
+              else nullcontext()) as meter:
+            xb = self.x[n_id]
+            if meter is not None:
+                meter.add(xb, edge_index)
+            out = model(xb, graph)[loss_index]
+            loss = self._weighted_loss(out, self.y[n_id[loss_index]],
+                                       sub.loss_weight.to(self.device))
+            loss.backward()
+        if meter is not None:
+            self.peak_bytes = max(self.peak_bytes, meter.cuda_peak if meter.cuda_peak is not None
+                                  else meter.bytes)
+        opt.step()
+        return loss.item()
 
     def _step(self, batch: Optional[Tensor]) -> float:
         model, opt = self.model, self.optimizer
@@ -319,9 +401,17 @@ class Trainer:
         losses = []
         bar = tqdm(self.sampler, total=len(self.sampler), desc=f"epoch {self.epoch + 1}",
                    disable=not self.config.progress, leave=False)
+        subgraphs = self.config.method in SUBGRAPH_METHODS
         for batch in bar:
-            losses.append(self._step(batch.to(self.device)))
+            if subgraphs:
+                if batch.loss_index.numel() == 0:
+                    continue  # a subgraph without training nodes has no loss
+                losses.append(self._subgraph_step(batch))
+            else:
+                losses.append(self._step(batch.to(self.device)))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if not losses:
+            return float("nan")
         return sum(losses) / len(losses)
 
     # -------------------------------------------------------------- evaluation
