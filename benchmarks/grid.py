@@ -2,17 +2,32 @@
 
 Every finished run appends one JSON record to ``--out`` (JSON lines); a run already
 there (same dataset, split, seed, method, backbone and configuration) is skipped, so
-an interrupted grid continues where it stopped. At the end a Markdown table of the
-records is printed and written next to ``--out`` (``.md``).
+an interrupted grid continues where it stopped. At the end the Markdown tables of the
+records are printed and written next to ``--out`` (``.md``), with the plots
+(``--plots``, default beside ``--out``).
+
+Presets:
+    suite     the default: Cora, CiteSeer, Tolokers, Minesweeper and Actor, VQ-GNN
+              against full-graph training, GraphSAGE sampling, Cluster-GCN and GraphSAINT
+              (GCN backbone, 3 seeds or given splits). Table, the targets of the
+              comparison, and the plot of validation metric against training time.
+    accuracy  VQ-GNN against full-graph training, GCN, SAGE and GAT backbones, 5 seeds
+              (10 given splits on Tolokers).
+    batch     peak training memory against batch size on a synthetic graph.
+    ogbn-arxiv, ogbn-products
+              OGB-example hyper-parameters (see ``benchmarks/ogb.py``).
 
 Real datasets are read from ``--data-root`` (default ``../shared/data``) after copying
 their folder to ``benchmarks/results/data`` (PyG writes ``processed/`` beside ``raw/``;
-the shared copy stays untouched).
+the shared copy stays untouched). OGB datasets are read from (or downloaded to)
+``--ogb-root``.
 
 Usage:
-    python benchmarks/grid.py --preset accuracy                       # the README's table
-    python benchmarks/grid.py --preset accuracy --datasets cora --convs gcn --runs 2
-    python benchmarks/grid.py --preset accuracy --table-only   # the table of the records
+    python benchmarks/grid.py                                  # the suite (under an hour)
+    python benchmarks/grid.py --preset accuracy                # VQ against full, 3 backbones
+    python benchmarks/grid.py --preset batch                   # memory against batch size
+    python benchmarks/grid.py --datasets cora --methods vq,sage --runs 1
+    python benchmarks/grid.py --table-only                     # tables of the records
 """
 from __future__ import annotations
 
@@ -20,7 +35,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -29,8 +43,12 @@ from typing import Any, Optional
 
 import torch
 
-from vqgnn.datasets import load_dataset
-from vqgnn.train import ModelConfig, TrainConfig, run_experiment
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import report  # noqa: E402
+from vqgnn.datasets import load_dataset, parse_synthetic  # noqa: E402
+from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -38,61 +56,122 @@ RESULTS = HERE / "results"
 
 @dataclass
 class DatasetPreset:
-    """How one dataset is run: name, data folder, split or seed variation, configs."""
+    """How one dataset is run: name, data folder, split or seed variation, configs.
+
+    ``source`` is ``'shared'`` (a folder under ``--data-root``, copied first), ``'ogb'``
+    (``--ogb-root``) or ``None`` (synthetic).
+    """
 
     name: str  # load_dataset name
-    family: Optional[str]  # folder under --data-root, None for synthetic
+    family: Optional[str]  # folder under --data-root
     vary: str  # "seed" (random/public split, seeds vary) or "split" (given splits)
     model: ModelConfig
     train: TrainConfig
     runs: int = 5
+    source: Optional[str] = "shared"
 
 
 def _cfg(**kw: Any) -> TrainConfig:
     return TrainConfig(**kw)
 
 
+_PLANETOID_MODEL = ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=256)
+_PLANETOID_TRAIN = _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4)
+# K about N / 10 here as for Cora (2,708 nodes, K = 256); with K = 256 the VQ model
+# trails full-graph training by about 2 points on Tolokers split 0 (72.3 against 74.3
+# after 100 epochs, GCN), with K = 512 by 0.8 after 200.
+_TOLOKERS = DatasetPreset(
+    "Tolokers", "heterophilous", "split",
+    ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=1024),
+    _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=0.0, eval_every=5), runs=10)
+
 PRESETS: dict[str, dict[str, DatasetPreset]] = {
+    "suite": {
+        "cora": DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL, _PLANETOID_TRAIN,
+                              runs=3),
+        "citeseer": DatasetPreset("CiteSeer", "planetoid", "seed", _PLANETOID_MODEL,
+                                  _PLANETOID_TRAIN, runs=3),
+        "tolokers": replace(_TOLOKERS, runs=3),
+        "minesweeper": DatasetPreset(
+            "Minesweeper", "heterophilous", "split",
+            ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=1024),
+            _cfg(epochs=200, batch_size=1024, lr=0.01, eval_every=5), runs=3),
+        "actor": DatasetPreset(
+            "Actor", "actor", "split",
+            ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=512),
+            _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=5e-4, eval_every=5),
+            runs=3),
+    },
     # Issue 5's accuracy table: VQ-GNN against full-graph training of the same
     # architecture with the same hyper-parameters.
     "accuracy": {
-        "cora": DatasetPreset(
-            "Cora", "planetoid", "seed",
+        "cora": DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL, _PLANETOID_TRAIN),
+        "citeseer": DatasetPreset("CiteSeer", "planetoid", "seed", _PLANETOID_MODEL,
+                                  _PLANETOID_TRAIN),
+        "tolokers": _TOLOKERS,
+    },
+    # Peak training memory against batch size (--batch-sizes), a few epochs each.
+    "batch": {
+        "synthetic": DatasetPreset(
+            "synthetic:n=100000,deg=20,classes=5,features=64,seed=0", None, "seed",
             ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=256),
-            _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4, batch_nodes="all")),
-        "citeseer": DatasetPreset(
-            "CiteSeer", "planetoid", "seed",
-            ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=256),
-            _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4, batch_nodes="all")),
-        # K about N / 10 here as for Cora (2,708 nodes, K = 256); with K = 256 the VQ model
-        # trails full-graph training by about 2 points on split 0 (72.3 against 74.3 after
-        # 100 epochs, GCN).
-        "tolokers": DatasetPreset(
-            "Tolokers", "heterophilous", "split",
-            ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=1024),
-            _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=0.0, batch_nodes="all",
-                 eval_every=5), runs=10),
+            _cfg(epochs=2, lr=0.01, eval_every=2, saint_coverage=10.0), runs=1, source=None),
+    },
+    # OGB examples' hyper-parameters (examples/nodeproppred/{arxiv,products}/gnn.py):
+    # 3 layers, 256 hidden channels, dropout 0.5, Adam lr 0.01; batch norm for arxiv.
+    "ogbn-arxiv": {
+        "ogbn-arxiv": DatasetPreset(
+            "ogbn-arxiv", None, "seed",
+            ModelConfig(hidden=256, layers=3, dropout=0.5, norm="batch", num_codewords=1024),
+            _cfg(epochs=500, batch_size=8192, lr=0.01, eval_every=5, saint_coverage=20.0),
+            runs=1, source="ogb"),
+    },
+    "ogbn-products": {
+        "ogbn-products": DatasetPreset(
+            "ogbn-products", None, "seed",
+            ModelConfig(hidden=256, layers=3, dropout=0.5, num_codewords=4096),
+            _cfg(epochs=20, batch_size=8192, lr=0.001, eval_every=5, saint_coverage=20.0,
+                 eval_batch_size=65536), runs=1, source="ogb"),
     },
 }
+ALL_METHODS = "vq,full,sage,cluster,saint"
+DEFAULT_METHODS = {"suite": ALL_METHODS, "accuracy": "vq,full", "batch": ALL_METHODS,
+                   "ogbn-arxiv": ALL_METHODS, "ogbn-products": "vq,sage,cluster,saint"}
+DEFAULT_CONVS = {"suite": "gcn", "accuracy": "gcn,sage,gat", "batch": "gcn",
+                 "ogbn-arxiv": "gcn", "ogbn-products": "sage"}
+BATCH_SIZES = "256,512,1024,2048,4096"
+
+_DEFAULTS = {"model_config": asdict(ModelConfig()), "train_config": asdict(TrainConfig())}
+
+
+def _non_default(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The options that differ from the dataclass defaults: keys stay the same when an
+    option is added later with a default (older records still match)."""
+    defaults = json.loads(json.dumps(_DEFAULTS[kind]))
+    config = json.loads(json.dumps(config))
+    return {k: v for k, v in config.items() if k not in defaults or defaults[k] != v}
 
 
 def run_key(record_or_parts: dict[str, Any]) -> str:
     """Identity of a run: dataset, split, seed, method, and both configurations."""
     r = record_or_parts
-    model = dict(r["model_config"])
-    train = {k: v for k, v in r["train_config"].items()
+    model = _non_default("model_config", r["model_config"])
+    train = {k: v for k, v in _non_default("train_config", r["train_config"]).items()
              if k not in ("progress", "checkpoint", "device")}
     text = json.dumps([r["dataset"], r["split"], r["seed"], r["method"], model, train],
                       sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def prepare_root(family: Optional[str], data_root: Path) -> Optional[str]:
-    """Copy ``data_root/family`` to the results' data folder once; returns that folder."""
-    if family is None:
+def prepare_root(preset: DatasetPreset, data_root: Path, ogb_root: Optional[str]
+                 ) -> Optional[str]:
+    """The dataset's root: a copy of ``data_root/family`` made once, or the OGB root."""
+    if preset.source == "ogb":
+        return ogb_root
+    if preset.source is None or preset.family is None:
         return None
-    source = data_root / family
-    target = RESULTS / "data" / family
+    source = data_root / preset.family
+    target = RESULTS / "data" / preset.family
     if not target.exists():
         if not source.exists():
             raise FileNotFoundError(f"grid: no dataset folder {source} (see --data-root)")
@@ -103,47 +182,12 @@ def prepare_root(family: Optional[str], data_root: Path) -> Optional[str]:
     return str(target)
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
-
-
-def accuracy_table(records: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    """Markdown: per dataset and backbone, the test metric of each method and the gap."""
-    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
-    for r in records:
-        groups.setdefault((r["dataset"], r["conv"]), {}).setdefault(r["method"], []).append(r)
-    head = ["dataset", "conv", "metric", "runs"]
-    head += [f"{m} test" for m in methods]
-    head += [f"{m} epoch (s)" for m in methods]
-    if "vq" in methods and "full" in methods:
-        head += ["vq - full (points)", "within 1.5"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (dataset, conv), by_method in sorted(groups.items()):
-        metric = next(iter(by_method.values()))[0]["metric"]
-        runs = min(len(v) for v in by_method.values())
-        row = [dataset, conv, metric, str(runs)]
-        row += [mean_std([r["test"] for r in by_method.get(m, [])]) for m in methods]
-        row += [f"{statistics.median([r['median_epoch_seconds'] for r in by_method[m]]):.3f}"
-                if m in by_method else "-" for m in methods]
-        if "vq" in methods and "full" in methods:
-            if "vq" in by_method and "full" in by_method:
-                gap = 100 * (statistics.mean(r["test"] for r in by_method["vq"])
-                             - statistics.mean(r["test"] for r in by_method["full"]))
-                row += [f"{gap:+.2f}", "yes" if gap >= -1.5 else "NO"]
-            else:
-                row += ["-", "-"]
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+def record_name(name: str) -> str:
+    """The ``dataset`` field of a record of ``load_dataset(name)`` (synthetic names are
+    written out in full)."""
+    if name.startswith("synthetic"):
+        return parse_synthetic(name).name
+    return name
 
 
 @dataclass
@@ -152,82 +196,143 @@ class Run:
     method: str
     conv: str
     index: int
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
     model: ModelConfig = field(init=False)
     train: TrainConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.model = replace(self.preset.model, conv=self.conv)
         seed = self.index if self.preset.vary == "seed" else 0
-        self.train = replace(self.preset.train, method=self.method, seed=seed)
+        changes: dict[str, Any] = {"method": self.method, "seed": seed}
+        if self.batch_size is not None:
+            changes["batch_size"] = self.batch_size
+        if self.epochs is not None:
+            changes["epochs"] = self.epochs
+            changes["eval_every"] = min(self.preset.train.eval_every, self.epochs)
+        self.train = replace(self.preset.train, **changes)
 
     @property
     def split(self) -> int:
         return self.index if self.preset.vary == "split" else 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="accuracy", choices=sorted(PRESETS))
+def _ints(text: Optional[str]) -> Optional[list[int]]:
+    return None if text is None else [int(v) for v in text.split(",")]
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[1:]))
+    parser.add_argument("--preset", default="suite", choices=sorted(PRESETS))
     parser.add_argument("--datasets", default=None, help="comma-separated preset keys")
-    parser.add_argument("--methods", default="vq,full")
-    parser.add_argument("--convs", default="gcn,sage,gat")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated (default: the preset's)")
+    parser.add_argument("--convs", default=None, help="comma-separated backbones "
+                        "(default: the preset's)")
     parser.add_argument("--runs", type=int, default=None,
                         help="seeds (or given splits) per configuration (default: preset's)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's")
+    parser.add_argument("--batch-sizes", default=None,
+                        help=f"comma-separated batch sizes (preset batch: {BATCH_SIZES})")
     parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--ogb-root", default=None, help="folder of the OGB datasets")
     parser.add_argument("--out", default=None, help="JSON lines file (default: results/)")
+    parser.add_argument("--plots", default=None,
+                        help="folder of the PNG plots (default: beside --out)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--verbose", action="store_true", help="per-epoch logs")
     parser.add_argument("--table-only", action="store_true",
-                        help="run nothing: print the table of the records in --out")
-    args = parser.parse_args()
-
+                        help="run nothing: print the tables of the records in --out")
+    args = parser.parse_args(argv)
     presets = PRESETS[args.preset]
-    keys = args.datasets.split(",") if args.datasets else list(presets)
-    unknown = [k for k in keys if k not in presets]
+    args.keys = args.datasets.split(",") if args.datasets else list(presets)
+    unknown = [k for k in args.keys if k not in presets]
     if unknown:
         parser.error(f"unknown datasets {unknown}; preset {args.preset!r} has {list(presets)}")
-    methods = args.methods.split(",")
-    convs = args.convs.split(",")
+    args.method_list = (args.methods or DEFAULT_METHODS[args.preset]).split(",")
+    args.conv_list = (args.convs or DEFAULT_CONVS[args.preset]).split(",")
+    batch_sizes = args.batch_sizes or (BATCH_SIZES if args.preset == "batch" else None)
+    args.batch_size_list = _ints(batch_sizes) or [None]
+    for name, value in (("--runs", args.runs), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be >= 1, received {value}")
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    presets = PRESETS[args.preset]
+    runs = []
+    for key in args.keys:
+        for conv in args.conv_list:
+            for index in range(args.runs or presets[key].runs):
+                for batch_size in args.batch_size_list:
+                    for method in args.method_list:
+                        if method == "full" and batch_size not in (None,
+                                                                   args.batch_size_list[0]):
+                            continue  # full-graph training has no batch size
+                        runs.append(Run(presets[key], method, conv, index, batch_size,
+                                        args.epochs))
+    return runs
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
     out = Path(args.out) if args.out else RESULTS / f"{args.preset}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {run_key(r) for r in load_records(out)}
-
-    runs = [Run(presets[k], m, c, i) for k in keys for c in convs
-            for i in range(args.runs or presets[k].runs) for m in methods]
+    done = {run_key(r) for r in report.load_records(out)}
+    runs = plan(args)
     start = time.time()
     for n, run in enumerate([] if args.table_only else runs, 1):
         run.train = replace(run.train, device=args.device)
-        p = run.preset
-        root = prepare_root(p.family, Path(args.data_root))
-        data = load_dataset(p.name, root=root, split=run.split, seed=run.train.seed)
+        root = prepare_root(run.preset, Path(args.data_root), args.ogb_root)
+        data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
         probe = {"dataset": str(data.name), "split": run.split, "seed": run.train.seed,
                  "method": run.method, "model_config": asdict(run.model),
                  "train_config": asdict(run.train)}
         label = (f"[{n}/{len(runs)}] {data.name} split {run.split} seed {run.train.seed} "
-                 f"{run.method} {run.conv}")
+                 f"{run.method} {run.conv} batch {run.train.batch_size}")
         if run_key(probe) in done:
             print(f"{label}: done before, skipped", flush=True)
             continue
         log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
         record = run_experiment(data, run.model, run.train, log=log)
+        record["threads"] = torch.get_num_threads()
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
               f"{record['median_epoch_seconds']:.3f} s/epoch "
               f"({time.time() - start:.0f} s so far)", flush=True)
 
-    names = {presets[k].name for k in keys} if args.datasets else None
-    records = [r for r in load_records(out)
-               if r["method"] in methods and r["conv"] in convs
-               and (names is None or r["dataset"] in names)]
+    presets = PRESETS[args.preset]
+    names = {record_name(presets[k].name) for k in args.keys}
+    records = [r for r in report.load_records(out)
+               if r["method"] in args.method_list and r["conv"] in args.conv_list
+               and r["dataset"] in names]
     device = records[0]["device"] if records else args.device
-    title = (f"Grid '{args.preset}' ({len(records)} runs, device {device}, "
-             f"{torch.get_num_threads()} threads); command: "
-             f"python benchmarks/grid.py {' '.join(sys.argv[1:])}")
-    table = accuracy_table(records, methods)
-    print("\n" + title + "\n")
-    print("\n".join(table))
-    out.with_suffix(".md").write_text(title + "\n\n" + "\n".join(table) + "\n")
+    threads = sorted({r.get("threads", torch.get_num_threads()) for r in records})
+    title = (f"Grid '{args.preset}' ({len(records)} runs, device {device}, torch threads "
+             f"{'/'.join(map(str, threads))}); command: python benchmarks/grid.py "
+             f"{' '.join(sys.argv[1:] if argv is None else argv)}")
+    if args.preset == "accuracy":
+        tables = report.accuracy_table(records, args.method_list)
+    elif args.preset == "batch":
+        tables = report.batch_table(records)
+    else:
+        tables = report.suite_table(records, args.method_list)
+        if args.preset in report.REFERENCES:
+            tables += ["", "Published (not measured here): "
+                       + "; ".join(report.REFERENCES[args.preset]) + "."]
+        else:
+            tables += [""] + report.targets(records)
+    text = title + "\n\n" + "\n".join(tables) + "\n"
+    print("\n" + text)
+    out.with_suffix(".md").write_text(text)
+    plots = Path(args.plots) if args.plots else out.parent
+    written = report.plot_grid(records, args.preset, plots / out.stem)
+    for path in written:
+        print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,30 @@ def write_ogb_arxiv(root: Path, num_nodes: int = 50, num_edges: int = 120,
     return {"edges": edges, "x": feats, "y": labels[:, 0], **split}
 
 
+def write_ogb_products(root: Path, num_nodes: int = 80, num_edges: int = 200,
+                       seed: int = 0) -> Dict[str, np.ndarray]:
+    """Writes a tiny ``ogbn-products`` (100 features, 47 classes, split ``sales_ranking``;
+    ``master.csv`` adds the inverse edges) in OGB's raw format under ``root/ogbn_products``."""
+    rng = np.random.default_rng(seed)
+    folder = root / "ogbn_products"
+    edges = rng.integers(0, num_nodes, size=(num_edges, 2))
+    feats = rng.normal(size=(num_nodes, 100)).astype(np.float32)
+    labels = rng.integers(0, 47, size=(num_nodes, 1))
+    order = rng.permutation(num_nodes)
+    split = {"train": order[: num_nodes // 2], "valid": order[num_nodes // 2: 3 * num_nodes // 4],
+             "test": order[3 * num_nodes // 4:]}
+    raw = folder / "raw"
+    _write_csv(edges, raw / "edge.csv.gz")
+    _write_csv(feats, raw / "node-feat.csv.gz")
+    _write_csv(labels, raw / "node-label.csv.gz")
+    _write_csv(np.array([[num_nodes]]), raw / "num-node-list.csv.gz")
+    _write_csv(np.array([[num_edges]]), raw / "num-edge-list.csv.gz")
+    for part, index in split.items():
+        _write_csv(index[:, None], folder / "split" / "sales_ranking" / f"{part}.csv.gz")
+    (folder / "RELEASE_v1.txt").write_text("")
+    return {"edges": edges, "x": feats, "y": labels[:, 0], **split}
+
+
 def write_ogb_proteins(root: Path, num_nodes: int = 30, num_edges: int = 60,
                        seed: int = 0) -> Dict[str, np.ndarray]:
     """Writes a tiny ``ogbn-proteins`` (edge features, 112 binary tasks) in OGB's format."""

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
 import torch
 
-from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes
+from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes, reset_peak_rss
 
 
 def test_counts_tensors_saved_for_backward(device):
@@ -92,3 +93,16 @@ def test_peak_rss_bytes():
     peak = peak_rss_bytes()
     assert isinstance(peak, int) and peak > 10 * 2**20  # Python with torch: > 10 MiB
     assert peak_rss_bytes() >= peak  # a peak never decreases
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
+                    reason="resetting the peak RSS needs Linux's /proc/self/clear_refs")
+def test_reset_peak_rss():
+    assert reset_peak_rss()
+    before = peak_rss_bytes()
+    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+    raised = peak_rss_bytes()
+    assert raised >= before + 48 * 2**20
+    del block
+    assert reset_peak_rss()
+    assert peak_rss_bytes() < raised - 32 * 2**20  # the peak starts again from now

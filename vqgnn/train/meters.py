@@ -81,10 +81,36 @@ class SavedTensorMeter:
             self.cuda_peak = torch.cuda.max_memory_allocated(self.device)
 
 
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far (bytes)."""
+    """The process's peak resident set size (bytes): since the last
+    :func:`reset_peak_rss` on Linux (``VmHWM``), over the process's life elsewhere."""
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set size to the current one (Linux: ``clear_refs`` 5).
+
+    Returns whether it was reset; where it cannot be, :func:`peak_rss_bytes` is the
+    process's lifetime peak.
+    """
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class Timer:

@@ -28,7 +28,7 @@ from vqgnn.baselines import (
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler, metis_partition
 from vqgnn.nn.models import VQGNN
-from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes
+from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes, reset_peak_rss
 
 METHODS = ("vq", "full", "sage", "cluster", "saint")
 SUBGRAPH_METHODS = ("sage", "cluster", "saint")
@@ -180,6 +180,7 @@ class TrainResult:
     peak_memory_bytes: Optional[int]
     memory_measure: str
     peak_rss_bytes: int
+    rss_measure: str
     inference_seconds_exact: float
     inference_seconds_vq: Optional[float]
     history: list[EpochLog] = field(default_factory=list)
@@ -274,6 +275,7 @@ class Trainer:
         self.elapsed = 0.0
         self.time_to_best = 0.0
         self.peak_bytes = 0
+        self.rss_reset = False
         self.prepared = False
 
     # ----------------------------------------------------------------- set-up
@@ -445,6 +447,7 @@ class Trainer:
             resume_from: a checkpoint written by this trainer (:meth:`save_checkpoint`).
         """
         cfg = self.config
+        self.rss_reset = reset_peak_rss()
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif not self.prepared:
@@ -511,6 +514,9 @@ class Trainer:
             time_to_best_seconds=self.time_to_best,
             peak_memory_bytes=self.peak_bytes if cfg.measure_memory else None,
             memory_measure=measure, peak_rss_bytes=peak_rss_bytes(),
+            rss_measure=("process peak RSS since fit() started (Linux VmHWM, reset)"
+                         if self.rss_reset else
+                         "process peak RSS over its lifetime"),
             inference_seconds_exact=exact_timer.seconds, inference_seconds_vq=vq_seconds,
             history=list(self.history))
 

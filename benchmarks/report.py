@@ -1,0 +1,243 @@
+"""Tables and plots of benchmark records (the JSON lines ``grid.py`` and ``scaling.py`` write).
+
+Every figure comes from a record; nothing here is typed in by hand except the published
+reference numbers, which are labelled as such.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+Record = dict[str, Any]
+
+# Published numbers printed beside ours (not measured here).
+REFERENCES: dict[str, list[str]] = {
+    "ogbn-arxiv": ["OGB leaderboard, full-batch GCN: 71.74 ± 0.29 test accuracy"],
+    "ogbn-products": ["OGB leaderboard, NeighborSampling SAGE: 78.70 ± 0.36",
+                      "OGB leaderboard, ClusterGCN: 78.97 ± 0.33",
+                      "OGB leaderboard, GraphSAINT: 79.08 ± 0.24"],
+}
+
+
+def load_records(path: Path) -> list[Record]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _mean(values: Iterable[float]) -> float:
+    return statistics.mean(list(values))
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` in percent points."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
+
+
+def _mb(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
+def _group(records: list[Record], *keys: str) -> dict[tuple, list[Record]]:
+    groups: dict[tuple, list[Record]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
+def _median(records: list[Record], key: str) -> float:
+    return statistics.median(r[key] for r in records)
+
+
+def accuracy_table(records: list[Record], methods: list[str]) -> list[str]:
+    """Markdown: per dataset and backbone, the test metric of each method and the gap."""
+    groups: dict[tuple[str, str], dict[str, list[Record]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["conv"]), {}).setdefault(r["method"], []).append(r)
+    head = ["dataset", "conv", "metric", "runs"]
+    head += [f"{m} test" for m in methods]
+    head += [f"{m} epoch (s)" for m in methods]
+    if "vq" in methods and "full" in methods:
+        head += ["vq - full (points)", "within 1.5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, conv), by_method in sorted(groups.items()):
+        metric = next(iter(by_method.values()))[0]["metric"]
+        runs = min(len(v) for v in by_method.values())
+        row = [dataset, conv, metric, str(runs)]
+        row += [mean_std([r["test"] for r in by_method.get(m, [])]) for m in methods]
+        row += [f"{_median(by_method[m], 'median_epoch_seconds'):.3f}"
+                if m in by_method else "-" for m in methods]
+        if "vq" in methods and "full" in methods:
+            if "vq" in by_method and "full" in by_method:
+                gap = 100 * (_mean(r["test"] for r in by_method["vq"])
+                             - _mean(r["test"] for r in by_method["full"]))
+                row += [f"{gap:+.2f}", "yes" if gap >= -1.5 else "NO"]
+            else:
+                row += ["-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def suite_table(records: list[Record], methods: list[str]) -> list[str]:
+    """Markdown, one row per dataset, backbone and method: test metric (mean ± std over
+    runs), its difference to full-graph training, median epoch time, time to the best
+    validation, peak training memory, peak RSS and inference time (medians over runs)."""
+    head = ["dataset", "conv", "method", "runs", "test", "vs full", "epoch (s)",
+            "time to best (s)", "train memory (MB)", "peak RSS (MB)", "inference (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {m: i for i, m in enumerate(methods)}
+    groups = _group(records, "dataset", "conv", "method")
+    for (dataset, conv, method), runs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))):
+        full = groups.get((dataset, conv, "full"))
+        vs_full = "-"
+        if full and method != "full":
+            gap = 100 * (_mean(r["test"] for r in runs) - _mean(r["test"] for r in full))
+            vs_full = f"{gap:+.2f}"
+        memory = [r["peak_memory_bytes"] for r in runs if r.get("peak_memory_bytes") is not None]
+        lines.append("| " + " | ".join([
+            dataset, conv, method, str(len(runs)),
+            f"{mean_std([r['test'] for r in runs])} ({runs[0]['metric']})", vs_full,
+            f"{_median(runs, 'median_epoch_seconds'):.3f}",
+            f"{_median(runs, 'time_to_best_seconds'):.1f}",
+            _mb(statistics.median(memory)) if memory else "-",
+            _mb(_median(runs, "peak_rss_bytes")),
+            f"{_median(runs, 'inference_seconds'):.2f}",
+        ]) + " |")
+    return lines
+
+
+def targets(records: list[Record]) -> list[str]:
+    """The comparison's accuracy and time targets, per dataset and backbone: met or not."""
+    lines = ["| dataset | conv | target | measured | met |", "|---|---|---|---|---|"]
+    groups = _group(records, "dataset", "conv", "method")
+    pairs = sorted({(d, c) for d, c, _ in groups})
+    for dataset, conv in pairs:
+        vq = groups.get((dataset, conv, "vq"))
+        if not vq:
+            continue
+        vq_test = 100 * _mean(r["test"] for r in vq)
+        vq_epoch = _median(vq, "median_epoch_seconds")
+
+        def add(target: str, measured: str, met: bool, where: str = f"{dataset} | {conv}"
+                ) -> None:
+            lines.append(f"| {where} | {target} | {measured} | {'yes' if met else 'NO'} |")
+
+        full = groups.get((dataset, conv, "full"))
+        if full:
+            gap = vq_test - 100 * _mean(r["test"] for r in full)
+            add("vq within 1 point of full", f"{gap:+.2f} points", gap >= -1.0)
+            ratio = vq_epoch / _median(full, "median_epoch_seconds")
+            add("vq epoch within 2x of full", f"{ratio:.2f}x", ratio <= 2.0)
+        for method in ("sage", "cluster"):
+            other = groups.get((dataset, conv, method))
+            if other:
+                gap = vq_test - 100 * _mean(r["test"] for r in other)
+                add(f"vq not below {method}", f"{gap:+.2f} points", gap >= 0.0)
+        sage = groups.get((dataset, conv, "sage"))
+        if sage and dataset == "Tolokers":
+            ratio = vq_epoch / _median(sage, "median_epoch_seconds")
+            add("vq epoch below sage", f"{ratio:.2f}x", ratio < 1.0)
+    return lines
+
+
+def batch_table(records: list[Record]) -> list[str]:
+    """Markdown: peak training memory and epoch time per method and batch size."""
+    lines = ["| dataset | method | batch size | train memory (MB) | peak RSS (MB) | epoch (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["dataset"], r["method"],
+                                            r["train_config"]["batch_size"])):
+        batch = "-" if r["method"] == "full" else str(r["train_config"]["batch_size"])
+        lines.append(f"| {r['dataset']} | {r['method']} | {batch} | "
+                     f"{_mb(r['peak_memory_bytes'])} | {_mb(r['peak_rss_bytes'])} | "
+                     f"{r['median_epoch_seconds']:.3f} |")
+    return lines
+
+
+# ----------------------------------------------------------------------- plots
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
+    """Validation metric against cumulative training time, one panel per dataset and
+    backbone, one line per method (the first run of each)."""
+    firsts: dict[tuple, Record] = {}
+    for r in records:
+        firsts.setdefault((r["dataset"], r["conv"], r["method"]), r)
+    panels = sorted({(d, c) for d, c, _ in firsts})
+    if not panels:
+        return None
+    plt = _pyplot()
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (dataset, conv) in zip(axes.flat, panels):
+        for (d, c, method), r in firsts.items():
+            if (d, c) != (dataset, conv):
+                continue
+            elapsed, xs, ys = 0.0, [], []
+            for h in r["history"]:
+                elapsed += h["seconds"]
+                if h["val"] is not None:
+                    xs.append(elapsed)
+                    ys.append(100 * h["val"])
+            ax.plot(xs, ys, label=method)
+        ax.set_title(f"{dataset} ({conv})")
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel(f"validation {r['metric']}")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_memory_vs_batch(records: list[Record], path: Path) -> Optional[Path]:
+    """Peak training memory against batch size, one line per method (full: a level)."""
+    if not records:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, runs in sorted(_group(records, "method").items()):
+        runs = sorted(runs, key=lambda r: r["train_config"]["batch_size"])
+        mb = [r["peak_memory_bytes"] / 2**20 for r in runs]
+        if method[0] == "full":
+            ax.axhline(mb[0], color="gray", linestyle="--", label="full (whole graph)")
+            continue
+        ax.plot([r["train_config"]["batch_size"] for r in runs], mb, marker="o",
+                label=method[0])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (nodes)")
+    ax.set_ylabel("peak training memory (MB)")
+    ax.set_title(records[0]["dataset"].split(",seed")[0], fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(records: list[Record], preset: str, stem: Path) -> list[Path]:
+    """The plots of a grid preset; returns the files written."""
+    if preset == "batch":
+        written = plot_memory_vs_batch(records, stem.with_name(stem.name + "-memory.png"))
+    else:
+        written = plot_metric_vs_time(records, stem.with_name(stem.name + "-metric-time.png"))
+    return [written] if written is not None else []

@@ -1,0 +1,156 @@
+"""The benchmark scripts: grid presets resume and report, the scaling run records
+failures, the OGB script runs on OGB-format folders the test writes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from benchmarks import grid, ogb, report, scaling
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _helpers():
+    """The OGB-format writers of the dataset tests."""
+    spec = importlib.util.spec_from_file_location(
+        "datasets_conftest", ROOT / "tests" / "datasets" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Copies of the shared data and the records go to a temporary folder."""
+    monkeypatch.setattr(grid, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_run_key_ignores_options_at_their_defaults():
+    record = {"dataset": "Cora", "split": 0, "seed": 1, "method": "vq",
+              "model_config": {"conv": "gcn", "hidden": 64},
+              "train_config": {"method": "vq", "epochs": 200, "device": "cpu"}}
+    newer = {**record, "train_config": {**record["train_config"], "walk_length": 2,
+                                        "num_neighbors": [15, 10, 5], "device": "cuda"}}
+    assert grid.run_key(record) == grid.run_key(newer)  # an option added later, at default
+    changed = {**record, "train_config": {**record["train_config"], "walk_length": 3}}
+    assert grid.run_key(changed) != grid.run_key(record)
+    assert grid.run_key({**record, "seed": 2}) != grid.run_key(record)
+
+
+@pytest.mark.skipif(not (SHARED / "planetoid").exists(), reason="needs ../shared/data")
+def test_suite_on_cora_resumes_and_reports(results, capsys):
+    argv = ["--datasets", "cora", "--runs", "1", "--epochs", "2"]
+    grid.main(argv)
+    out = capsys.readouterr().out
+    path = results / "suite.jsonl"
+    first = records(path)
+    assert [r["method"] for r in first] == ["vq", "full", "sage", "cluster", "saint"]
+    assert all(r["dataset"] == "Cora" and r["train_config"]["epochs"] == 2 for r in first)
+    assert all(r["train_config"]["batch_size"] == 512 for r in first)  # one batch size
+    table = (results / "suite.md").read_text()
+    for method in ("vq", "full", "sage", "cluster", "saint"):
+        assert f"| Cora | gcn | {method} | 1 |" in table
+    assert "time to best (s)" in table and "peak RSS (MB)" in table
+    assert "| Cora | gcn | vq within 1 point of full |" in table
+    assert "| Cora | gcn | vq not below sage |" in table
+    assert (results / "suite-metric-time.png").stat().st_size > 10_000
+    assert "plot:" in out and (results / "data" / "planetoid").is_dir()  # a copy was read
+
+    grid.main(argv)  # resumes: nothing new
+    again = capsys.readouterr().out
+    assert again.count("done before, skipped") == 5
+    assert len(records(path)) == 5
+
+
+def test_batch_preset(results, monkeypatch, capsys):
+    tiny = replace(grid.PRESETS["batch"]["synthetic"],
+                   name="synthetic:n=400,deg=6,classes=3,features=8,seed=0",
+                   model=replace(grid.PRESETS["batch"]["synthetic"].model, num_codewords=16))
+    monkeypatch.setitem(grid.PRESETS["batch"], "synthetic", tiny)
+    grid.main(["--preset", "batch", "--batch-sizes", "64,128", "--methods", "vq,full,sage",
+               "--epochs", "1"])
+    rows = records(results / "batch.jsonl")
+    seen = sorted((r["method"], r["train_config"]["batch_size"]) for r in rows)
+    assert seen == [("full", 64), ("sage", 64), ("sage", 128), ("vq", 64), ("vq", 128)]
+    table = (results / "batch.md").read_text()
+    assert "| vq | 128 |" in table and "| full | - |" in table
+    assert (results / "batch-memory.png").stat().st_size > 10_000
+
+
+def test_grid_rejects_unknown_datasets(capsys):
+    with pytest.raises(SystemExit):
+        grid.main(["--datasets", "pubmed"])
+    assert "unknown datasets ['pubmed']" in capsys.readouterr().err
+
+
+def _tiny_ogb_presets(monkeypatch) -> None:
+    # The presets as they are, with K below the tiny graphs' node counts.
+    for name in ("ogbn-arxiv", "ogbn-products"):
+        preset = grid.PRESETS[name][name]
+        monkeypatch.setitem(grid.PRESETS[name], name,
+                            replace(preset, model=replace(preset.model, num_codewords=16)))
+
+
+@pytest.mark.parametrize("name, methods", [("ogbn-arxiv", "vq,full"),
+                                           ("ogbn-products", "vq,sage")])
+def test_ogb_script_on_tiny_ogb_folders(name, methods, results, tmp_path, monkeypatch, capsys):
+    helpers = _helpers()
+    write = helpers.write_ogb_arxiv if name == "ogbn-arxiv" else helpers.write_ogb_products
+    write(tmp_path / "ogb", num_nodes=80, num_edges=240)
+    _tiny_ogb_presets(monkeypatch)
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))  # no prompt may wait on stdin
+    ogb.main(["--dataset", name, "--root", str(tmp_path / "ogb"), "--methods", methods,
+              "--epochs", "1"])
+    out = capsys.readouterr().out
+    rows = records(results / f"{name}.jsonl")
+    assert [r["method"] for r in rows] == methods.split(",")
+    assert all(r["dataset"] == name and r["model_config"]["hidden"] == 256
+               and r["model_config"]["layers"] == 3 for r in rows)
+    for line in report.REFERENCES[name]:
+        assert line in out
+    assert "Published (not measured here)" in out
+
+
+# ------------------------------------------------------------------ scaling
+def test_scaling_records_sizes_and_failures(tmp_path, capsys):
+    out = tmp_path / "scaling.jsonl"
+    common = ["--methods", "vq,full", "--epochs", "1", "--batch-size", "64",
+              "--num-codewords", "16", "--hidden", "8", "--features", "8", "--out", str(out)]
+    scaling.main(["--sizes", "200,400", *common])
+    rows = records(out)
+    assert sorted((r["method"], r["n"], r["status"]) for r in rows) == [
+        ("full", 200, "ok"), ("full", 400, "ok"), ("vq", 200, "ok"), ("vq", 400, "ok")]
+    assert all(r["peak_memory_bytes"] > 0 and r["median_epoch_seconds"] > 0 for r in rows)
+    text = (tmp_path / "scaling.md").read_text()
+    assert "| 400 |" in text and "| vq | 200 to 400 |" in text
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    capsys.readouterr()
+
+    # A limit no run can meet: the first size times out, the larger one is skipped.
+    scaling.main(["--sizes", "300,500", "--time-limit", "0.5", *common])
+    rows = {(r["method"], r["n"]): r for r in records(out)}
+    assert rows[("vq", 300)]["status"] == "timeout"
+    assert rows[("vq", 500)]["status"] == "skipped"
+    assert rows[("vq", 500)]["reason"] == "timeout at n=300"
+    assert "| 300 | timeout |" in (tmp_path / "scaling.md").read_text()
+    scaling.main(["--sizes", "200,400", *common])  # resumes
+    assert capsys.readouterr().out.count("done before") == 4
+
+
+@pytest.mark.parametrize("code, tail, status", [
+    (-9, "", "oom"), (137, "", "oom"), (1, "RuntimeError: DefaultCPUAllocator: can't "
+                                           "allocate memory", "oom"),
+    (1, "MemoryError", "oom"), (1, "ValueError: bad", "error")])
+def test_failure_status(code, tail, status):
+    assert scaling.failure_status(code, tail) == status
