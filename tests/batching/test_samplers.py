@@ -183,3 +183,13 @@ def test_metis_partition_cache(data, tmp_path, monkeypatch):
 def test_metis_partition_errors(data, num_parts):
     with pytest.raises(ValueError, match="'num_parts' must be an int >= 1"):
         metis_partition(data.edge_index, data.num_nodes, num_parts)
+
+
+@pytest.mark.parametrize("make", [
+    lambda nodes: NodeBatchSampler(nodes, 64, seed=0),
+    lambda nodes: ClusterBatchSampler(nodes, 64, torch.arange(nodes.numel()) % 7, seed=0)])
+def test_batches_own_their_memory(make):
+    """A batch is not a view of the epoch's permutation (which would keep O(n) alive)."""
+    nodes = torch.arange(1000)
+    for batch in make(nodes):
+        assert batch.untyped_storage().nbytes() == batch.numel() * batch.element_size()

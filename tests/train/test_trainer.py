@@ -403,3 +403,19 @@ def test_sage_needs_a_fanout_per_layer(data):
     with pytest.raises(ValueError, match="'num_neighbors' needs a fan-out per layer \\(2\\), "
                                          "received \\(5,\\)"):
         Trainer(build(data), data, config(method="sage", num_neighbors=(5,)))
+
+
+def test_vq_training_memory_does_not_grow_with_the_graph():
+    """Saved tensors and inputs of a step at a fixed batch size: VQ-GNN's stay put from
+    2,000 to 20,000 nodes, full-graph training's grow with the graph."""
+    peaks = {}
+    for n in (2000, 20000):
+        graph = load_dataset(f"synthetic:n={n},deg=8,features=8,classes=3")
+        for method in ("vq", "full"):
+            seed_everything(0)
+            model = VQGNN(8, 16, 3, 2, n, num_codewords=32)
+            trainer = Trainer(model, graph, config(method=method, epochs=1, batch_size=256,
+                                                   eval_batch_size=4096))
+            peaks[method, n] = trainer.fit().peak_memory_bytes
+    assert peaks["vq", 20000] < 1.1 * peaks["vq", 2000]
+    assert peaks["full", 20000] > 5 * peaks["full", 2000]

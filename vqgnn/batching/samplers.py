@@ -63,7 +63,9 @@ class NodeBatchSampler:
         if self.batch_size > 1 and len(batches) > 1 and batches[-1].numel() == 1:
             # A one-node batch breaks batch normalisation: the previous batch takes it.
             batches[-2:] = [torch.cat(batches[-2:])]
-        yield from batches
+        for batch in batches:
+            # A copy: a view would keep the epoch's (n,) permutation alive with each batch.
+            yield batch.clone()
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -153,7 +155,7 @@ class ClusterBatchSampler(NodeBatchSampler):
             batch.append(groups[i])
             size += groups[i].numel()
             if size >= self.batch_size:
-                yield torch.cat(batch)
+                yield torch.cat(batch)  # torch.cat copies: the batch owns its memory
                 batch, size = [], 0
         if batch:
             yield torch.cat(batch)
