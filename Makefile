@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test lint typecheck pytest bench-synthetic bench-vqconv clean
+.PHONY: setup demo test lint typecheck pytest bench-synthetic bench-vqconv bench-suite \
+	bench-accuracy bench-batch bench-scaling clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -35,6 +36,19 @@ bench-synthetic: setup
 
 bench-vqconv: setup
 	$(PY) benchmarks/vqconv_step.py
+
+# The comparison suite: VQ-GNN, full-graph, GraphSAGE, Cluster-GCN, GraphSAINT on five graphs.
+bench-suite: setup
+	$(PY) benchmarks/grid.py --preset suite
+
+bench-accuracy: setup
+	$(PY) benchmarks/grid.py --preset accuracy
+
+bench-batch: setup
+	$(PY) benchmarks/grid.py --preset batch
+
+bench-scaling: setup
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

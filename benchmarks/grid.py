@@ -217,8 +217,17 @@ class Run:
         return self.index if self.preset.vary == "split" else 0
 
 
-def _ints(text: Optional[str]) -> Optional[list[int]]:
-    return None if text is None else [int(v) for v in text.split(",")]
+def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SystemExit(f"grid.py: error: {option} must be comma-separated ints >= 1, "
+                         f"received {text!r}")
+    return values
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -254,7 +263,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.method_list = (args.methods or DEFAULT_METHODS[args.preset]).split(",")
     args.conv_list = (args.convs or DEFAULT_CONVS[args.preset]).split(",")
     batch_sizes = args.batch_sizes or (BATCH_SIZES if args.preset == "batch" else None)
-    args.batch_size_list = _ints(batch_sizes) or [None]
+    args.batch_size_list = _ints(batch_sizes, "--batch-sizes") or [None]
     for name, value in (("--runs", args.runs), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, received {value}")
@@ -286,16 +295,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     start = time.time()
     for n, run in enumerate([] if args.table_only else runs, 1):
         run.train = replace(run.train, device=args.device)
-        root = prepare_root(run.preset, Path(args.data_root), args.ogb_root)
-        data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
-        probe = {"dataset": str(data.name), "split": run.split, "seed": run.train.seed,
-                 "method": run.method, "model_config": asdict(run.model),
-                 "train_config": asdict(run.train)}
-        label = (f"[{n}/{len(runs)}] {data.name} split {run.split} seed {run.train.seed} "
-                 f"{run.method} {run.conv} batch {run.train.batch_size}")
-        if run_key(probe) in done:
+        probe = {"dataset": record_name(run.preset.name), "split": run.split,
+                 "seed": run.train.seed, "method": run.method,
+                 "model_config": asdict(run.model), "train_config": asdict(run.train)}
+        label = (f"[{n}/{len(runs)}] {probe['dataset']} split {run.split} seed "
+                 f"{run.train.seed} {run.method} {run.conv} batch {run.train.batch_size}")
+        if run_key(probe) in done:  # before loading anything
             print(f"{label}: done before, skipped", flush=True)
             continue
+        root = prepare_root(run.preset, Path(args.data_root), args.ogb_root)
+        data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
         log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
         record = run_experiment(data, run.model, run.train, log=log)
         record["threads"] = torch.get_num_threads()

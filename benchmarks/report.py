@@ -170,6 +170,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG and close ``fig``."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
     """Validation metric against cumulative training time, one panel per dataset and
     backbone, one line per method (the first run of each)."""
@@ -184,9 +193,11 @@ def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, (dataset, conv) in zip(axes.flat, panels):
+        metric = ""
         for (d, c, method), r in firsts.items():
             if (d, c) != (dataset, conv):
                 continue
+            metric = r["metric"]
             elapsed, xs, ys = 0.0, [], []
             for h in r["history"]:
                 elapsed += h["seconds"]
@@ -196,15 +207,11 @@ def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
             ax.plot(xs, ys, label=method)
         ax.set_title(f"{dataset} ({conv})")
         ax.set_xlabel("training time (s)")
-        ax.set_ylabel(f"validation {r['metric']}")
+        ax.set_ylabel(f"validation {metric}")
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_memory_vs_batch(records: list[Record], path: Path) -> Optional[Path]:
@@ -227,11 +234,7 @@ def plot_memory_vs_batch(records: list[Record], path: Path) -> Optional[Path]:
     ax.set_ylabel("peak training memory (MB)")
     ax.set_title(records[0]["dataset"].split(",seed")[0], fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_grid(records: list[Record], preset: str, stem: Path) -> list[Path]:

@@ -64,17 +64,32 @@ def _limit_memory(gib: Optional[float]) -> Any:
     return limit
 
 
-KEY_FIELDS = ("n", "deg", "method", "conv", "batch_size", "epochs", "num_codewords", "hidden",
-              "layers", "device")
+KEY_FIELDS = ("n", "deg", "classes", "features", "method", "conv", "batch_size", "epochs",
+              "num_codewords", "hidden", "layers", "saint_coverage", "device")
+SERIES_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("n", "method"))
 
 
 def base_record(n: int, method: str, args: argparse.Namespace) -> dict[str, Any]:
     """The configuration of one run (its identity: :data:`KEY_FIELDS`)."""
-    return {"n": n, "deg": args.deg, "method": method, "conv": args.conv,
-            "batch_size": args.batch_size, "epochs": args.epochs,
-            "num_codewords": args.num_codewords, "hidden": args.hidden, "layers": args.layers,
+    return {"n": n, "deg": args.deg, "classes": args.classes, "features": args.features,
+            "method": method, "conv": args.conv, "batch_size": args.batch_size,
+            "epochs": args.epochs, "num_codewords": args.num_codewords, "hidden": args.hidden,
+            "layers": args.layers, "saint_coverage": args.saint_coverage,
             "device": args.device, "time_limit": args.time_limit,
             "memory_limit_gib": args.memory_gib}
+
+
+def needs_run(record: Optional[dict[str, Any]], args: argparse.Namespace) -> bool:
+    """Whether a size must (re)run: never run, an error, or a failure under a tighter
+    time or memory limit than this command's."""
+    if record is None or record["status"] == "error":
+        return True
+    if record["status"] in ("timeout", "skipped") and record["time_limit"] < args.time_limit:
+        return True
+    if record["status"] == "oom":
+        old, new = record["memory_limit_gib"], args.memory_gib
+        return old is not None and (new is None or new > old)
+    return False
 
 
 def run_one(n: int, method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -153,8 +168,7 @@ def memory_targets(records: list[dict[str, Any]]) -> list[str]:
 def plot(records: list[dict[str, Any]], methods: list[str], path: Path) -> Optional[Path]:
     if not records:
         return None
-    plt = report._pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = report._pyplot().subplots(1, 2, figsize=(11, 4))
     for field, ax, label in (("peak_memory_bytes", axes[0], "peak training memory (MB)"),
                              ("median_epoch_seconds", axes[1], "epoch time (s)")):
         for m in methods:
@@ -176,11 +190,7 @@ def plot(records: list[dict[str, Any]], methods: list[str], path: Path) -> Optio
         ax.set_xlabel("nodes (average degree fixed)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return report.save_figure(fig, path)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -206,7 +216,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "scaling.jsonl"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
-    sizes = sorted(int(v) for v in args.sizes.split(","))
+    try:
+        sizes = sorted(int(v) for v in args.sizes.split(","))
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated ints, received {args.sizes!r}")
     methods = args.methods.split(",")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,10 +229,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         failed: Optional[dict[str, Any]] = None
         for n in sizes:
             key = _key(base_record(n, method, args))
-            if key in done:
-                print(f"{method} n={n:,}: done before ({done[key]['status']})", flush=True)
-                if done[key]["status"] in ("oom", "timeout", "skipped"):
-                    failed = done[key]
+            previous = done.get(key)
+            if previous is not None and (failed is not None or not needs_run(previous, args)):
+                print(f"{method} n={n:,}: done before ({previous['status']})", flush=True)
+                if previous["status"] in ("oom", "timeout", "skipped"):
+                    failed = previous
                 continue
             if failed is not None:
                 record = {**base_record(n, method, args), "status": "skipped",
@@ -236,7 +250,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"{method} n={n:,}: {shown}", flush=True)
             if record["status"] in ("oom", "timeout", "skipped"):
                 failed = record
-    shown_records = [r for r in records if r["method"] in methods and r["deg"] == args.deg]
+    series = {k: v for k, v in base_record(0, "", args).items() if k in SERIES_FIELDS}
+    shown_records = [r for r in records if r["method"] in methods
+                     and all(r.get(k) == v for k, v in series.items())]
     given = " ".join(sys.argv[1:] if argv is None else argv)
     title = (f"Scaling ({args.conv}, average degree {args.deg}, batch {args.batch_size}, "
              f"K {args.num_codewords}, device {args.device}, {args.time_limit:.0f} s per run); "

@@ -1,4 +1,6 @@
 """Shared test settings: one torch thread, and every ``device`` argument run on CPU and CUDA."""
+import os
+
 import pytest
 import torch
 
@@ -21,3 +23,15 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_home(tmp_path_factory):
+    """Caches the library writes by default (METIS partitions) go to a temporary folder,
+    not the user's ``~/.cache``, unless ``VQGNN_DATA`` says where."""
+    if "VQGNN_DATA" in os.environ:
+        yield
+        return
+    os.environ["VQGNN_DATA"] = str(tmp_path_factory.mktemp("vqgnn_data"))
+    yield
+    del os.environ["VQGNN_DATA"]

@@ -112,15 +112,16 @@ def summary_table(records: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         f"| method | best val {metric} | test {metric} | test (exact) | test (vq inference) "
         f"| best epoch | epoch time (s) | time to best (s) | peak train memory (MB) "
-        f"| inference (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| peak RSS (MB) | inference (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['method']} | {_pct(r['best_val'])} | {_pct(r['test'])} | "
             f"{_pct(r['test_exact'])} | {_pct(r['test_vq'])} | {r['best_epoch']} | "
             f"{r['median_epoch_seconds']:.3f} | {r['time_to_best_seconds']:.1f} | "
-            f"{_mb(r['peak_memory_bytes'])} | {r['inference_seconds']:.2f} |")
+            f"{_mb(r['peak_memory_bytes'])} | {_mb(r['peak_rss_bytes'])} | "
+            f"{r['inference_seconds']:.2f} |")
     return lines
 
 
@@ -130,6 +131,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     for method in methods:  # reject bad options before loading anything
         train_config(args, method).validate()
+    if "sage" in methods:
+        from vqgnn.baselines.loaders import fanouts_for_layers
+
+        fanouts_for_layers(args.num_neighbors, args.layers)
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if not args.quiet:
         print_table(dataset_summary(data), ("field", "value"))
@@ -140,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"layers={args.layers}, batch={args.batch_size}, K={args.num_codewords}, "
           f"seed={args.seed}, device={records[0]['device']}")
     print("\n".join(summary_table(records)))
-    print(f"peak memory: {records[0]['memory_measure']}")
+    print(f"peak train memory: {records[0]['memory_measure']}; peak RSS: "
+          f"{records[0]['rss_measure']}")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

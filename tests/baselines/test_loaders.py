@@ -132,7 +132,9 @@ def test_cluster_parts_follow_metis(data):
 @pytest.mark.parametrize("kw, match", [
     ({"num_parts": 0}, "'num_parts' must be an int in \\[1, 400\\], received 0"),
     ({"num_parts": 401}, "'num_parts' .* received 401"),
-    ({"parts_per_batch": 0}, "'parts_per_batch' must be an int >= 1, received 0"),
+    ({"parts_per_batch": 0}, "'parts_per_batch' must be an int in \\[1, num_parts=4\\], "
+                             "received 0"),
+    ({"parts_per_batch": 5}, "'parts_per_batch' .* received 5"),
 ])
 def test_cluster_bad_arguments(data, kw, match):
     args = {"num_parts": 4, "parts_per_batch": 1, **kw}
@@ -206,7 +208,7 @@ def test_saint_bad_arguments(data):
     with pytest.raises(ValueError, match="'SaintBatches': 'roots' must be an int >= 1, "
                                          "received 0"):
         SaintBatches(data.edge_index, data.num_nodes, data.train_mask, 0, 2, 4)
-    with pytest.raises(ValueError, match="'coverage' must be > 0, received 0"):
+    with pytest.raises(ValueError, match="'coverage' must be > 0 and finite, received 0"):
         SaintBatches(data.edge_index, data.num_nodes, data.train_mask, 4, 2, 4, coverage=0)
 
 

@@ -102,8 +102,13 @@ def test_edge_weight_checks_and_travels():
     with pytest.raises(ValueError, match="'edge_weight' must be a tensor of shape \\(3,\\), "
                                          "received \\(2,\\)"):
         VQGraph(edge_index, 3, weight[:2])
-    with pytest.raises(ValueError, match="'edge_weight' must hold non-negative floats, "
+    with pytest.raises(ValueError, match="'edge_weight' must hold finite non-negative floats, "
                                          "received dtype torch.int64"):
         VQGraph(edge_index, 3, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="non-negative .* minimum -1.0"):
         VQGraph(edge_index, 3, torch.tensor([1.0, -1.0, 0.0]))
+    with pytest.raises(ValueError, match="finite non-negative"):
+        VQGraph(edge_index, 3, torch.tensor([1.0, float("nan"), 0.0]))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'edge_weight' is on cuda"):
+            VQGraph(edge_index, 3, weight.cuda())

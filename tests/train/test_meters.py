@@ -95,8 +95,9 @@ def test_peak_rss_bytes():
     assert peak_rss_bytes() >= peak  # a peak never decreases
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
-                    reason="resetting the peak RSS needs Linux's /proc/self/clear_refs")
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="resetting the peak RSS needs a writable /proc/self/clear_refs "
+                           "(Linux)")
 def test_reset_peak_rss():
     assert reset_peak_rss()
     before = peak_rss_bytes()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN
@@ -201,10 +202,12 @@ def test_predict_bad_mode(data):
     ({"method": "foo"}, "'method' must be one of \\('vq', 'full', 'sage', 'cluster', "
                         "'saint'\\), received 'foo'"),
     ({"method": "sage", "inference": "vq"}, "'inference' 'vq' needs method 'vq' .* 'sage'"),
-    ({"num_neighbors": ()}, "'num_neighbors' must be ints >= 1 .* received \\(\\)"),
-    ({"num_neighbors": (10, 0)}, "'num_neighbors' must be ints >= 1 .* received \\(10, 0\\)"),
+    ({"num_neighbors": ()}, "'num_neighbors' must be a non-empty list of ints >= 1 .* "
+                            "received \\(\\)"),
+    ({"num_neighbors": (10, 0)}, "'num_neighbors' must be .* received \\(10, 0\\)"),
     ({"walk_length": 0}, "'walk_length' must be an int >= 1, received 0"),
-    ({"saint_coverage": 0.0}, "'saint_coverage' must be > 0, received 0.0"),
+    ({"saint_coverage": 0.0}, "'saint_coverage' must be > 0 and finite, received 0.0"),
+    ({"saint_coverage": float("nan")}, "'saint_coverage' must be > 0 and finite, received nan"),
     ({"optimizer": "rmsprop"}, "'optimizer' must be one of .* received 'rmsprop'"),
     ({"sampler": "saint"}, "'sampler' must be one of .* received 'saint'"),
     ({"batch_nodes": "val"}, "'batch_nodes' must be one of"),
@@ -419,3 +422,50 @@ def test_vq_training_memory_does_not_grow_with_the_graph():
             peaks[method, n] = trainer.fit().peak_memory_bytes
     assert peaks["vq", 20000] < 1.1 * peaks["vq", 2000]
     assert peaks["full", 20000] > 5 * peaks["full", 2000]
+
+
+def _first_step_loss(data, model_state, **changes) -> float:
+    model = VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv="sage", dropout=0.0)
+    model.load_state_dict(model_state)
+    trainer = Trainer(model, data, config(**changes))
+    trainer.model.train()
+    if trainer.config.method == "full":
+        return trainer._step(None)
+    batches = list(trainer.sampler)
+    assert len(batches) == 1  # one step sees the whole training set
+    return trainer._subgraph_step(batches[0])
+
+
+def test_baseline_losses_estimate_the_mean_training_loss(data):
+    """With one step that holds every training node and its full neighbourhood, each
+    baseline's loss is full-graph training's (mean cross-entropy over training nodes)."""
+    seed_everything(0)
+    state = VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv="sage",
+                  dropout=0.0).state_dict()
+    full = _first_step_loss(data, state, method="full")
+    sage = _first_step_loss(data, state, method="sage", batch_size=data.num_nodes,
+                            num_neighbors=(-1, -1))
+    cluster = _first_step_loss(data, state, method="cluster", batch_size=data.num_nodes,
+                               num_parts=4)  # 4 parts per batch: the whole graph
+    larger = _first_step_loss(data, state, method="cluster", batch_size=2 * data.num_nodes,
+                              num_parts=2)  # a batch larger than the graph: still 2 parts
+    assert sage == pytest.approx(full, rel=1e-5)
+    assert cluster == pytest.approx(full, rel=1e-5)
+    assert larger == pytest.approx(full, rel=1e-5)
+
+
+def test_saint_steps_carry_the_edge_weights(data, monkeypatch):
+    import vqgnn.train.trainer as trainer_module
+
+    weights = []
+
+    class Spy(VQGraph):
+        def __init__(self, edge_index, num_nodes, edge_weight=None):
+            weights.append(edge_weight)
+            super().__init__(edge_index, num_nodes, edge_weight)
+
+    trainer = Trainer(build(data), data, config(method="saint", epochs=1, saint_coverage=5.0))
+    monkeypatch.setattr(trainer_module, "VQGraph", Spy)
+    sub = next(iter(trainer.sampler))
+    trainer._subgraph_step(sub)
+    assert weights and torch.equal(weights[0], sub.edge_weight)

@@ -75,6 +75,29 @@ class _GlobalGeneratorBatches:
                              f"state, received keys {sorted(state)}")
 
 
+def check_fanouts(owner: str, num_neighbors: Sequence[int]) -> list[int]:
+    """The fan-outs as a list; ``ValueError`` naming ``owner`` unless they are ints >= 1
+    (or -1: all neighbours)."""
+    fanouts = list(num_neighbors)
+    if not fanouts or any(not isinstance(k, int) or (k < 1 and k != -1) for k in fanouts):
+        raise ValueError(f"'{owner}': 'num_neighbors' must be a non-empty list of ints >= 1 "
+                         f"(or -1 for all), received {num_neighbors!r}")
+    return fanouts
+
+
+def fanouts_for_layers(num_neighbors: Sequence[int], num_layers: int) -> list[int]:
+    """The first ``num_layers`` fan-outs; ``ValueError`` when there are fewer."""
+    if len(num_neighbors) < num_layers:
+        raise ValueError(f"'TrainConfig': 'num_neighbors' needs a fan-out per layer "
+                         f"({num_layers}), received {tuple(num_neighbors)}")
+    return list(num_neighbors)[:num_layers]
+
+
+def _training_nodes(train_mask: Tensor, n_id: Tensor) -> Tensor:
+    """Local ids of the training nodes among ``n_id``."""
+    return train_mask[n_id].nonzero().view(-1)
+
+
 def _structure(edge_index: Tensor, num_nodes: int) -> Data:
     """The graph without features: loaders carry ids, the trainer gathers features."""
     return Data(edge_index=edge_index.cpu(), num_nodes=num_nodes,
@@ -101,10 +124,12 @@ class NeighborBatches(_GlobalGeneratorBatches):
     def __init__(self, edge_index: Tensor, num_nodes: int, train_idx: Tensor,
                  num_neighbors: Sequence[int], batch_size: int) -> None:
         name = type(self).__name__
-        fanouts = list(num_neighbors)
-        if not fanouts or any(not isinstance(k, int) or (k < 1 and k != -1) for k in fanouts):
-            raise ValueError(f"'{name}': 'num_neighbors' must be a non-empty list of ints >= 1 "
-                             f"(or -1 for all), received {num_neighbors!r}")
+        fanouts = check_fanouts(name, num_neighbors)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"'{name}': 'batch_size' must be an int >= 1, "
+                             f"received {batch_size!r}")
+        if train_idx.numel() == 0:
+            raise ValueError(f"'{name}': 'train_idx' is empty (no training nodes to sample)")
         self.num_neighbors = fanouts
         self.batch_size = batch_size
         with warnings.catch_warnings():
@@ -147,7 +172,8 @@ class ClusterBatches(_GlobalGeneratorBatches):
     ``parts_per_batch`` random parts and the edges among them.
 
     The loss is on the training nodes of the step's parts (the parts partition the
-    nodes every epoch), divided by the training nodes a step holds on average.
+    nodes every epoch), divided by the training nodes that as many parts hold on
+    average (the last step of an epoch may hold fewer parts).
 
     Args:
         edge_index: (2, E) edges.
@@ -165,24 +191,33 @@ class ClusterBatches(_GlobalGeneratorBatches):
         if not isinstance(num_parts, int) or not 1 <= num_parts <= num_nodes:
             raise ValueError(f"'{name}': 'num_parts' must be an int in [1, {num_nodes}], "
                              f"received {num_parts!r}")
-        if not isinstance(parts_per_batch, int) or parts_per_batch < 1:
-            raise ValueError(f"'{name}': 'parts_per_batch' must be an int >= 1, "
-                             f"received {parts_per_batch!r}")
+        if not isinstance(parts_per_batch, int) or not 1 <= parts_per_batch <= num_parts:
+            raise ValueError(f"'{name}': 'parts_per_batch' must be an int in [1, num_parts="
+                             f"{num_parts}], received {parts_per_batch!r}")
         self.num_parts, self.parts_per_batch = num_parts, parts_per_batch
         self.train_mask = train_mask.cpu()
         self.cluster_data = _PymetisClusterData(_structure(edge_index, num_nodes), num_parts,
                                                 seed, cache_dir)
         self.loader = ClusterLoader(self.cluster_data, batch_size=parts_per_batch, shuffle=True)
-        self.loss_weight = num_parts / (parts_per_batch * max(1, int(self.train_mask.sum())))
+        partition = self.cluster_data.partition
+        sizes = partition.partptr.diff()
+        self.part_of = torch.empty(num_nodes, dtype=torch.long)
+        self.part_of[partition.node_perm] = torch.repeat_interleave(
+            torch.arange(sizes.numel()), sizes)
+        # METIS may leave parts empty: the mean part is over the non-empty ones.
+        num_train = max(1, int(self.train_mask.sum()))
+        self.train_per_part = num_train / max(1, int((sizes > 0).sum()))
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[SubgraphBatch]:
         for batch in self.loader:
-            loss_index = self.train_mask[batch.n_id].nonzero().view(-1)
+            loss_index = _training_nodes(self.train_mask, batch.n_id)
+            parts = torch.unique(self.part_of[batch.n_id]).numel()
+            weight = 1.0 / (parts * self.train_per_part)
             yield SubgraphBatch(batch.n_id, batch.edge_index, loss_index,
-                                torch.full((loss_index.numel(),), self.loss_weight))
+                                torch.full((loss_index.numel(),), weight))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_parts={self.num_parts}, "
@@ -225,10 +260,11 @@ def saint_normalization(sampler: GraphSAINTRandomWalkSampler, edge_index: Tensor
                         num_nodes: int, coverage: float, progress: bool = False) -> SaintNorm:
     """Draw subgraphs until ``coverage * N`` nodes were sampled; count nodes and edges.
 
-    Nodes (edges) never sampled get the count 0.1 (as PyG does), a large but finite
-    weight. Unlike PyG's sampler (its ``sample_coverage``), which divides by the count
-    of each edge's *source* (``edge_index[0]``), the edge weight here uses its *target*,
-    the node that aggregates: GraphSAINT's :math:`\\alpha_{u,v} = C_{u,v} / C_v`.
+    Nodes and edges never sampled get the count 0.1 (as PyG does): a large weight, capped
+    at 10^4 for edges, should a subgraph hold them later. Unlike PyG's sampler (its
+    ``sample_coverage``), which divides by the count of each edge's *source*
+    (``edge_index[0]``), the edge weight here uses its *target*, the node that
+    aggregates: GraphSAINT's :math:`\\alpha_{u,v} = C_{u,v} / C_v`.
 
     Args:
         sampler: the subgraph sampler (yielding ``n_id`` and ``e_id``).
@@ -237,8 +273,9 @@ def saint_normalization(sampler: GraphSAINTRandomWalkSampler, edge_index: Tensor
         coverage: average samples per node before stopping (> 0).
         progress: a tqdm bar.
     """
-    if coverage <= 0:
-        raise ValueError(f"'saint_normalization': 'coverage' must be > 0, received {coverage!r}")
+    if not 0 < coverage < math.inf:
+        raise ValueError(f"'saint_normalization': 'coverage' must be > 0 and finite, "
+                         f"received {coverage!r}")
     node_count = torch.zeros(num_nodes)
     edge_count = torch.zeros(edge_index.size(1))
     total, num_samples = 0, 0
@@ -255,8 +292,7 @@ def saint_normalization(sampler: GraphSAINTRandomWalkSampler, edge_index: Tensor
     bar.close()
     seen_nodes = node_count.clamp_min(0.1)
     target_count = seen_nodes[edge_index[1].cpu()]
-    edge_norm = torch.where(edge_count > 0, target_count / edge_count.clamp_min(1.0),
-                            torch.full_like(edge_count, 0.1))
+    edge_norm = (target_count / edge_count.clamp_min(0.1)).clamp_max(1e4)
     return SaintNorm(num_samples / seen_nodes, edge_norm, node_count, edge_count, num_samples)
 
 
@@ -300,7 +336,7 @@ class SaintBatches(_GlobalGeneratorBatches):
 
     def __iter__(self) -> Iterator[SubgraphBatch]:
         for sub in self.sampler:
-            loss_index = self.train_mask[sub.n_id].nonzero().view(-1)
+            loss_index = _training_nodes(self.train_mask, sub.n_id)
             weight = self.norm.node_norm[sub.n_id[loss_index]] / self.num_train
             yield SubgraphBatch(sub.n_id, sub.edge_index, loss_index, weight,
                                 self.norm.edge_norm[sub.e_id])

@@ -38,12 +38,13 @@ class VQGraph:
     Args:
         edge_index: (2, E) edges ``j -> i``.
         num_nodes: N.
-        edge_weight: optional (E,) positive weights of the edges. The layers that take
+        edge_weight: optional (E,) non-negative weights of the edges, on ``edge_index``'s
+            device. The layers that take
             edge weights (GCN, SAGE and GraphConv sum/mean, GIN) use them in their operator:
             GCN normalises by the weighted degrees, a mean aggregation divides by the sum
             of the incoming weights. Attention layers ignore them (their softmax
             normalises over the incoming edges). GraphSAINT's aggregator normalisation
-            (``vqgnn.train.baselines``) is passed this way.
+            (:mod:`vqgnn.baselines`) is passed this way.
 
     Example:
         >>> graph = VQGraph(data.edge_index, data.num_nodes)
@@ -61,8 +62,12 @@ class VQGraph:
                          else type(edge_weight).__name__)
                 raise ValueError(f"'VQGraph': 'edge_weight' must be a tensor of shape "
                                  f"({edge_index.size(1)},), received {shape}")
-            if not edge_weight.is_floating_point() or bool((edge_weight < 0).any()):
-                raise ValueError("'VQGraph': 'edge_weight' must hold non-negative floats, "
+            if edge_weight.device != edge_index.device:
+                raise ValueError(f"'VQGraph': 'edge_weight' is on {edge_weight.device}, "
+                                 f"'edge_index' on {edge_index.device}")
+            if (not edge_weight.is_floating_point() or bool((edge_weight < 0).any())
+                    or not bool(torch.isfinite(edge_weight).all())):
+                raise ValueError("'VQGraph': 'edge_weight' must hold finite non-negative floats, "
                                  f"received dtype {edge_weight.dtype} with minimum "
                                  f"{edge_weight.min().item() if edge_weight.numel() else None}")
         self.edge_weight = edge_weight

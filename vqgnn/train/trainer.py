@@ -3,9 +3,11 @@ model selection, early stopping, checkpoints and exact resume."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import statistics
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from vqgnn.baselines import (
     SubgraphBatch,
     saint_roots,
 )
+from vqgnn.baselines.loaders import check_fanouts, fanouts_for_layers
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler, metis_partition
 from vqgnn.nn.models import VQGNN
@@ -122,12 +125,9 @@ class TrainConfig:
         if self.method != "vq" and self.inference == "vq":
             raise ValueError(f"'TrainConfig': 'inference' 'vq' needs method 'vq' (only VQ-GNN "
                              f"trains codebooks); received method {self.method!r}")
-        fanouts = tuple(self.num_neighbors)
-        if not fanouts or any(not isinstance(k, int) or (k < 1 and k != -1) for k in fanouts):
-            raise ValueError(f"'TrainConfig': 'num_neighbors' must be ints >= 1 (or -1: all "
-                             f"neighbours), received {self.num_neighbors!r}")
-        if not self.saint_coverage > 0:
-            raise ValueError(f"'TrainConfig': 'saint_coverage' must be > 0, "
+        check_fanouts("TrainConfig", self.num_neighbors)
+        if not 0 < self.saint_coverage < math.inf:
+            raise ValueError(f"'TrainConfig': 'saint_coverage' must be > 0 and finite, "
                              f"received {self.saint_coverage!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"'TrainConfig': 'patience' must be >= 1 or None, "
@@ -181,6 +181,7 @@ class TrainResult:
     memory_measure: str
     peak_rss_bytes: int
     rss_measure: str
+    setup_seconds: float
     inference_seconds_exact: float
     inference_seconds_vq: Optional[float]
     history: list[EpochLog] = field(default_factory=list)
@@ -190,6 +191,14 @@ class TrainResult:
         out = asdict(self)
         out["history"] = [asdict(h) for h in self.history]
         return out
+
+
+def metis_cache() -> str:
+    """Folder of cached METIS partitions: ``$VQGNN_DATA/metis`` (or
+    ``~/.cache/vqgnn/data/metis``)."""
+    from vqgnn.datasets.guard import default_root
+
+    return default_root("metis")
 
 
 def seed_everything(seed: int) -> None:
@@ -236,6 +245,10 @@ class Trainer:
                  log: Optional[Callable[[str], None]] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         config.validate()
+        # The peak RSS counts from here: samplers' set-up (METIS, GraphSAINT's
+        # pre-sampling) and k-means belong to the run.
+        self.rss_reset = reset_peak_rss()
+        setup_start = time.perf_counter()
         if not isinstance(model, VQGNN):
             raise TypeError(f"'Trainer': 'model' must be a VQGNN, received "
                             f"{type(model).__name__}")
@@ -262,6 +275,7 @@ class Trainer:
         self.loss_scale = (min(config.batch_size, pool.numel()) * self.train_idx.numel()
                            / pool.numel())
         self.sampler = self._make_sampler(pool)
+        self.setup_seconds = time.perf_counter() - setup_start
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"'Trainer': 'optimizer' must be a torch.optim.Optimizer, "
                             f"received {type(optimizer).__name__}")
@@ -275,7 +289,6 @@ class Trainer:
         self.elapsed = 0.0
         self.time_to_best = 0.0
         self.peak_bytes = 0
-        self.rss_reset = False
         self.prepared = False
 
     # ----------------------------------------------------------------- set-up
@@ -289,24 +302,21 @@ class Trainer:
         cfg = self.config
         n, edge_index = self.data.num_nodes, self.data.edge_index
         if cfg.method == "sage":
-            layers = self.model.num_layers
-            if len(cfg.num_neighbors) < layers:
-                raise ValueError(f"'TrainConfig': 'num_neighbors' needs a fan-out per layer "
-                                 f"({layers}), received {tuple(cfg.num_neighbors)}")
-            return NeighborBatches(edge_index, n, self.train_idx.cpu(),
-                                   list(cfg.num_neighbors)[:layers], cfg.batch_size)
+            fanouts = fanouts_for_layers(cfg.num_neighbors, self.model.num_layers)
+            return NeighborBatches(edge_index, n, self.train_idx.cpu(), fanouts, cfg.batch_size)
         if cfg.method == "cluster":
             num_parts = self._num_parts()
-            parts_per_batch = max(1, round(num_parts * cfg.batch_size / n))
+            parts_per_batch = min(num_parts, max(1, round(num_parts * cfg.batch_size / n)))
             return ClusterBatches(edge_index, n, self.masks["train"], num_parts,
-                                  parts_per_batch, seed=cfg.seed)
+                                  parts_per_batch, seed=cfg.seed, cache_dir=metis_cache())
         if cfg.method == "saint":
             return SaintBatches(edge_index, n, self.masks["train"],
                                 saint_roots(cfg.batch_size, cfg.walk_length), cfg.walk_length,
                                 num_steps=max(1, -(-n // cfg.batch_size)),
                                 coverage=cfg.saint_coverage, progress=cfg.progress)
         if cfg.sampler == "metis":
-            parts = metis_partition(edge_index, n, self._num_parts(), seed=cfg.seed)
+            parts = metis_partition(edge_index, n, self._num_parts(), seed=cfg.seed,
+                                    cache_dir=metis_cache())
             return ClusterBatchSampler(pool.cpu(), cfg.batch_size, parts, seed=cfg.seed)
         return NodeBatchSampler(pool.cpu(), cfg.batch_size, seed=cfg.seed)
 
@@ -321,6 +331,11 @@ class Trainer:
 
     def prepare(self, init_codebooks: bool = True) -> None:
         """Exact first layer and (for ``'vq'``) k-means initialisation of the codebooks."""
+        start = time.perf_counter()
+        self._prepare(init_codebooks)
+        self.setup_seconds += time.perf_counter() - start
+
+    def _prepare(self, init_codebooks: bool) -> None:
         if self.config.method == "vq":
             if init_codebooks:
                 self.model.prepare(self.x, self.graph, self.config.eval_batch_size,
@@ -330,22 +345,25 @@ class Trainer:
         self.prepared = True
 
     # ------------------------------------------------------------------- steps
-    def _loss(self, out: Tensor, nodes: Tensor, reduction_scale: float) -> Tensor:
-        labeled = self.masks["train"][nodes]
-        out, target = out[labeled], self.y[nodes][labeled]
-        if self.multilabel:
-            loss = F.binary_cross_entropy_with_logits(out, target.float(), reduction="sum")
-        else:
-            loss = F.cross_entropy(out, target, reduction="sum")
-        return loss / reduction_scale
-
-    def _weighted_loss(self, out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    def _weighted_loss(self, out: Tensor, target: Tensor, weight: Union[Tensor, float]
+                       ) -> Tensor:
+        """``sum(weight * loss)`` over the rows of ``out`` (cross-entropy, or binary
+        cross-entropy summed over the tasks of a multi-label target)."""
         if self.multilabel:
             loss = F.binary_cross_entropy_with_logits(out, target.float(), reduction="none")
             loss = loss.sum(-1)
         else:
             loss = F.cross_entropy(out, target, reduction="none")
         return (loss * weight).sum()
+
+    def _loss(self, out: Tensor, nodes: Tensor, reduction_scale: float) -> Tensor:
+        labeled = self.masks["train"][nodes]
+        return self._weighted_loss(out[labeled], self.y[nodes][labeled], 1.0 / reduction_scale)
+
+    def _record_peak(self, meter: Optional[SavedTensorMeter]) -> None:
+        if meter is not None:
+            measured = meter.cuda_peak if meter.cuda_peak is not None else meter.bytes
+            self.peak_bytes = max(self.peak_bytes, measured)
 
     def _subgraph_step(self, sub: SubgraphBatch) -> float:
         """One step of a sampling baseline: the model run exactly on the subgraph."""
@@ -365,9 +383,7 @@ class Trainer:
             loss = self._weighted_loss(out, self.y[n_id[loss_index]],
                                        sub.loss_weight.to(self.device))
             loss.backward()
-        if meter is not None:
-            self.peak_bytes = max(self.peak_bytes, meter.cuda_peak if meter.cuda_peak is not None
-                                  else meter.bytes)
+        self._record_peak(meter)
         opt.step()
         return loss.item()
 
@@ -387,9 +403,7 @@ class Trainer:
                     meter.add(xb, batch)
                 loss = self._loss(model(xb, self.graph, batch), batch, self.loss_scale)
             loss.backward()
-        if meter is not None:
-            measured = meter.cuda_peak if meter.cuda_peak is not None else meter.bytes
-            self.peak_bytes = max(self.peak_bytes, measured)
+        self._record_peak(meter)
         opt.step()
         if batch is not None:
             model.update_codebooks()
@@ -447,7 +461,6 @@ class Trainer:
             resume_from: a checkpoint written by this trainer (:meth:`save_checkpoint`).
         """
         cfg = self.config
-        self.rss_reset = reset_peak_rss()
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif not self.prepared:
@@ -514,7 +527,8 @@ class Trainer:
             time_to_best_seconds=self.time_to_best,
             peak_memory_bytes=self.peak_bytes if cfg.measure_memory else None,
             memory_measure=measure, peak_rss_bytes=peak_rss_bytes(),
-            rss_measure=("process peak RSS since fit() started (Linux VmHWM, reset)"
+            setup_seconds=self.setup_seconds,
+            rss_measure=("process peak RSS since the Trainer was built (Linux VmHWM, reset)"
                          if self.rss_reset else
                          "process peak RSS over its lifetime"),
             inference_seconds_exact=exact_timer.seconds, inference_seconds_vq=vq_seconds,
