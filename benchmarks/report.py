@@ -153,14 +153,16 @@ def targets(records: list[Record]) -> list[str]:
 
 def batch_table(records: list[Record]) -> list[str]:
     """Markdown: peak training memory and epoch time per method and batch size."""
-    lines = ["| dataset | method | batch size | train memory (MB) | peak RSS (MB) | epoch (s) |",
-             "|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (r["dataset"], r["method"],
-                                            r["train_config"]["batch_size"])):
-        batch = "-" if r["method"] == "full" else str(r["train_config"]["batch_size"])
-        lines.append(f"| {r['dataset']} | {r['method']} | {batch} | "
-                     f"{_mb(r['peak_memory_bytes'])} | {_mb(r['peak_rss_bytes'])} | "
-                     f"{r['median_epoch_seconds']:.3f} |")
+    lines = []
+    for dataset, runs in sorted(_group(records, "dataset").items()):
+        lines += [f"{dataset[0]}:", "",
+                  "| method | batch size | train memory (MB) | peak RSS (MB) | epoch (s) |",
+                  "|---|---|---|---|---|"]
+        for r in sorted(runs, key=lambda r: (r["method"], r["train_config"]["batch_size"])):
+            batch = "-" if r["method"] == "full" else str(r["train_config"]["batch_size"])
+            lines.append(f"| {r['method']} | {batch} | {_mb(r['peak_memory_bytes'])} | "
+                         f"{_mb(r['peak_rss_bytes'])} | {r['median_epoch_seconds']:.3f} |")
+        lines.append("")
     return lines
 
 
@@ -236,7 +238,7 @@ def plot_memory_vs_batch(records: list[Record], path: Path) -> Optional[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("batch size (nodes)")
     ax.set_ylabel("peak training memory (MB)")
-    ax.set_title(records[0]["dataset"].split(",seed")[0], fontsize=9)
+    ax.set_title(records[0]["dataset"].split(",homophily")[0], fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 

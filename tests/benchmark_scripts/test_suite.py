@@ -85,6 +85,7 @@ def test_batch_preset(results, monkeypatch, capsys):
     assert seen == [("full", 64), ("sage", 64), ("sage", 128), ("vq", 64), ("vq", 128)]
     table = (results / "batch.md").read_text()
     assert "| vq | 128 |" in table and "| full | - |" in table
+    assert "synthetic:n=400,deg=6" in table
     assert (results / "batch-memory.png").stat().st_size > 10_000
 
 
