@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import time
 
@@ -99,11 +100,16 @@ def test_peak_rss_bytes():
                     reason="resetting the peak RSS needs a writable /proc/self/clear_refs "
                            "(Linux)")
 def test_reset_peak_rss():
+    size = 64 * 2**20
     assert reset_peak_rss()
     before = peak_rss_bytes()
-    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+    # A fresh anonymous mapping, every page written: new resident memory for sure (an
+    # allocator could hand back memory that is already resident).
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
     raised = peak_rss_bytes()
     assert raised >= before + 48 * 2**20
-    del block
+    block.close()
     assert reset_peak_rss()
     assert peak_rss_bytes() < raised - 32 * 2**20  # the peak starts again from now
