@@ -127,6 +127,15 @@ def _key(r: dict[str, Any]) -> tuple:
     return tuple(r[k] for k in KEY_FIELDS)
 
 
+def _first_failure(failed: Optional[dict[str, Any]], record: dict[str, Any]
+                   ) -> Optional[dict[str, Any]]:
+    """The failure that stops a method's larger sizes: the first ``oom``/``timeout`` (a
+    ``skipped`` record names it already)."""
+    if failed is None and record["status"] in ("oom", "timeout", "skipped"):
+        return record
+    return failed
+
+
 def table(records: list[dict[str, Any]], methods: list[str]) -> list[str]:
     """Markdown: one row per size, epoch time and training memory of each method."""
     head = ["nodes"] + [f"{m} epoch (s)" for m in methods] + [f"{m} MB" for m in methods]
@@ -232,12 +241,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             previous = done.get(key)
             if previous is not None and (failed is not None or not needs_run(previous, args)):
                 print(f"{method} n={n:,}: done before ({previous['status']})", flush=True)
-                if previous["status"] in ("oom", "timeout", "skipped"):
-                    failed = previous
+                failed = _first_failure(failed, previous)
                 continue
             if failed is not None:
-                record = {**base_record(n, method, args), "status": "skipped",
-                          "reason": f"{failed['status']} at n={failed['n']}"}
+                reason = failed.get("reason") or f"{failed['status']} at n={failed['n']}"
+                record = {**base_record(n, method, args), "status": "skipped", "reason": reason}
             else:
                 record = run_one(n, method, args)
             with out.open("a") as f:
@@ -248,8 +256,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                      f"{record['peak_memory_bytes'] / 2**20:.1f} MB"
                      if record["status"] == "ok" else record["status"])
             print(f"{method} n={n:,}: {shown}", flush=True)
-            if record["status"] in ("oom", "timeout", "skipped"):
-                failed = record
+            failed = _first_failure(failed, record)
     series = {k: v for k, v in base_record(0, "", args).items() if k in SERIES_FIELDS}
     shown_records = [r for r in records if r["method"] in methods
                      and all(r.get(k) == v for k, v in series.items())]

@@ -214,6 +214,9 @@ def test_saint_bad_arguments(data):
 
 def test_saint_roots():
     assert saint_roots(1024, 2) == 342 and saint_roots(1, 5) == 1
+    with pytest.raises(ValueError, match="'saint_roots': 'walk_length' must be an int >= 1, "
+                                         "received 0"):
+        saint_roots(8, 0)
 
 
 def test_reprs(data):

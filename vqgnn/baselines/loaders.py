@@ -348,4 +348,7 @@ class SaintBatches(_GlobalGeneratorBatches):
 
 def saint_roots(batch_size: int, walk_length: int) -> int:
     """Walks per subgraph so that a subgraph holds about ``batch_size`` nodes at most."""
+    for arg, value in (("batch_size", batch_size), ("walk_length", walk_length)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"'saint_roots': '{arg}' must be an int >= 1, received {value!r}")
     return max(1, math.ceil(batch_size / (walk_length + 1)))
