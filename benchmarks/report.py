@@ -167,7 +167,7 @@ def batch_table(records: list[Record]) -> list[str]:
 
 
 # ----------------------------------------------------------------------- plots
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -181,7 +181,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -194,7 +194,7 @@ def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
     panels = sorted({(d, c) for d, c, _ in firsts})
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
@@ -224,7 +224,7 @@ def plot_memory_vs_batch(records: list[Record], path: Path) -> Optional[Path]:
     """Peak training memory against batch size, one line per method (full: a level)."""
     if not records:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, runs in sorted(_group(records, "method").items()):
         runs = sorted(runs, key=lambda r: r["train_config"]["batch_size"])

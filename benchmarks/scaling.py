@@ -177,7 +177,7 @@ def memory_targets(records: list[dict[str, Any]]) -> list[str]:
 def plot(records: list[dict[str, Any]], methods: list[str], path: Path) -> Optional[Path]:
     if not records:
         return None
-    fig, axes = report._pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, axes = report.pyplot().subplots(1, 2, figsize=(11, 4))
     for field, ax, label in (("peak_memory_bytes", axes[0], "peak training memory (MB)"),
                              ("median_epoch_seconds", axes[1], "epoch time (s)")):
         for m in methods:
