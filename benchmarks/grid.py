@@ -17,9 +17,12 @@ Presets:
     ogbn-arxiv, ogbn-products
               OGB-example hyper-parameters (see ``benchmarks/ogb.py``).
 
-Real datasets are read from ``--data-root`` (default ``../shared/data``) after copying
-their folder to ``benchmarks/results/data`` (PyG writes ``processed/`` beside ``raw/``;
-the shared copy stays untouched). OGB datasets are read from (or downloaded to)
+Real datasets are read from ``--data-root`` (default: ``$VQGNN_DATA_ROOT``), a folder
+holding ``planetoid/`` (PyG ``Planetoid``: ``Cora/raw``, ``CiteSeer/raw``),
+``heterophilous/`` (PyG ``HeterophilousGraphDataset``: ``tolokers/raw``, ...) and
+``actor/`` (PyG ``Actor``: ``raw``), after copying each folder to
+``benchmarks/results/data`` (PyG writes ``processed/`` beside ``raw/``; the given folder
+stays untouched). OGB datasets are read from (or downloaded to)
 ``--ogb-root``.
 
 Usage:
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -48,7 +52,9 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import report  # noqa: E402
 from vqgnn.datasets import load_dataset, parse_synthetic  # noqa: E402
+from vqgnn.quantize import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
+from vqgnn.train.experiment import config_values  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -66,23 +72,28 @@ class DatasetPreset:
     family: Optional[str]  # folder under --data-root
     vary: str  # "seed" (random/public split, seeds vary) or "split" (given splits)
     model: ModelConfig
-    train: TrainConfig
+    train: dict[str, Any]  # flat training options (TrainConfig.create's keywords)
     runs: int = 5
     source: Optional[str] = "shared"
 
 
-def _cfg(**kw: Any) -> TrainConfig:
-    return TrainConfig(**kw)
+def _cfg(**kw: Any) -> dict[str, Any]:
+    """Flat training options; each run passes a method the ones it takes."""
+    return kw
 
 
-_PLANETOID_MODEL = ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=256)
+def _model(num_codewords: int, **kw: Any) -> ModelConfig:
+    return ModelConfig(codebook=CodebookOptions(num_codewords=num_codewords), **kw)
+
+
+_PLANETOID_MODEL = _model(256, hidden=64, layers=2, dropout=0.5)
 _PLANETOID_TRAIN = _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4)
 # K about N / 10 here as for Cora (2,708 nodes, K = 256); with K = 256 the VQ model
 # trails full-graph training by about 2 points on Tolokers split 0 (72.3 against 74.3
 # after 100 epochs, GCN), with K = 512 by 0.8 after 200.
 _TOLOKERS = DatasetPreset(
     "Tolokers", "heterophilous", "split",
-    ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=1024),
+    _model(1024, hidden=64, layers=2, dropout=0.2),
     _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=0.0, eval_every=5), runs=10)
 
 PRESETS: dict[str, dict[str, DatasetPreset]] = {
@@ -94,11 +105,11 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
         "tolokers": replace(_TOLOKERS, runs=3),
         "minesweeper": DatasetPreset(
             "Minesweeper", "heterophilous", "split",
-            ModelConfig(hidden=64, layers=2, dropout=0.2, num_codewords=1024),
+            _model(1024, hidden=64, layers=2, dropout=0.2),
             _cfg(epochs=200, batch_size=1024, lr=0.01, eval_every=5), runs=3),
         "actor": DatasetPreset(
             "Actor", "actor", "split",
-            ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=512),
+            _model(512, hidden=64, layers=2, dropout=0.5),
             _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=5e-4, eval_every=5),
             runs=3),
     },
@@ -114,7 +125,7 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
     "batch": {
         "synthetic": DatasetPreset(
             "synthetic:n=100000,deg=20,classes=5,features=64,seed=0", None, "seed",
-            ModelConfig(hidden=64, layers=2, dropout=0.5, num_codewords=256),
+            _model(256, hidden=64, layers=2, dropout=0.5),
             _cfg(epochs=2, lr=0.01, eval_every=2, saint_coverage=10.0), runs=1, source=None),
     },
     # OGB examples' hyper-parameters (examples/nodeproppred/{arxiv,products}/gnn.py):
@@ -122,14 +133,14 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
     "ogbn-arxiv": {
         "ogbn-arxiv": DatasetPreset(
             "ogbn-arxiv", None, "seed",
-            ModelConfig(hidden=256, layers=3, dropout=0.5, norm="batch", num_codewords=1024),
+            _model(1024, hidden=256, layers=3, dropout=0.5, norm="batch"),
             _cfg(epochs=500, batch_size=8192, lr=0.01, eval_every=5, saint_coverage=20.0),
             runs=1, source="ogb"),
     },
     "ogbn-products": {
         "ogbn-products": DatasetPreset(
             "ogbn-products", None, "seed",
-            ModelConfig(hidden=256, layers=3, dropout=0.5, num_codewords=4096),
+            _model(4096, hidden=256, layers=3, dropout=0.5),
             _cfg(epochs=20, batch_size=8192, lr=0.001, eval_every=5, saint_coverage=20.0,
                  eval_batch_size=65536), runs=1, source="ogb"),
     },
@@ -141,36 +152,44 @@ DEFAULT_CONVS = {"suite": "gcn", "accuracy": "gcn,sage,gat", "batch": "gcn",
                  "ogbn-arxiv": "gcn", "ogbn-products": "sage"}
 BATCH_SIZES = "256,512,1024,2048,4096"
 
-_DEFAULTS = {"model_config": asdict(ModelConfig()), "train_config": asdict(TrainConfig())}
+def _defaults(kind: str, method: str) -> dict[str, Any]:
+    if kind == "model_config":
+        return asdict(ModelConfig())
+    return {"method": method, **config_values(TrainConfig.create(method))}
 
 
-def _non_default(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+def _non_default(kind: str, config: dict[str, Any], method: str) -> dict[str, Any]:
     """The options that differ from the dataclass defaults: keys stay the same when an
     option is added later with a default (older records still match)."""
-    defaults = json.loads(json.dumps(_DEFAULTS[kind]))
+    defaults = json.loads(json.dumps(_defaults(kind, method)))
     config = json.loads(json.dumps(config))
+    if kind == "train_config":  # options of other methods do not change this run
+        config = {k: v for k, v in config.items() if k in defaults}
     return {k: v for k, v in config.items() if k not in defaults or defaults[k] != v}
 
 
 def run_key(record_or_parts: dict[str, Any]) -> str:
     """Identity of a run: dataset, split, seed, method, and both configurations."""
     r = record_or_parts
-    model = _non_default("model_config", r["model_config"])
-    train = {k: v for k, v in _non_default("train_config", r["train_config"]).items()
+    model = _non_default("model_config", r["model_config"], r["method"])
+    train = {k: v for k, v in _non_default("train_config", r["train_config"], r["method"]).items()
              if k not in ("progress", "checkpoint", "device")}
     text = json.dumps([r["dataset"], r["split"], r["seed"], r["method"], model, train],
                       sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def prepare_root(preset: DatasetPreset, data_root: Path, ogb_root: Optional[str]
+def prepare_root(preset: DatasetPreset, data_root: Optional[str], ogb_root: Optional[str]
                  ) -> Optional[str]:
     """The dataset's root: a copy of ``data_root/family`` made once, or the OGB root."""
     if preset.source == "ogb":
         return ogb_root
     if preset.source is None or preset.family is None:
         return None
-    source = data_root / preset.family
+    if data_root is None:
+        raise SystemExit(f"grid.py: error: {preset.name} needs --data-root (or "
+                         f"$VQGNN_DATA_ROOT): the folder holding {preset.family}/")
+    source = Path(data_root) / preset.family
     target = RESULTS / "data" / preset.family
     if not target.exists():
         if not source.exists():
@@ -204,13 +223,15 @@ class Run:
     def __post_init__(self) -> None:
         self.model = replace(self.preset.model, conv=self.conv)
         seed = self.index if self.preset.vary == "seed" else 0
-        changes: dict[str, Any] = {"method": self.method, "seed": seed}
+        values: dict[str, Any] = {**self.preset.train, "seed": seed}
         if self.batch_size is not None:
-            changes["batch_size"] = self.batch_size
+            values["batch_size"] = self.batch_size
         if self.epochs is not None:
-            changes["epochs"] = self.epochs
-            changes["eval_every"] = min(self.preset.train.eval_every, self.epochs)
-        self.train = replace(self.preset.train, **changes)
+            values["epochs"] = self.epochs
+            values["eval_every"] = min(values.get("eval_every", 1), self.epochs)
+        takes = set(TrainConfig.create(self.method).flat())
+        self.train = TrainConfig.create(self.method, **{k: v for k, v in values.items()
+                                                        if k in takes})
 
     @property
     def split(self) -> int:
@@ -245,7 +266,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's")
     parser.add_argument("--batch-sizes", default=None,
                         help=f"comma-separated batch sizes (preset batch: {BATCH_SIZES})")
-    parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"),
+                        help="folder of planetoid/, heterophilous/, actor/ "
+                             "(default: $VQGNN_DATA_ROOT)")
     parser.add_argument("--ogb-root", default=None, help="folder of the OGB datasets")
     parser.add_argument("--out", default=None, help="JSON lines file (default: results/)")
     parser.add_argument("--plots", default=None,
@@ -294,16 +317,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     runs = plan(args)
     start = time.time()
     for n, run in enumerate([] if args.table_only else runs, 1):
-        run.train = replace(run.train, device=args.device)
+        run.train = run.train.replace(device=args.device)
         probe = {"dataset": record_name(run.preset.name), "split": run.split,
                  "seed": run.train.seed, "method": run.method,
-                 "model_config": asdict(run.model), "train_config": asdict(run.train)}
+                 "model_config": asdict(run.model),
+                 "train_config": {"method": run.method, **config_values(run.train)}}
         label = (f"[{n}/{len(runs)}] {probe['dataset']} split {run.split} seed "
                  f"{run.train.seed} {run.method} {run.conv} batch {run.train.batch_size}")
         if run_key(probe) in done:  # before loading anything
             print(f"{label}: done before, skipped", flush=True)
             continue
-        root = prepare_root(run.preset, Path(args.data_root), args.ogb_root)
+        root = prepare_root(run.preset, args.data_root, args.ogb_root)
         data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
         log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
         record = run_experiment(data, run.model, run.train, log=log)

@@ -151,6 +151,14 @@ def targets(records: list[Record]) -> list[str]:
     return lines
 
 
+def _batch_size(record: Record) -> Optional[int]:
+    """The run's batch size (None for a method without batches, e.g. full-graph training;
+    records before the methods' options had one for every method)."""
+    if record["method"] == "full":
+        return None
+    return record["train_config"].get("batch_size")
+
+
 def batch_table(records: list[Record]) -> list[str]:
     """Markdown: peak training memory and epoch time per method and batch size."""
     lines = []
@@ -158,8 +166,8 @@ def batch_table(records: list[Record]) -> list[str]:
         lines += [f"{dataset[0]}:", "",
                   "| method | batch size | train memory (MB) | peak RSS (MB) | epoch (s) |",
                   "|---|---|---|---|---|"]
-        for r in sorted(runs, key=lambda r: (r["method"], r["train_config"]["batch_size"])):
-            batch = "-" if r["method"] == "full" else str(r["train_config"]["batch_size"])
+        for r in sorted(runs, key=lambda r: (r["method"], _batch_size(r) or 0)):
+            batch = "-" if _batch_size(r) is None else str(_batch_size(r))
             lines.append(f"| {r['method']} | {batch} | {_mb(r['peak_memory_bytes'])} | "
                          f"{_mb(r['peak_rss_bytes'])} | {r['median_epoch_seconds']:.3f} |")
         lines.append("")
@@ -227,13 +235,12 @@ def plot_memory_vs_batch(records: list[Record], path: Path) -> Optional[Path]:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, runs in sorted(_group(records, "method").items()):
-        runs = sorted(runs, key=lambda r: r["train_config"]["batch_size"])
+        runs = sorted(runs, key=lambda r: _batch_size(r) or 0)
         mb = [r["peak_memory_bytes"] / 2**20 for r in runs]
-        if method[0] == "full":
-            ax.axhline(mb[0], color="gray", linestyle="--", label="full (whole graph)")
+        if _batch_size(runs[0]) is None:  # no batches: the whole graph per step
+            ax.axhline(mb[0], color="gray", linestyle="--", label=f"{method[0]} (whole graph)")
             continue
-        ax.plot([r["train_config"]["batch_size"] for r in runs], mb, marker="o",
-                label=method[0])
+        ax.plot([_batch_size(r) for r in runs], mb, marker="o", label=method[0])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size (nodes)")

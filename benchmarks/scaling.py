@@ -43,12 +43,19 @@ def dataset(n: int, args: argparse.Namespace) -> str:
 
 
 def command(n: int, method: str, json_path: str, args: argparse.Namespace) -> list[str]:
+    from vqgnn.train import method_class
+
+    takes = method_class(method).Options.option_names()
+    own = [flag for name, flag, value in (
+        ("batch_size", "--batch-size", args.batch_size),
+        ("saint_coverage", "--saint-coverage", args.saint_coverage)) if name in takes
+        for flag in (flag, str(value))]
     return [sys.executable, "-m", "vqgnn", "train", "--dataset", dataset(n, args),
             "--method", method, "--conv", args.conv, "--epochs", str(args.epochs),
-            "--eval-every", str(args.epochs), "--batch-size", str(args.batch_size),
+            "--eval-every", str(args.epochs), *own,
             "--num-codewords", str(args.num_codewords), "--hidden", str(args.hidden),
-            "--layers", str(args.layers), "--saint-coverage", str(args.saint_coverage),
-            "--device", args.device, "--quiet", "--json", json_path]
+            "--layers", str(args.layers), "--device", args.device, "--quiet",
+            "--json", json_path]
 
 
 def _limit_memory(gib: Optional[float]) -> Any:

@@ -21,7 +21,7 @@ import torch
 
 from vqgnn.datasets import load_dataset, score
 from vqgnn.nn import VQGNN
-from vqgnn.train import TrainConfig, Trainer, seed_everything
+from vqgnn.train import TrainConfig, Trainer, VQOptions, seed_everything
 
 
 def main():
@@ -48,11 +48,11 @@ def main():
           f"{int(data.test_mask.sum())}")
 
     seed_everything(args.seed)
-    model = VQGNN(data.num_features, args.hidden, data.num_classes, args.num_layers,
-                  data.num_nodes, conv="gcn", num_codewords=args.num_codewords,
+    model = VQGNN(data.num_features, args.hidden, args.num_layers, data.num_classes,
+                  num_nodes=data.num_nodes, conv="gcn", num_codewords=args.num_codewords,
                   dropout=args.dropout, norm="batch", residual=False)
     print(model)
-    config = TrainConfig(method="vq", epochs=args.epochs, batch_size=args.batch_size,
+    config = TrainConfig("vq", VQOptions(batch_size=args.batch_size), epochs=args.epochs,
                          lr=args.lr, eval_every=args.eval_every, seed=args.seed,
                          device=args.device)
     trainer = Trainer(model, data, config, log=print)

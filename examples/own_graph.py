@@ -26,7 +26,8 @@ import torch
 from torch_geometric.data import Data
 
 from vqgnn.datasets import load_dataset
-from vqgnn.train import ModelConfig, TrainConfig, run_experiment
+from vqgnn.quantize import CodebookOptions
+from vqgnn.train import ModelConfig, TrainConfig, VQOptions, run_experiment
 
 
 def generate(num_nodes, num_classes=5, num_features=16, degree=10, homophily=0.6, seed=0):
@@ -72,12 +73,12 @@ def main():
           f"{data.num_classes} classes, train/val/test {int(data.train_mask.sum())}/"
           f"{int(data.val_mask.sum())}/{int(data.test_mask.sum())}")
     model = ModelConfig(conv="gcn", hidden=args.hidden, layers=2,
-                        num_codewords=args.num_codewords)
+                        codebook=CodebookOptions(num_codewords=args.num_codewords))
     records = []
-    for method in ("vq", "full"):
-        # The command line's defaults: weight decay, and batches over all nodes.
-        train = TrainConfig(method=method, epochs=args.epochs, batch_size=args.batch_size,
-                            weight_decay=5e-4, batch_nodes="all", seed=args.seed)
+    trains = [TrainConfig("vq", VQOptions(batch_size=args.batch_size), epochs=args.epochs,
+                          weight_decay=5e-4, seed=args.seed),
+              TrainConfig("full", epochs=args.epochs, weight_decay=5e-4, seed=args.seed)]
+    for train in trains:
         records.append(run_experiment(data, model, train))
 
     print(f"\n| method | val {data.metric} | test {data.metric} | epoch time (s) "

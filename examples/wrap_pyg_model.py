@@ -6,19 +6,21 @@ every message arrives (exact inside the batch, from a codeword outside it), and 
 full-graph inference for evaluation. Steps:
 
 1. ``graph = VQGraph(edge_index, N)``, once; wrap each conv: ``VQConv(conv, K, N)``;
-2. layer 1 reads the raw features, which are constant: ``set_constant_input`` (exact, no
-   codebook); layer 2: ``init_codebook`` (k-means) on its full-graph inputs;
+2. layer 1 reads the raw features, which are constant: ``constant_input=True`` (no
+   codebook) and ``set_constant_input`` (exact); layer 2: ``init_codebook`` (k-means) on
+   its full-graph inputs;
 3. per batch: ``model(x[batch], graph, batch)``, loss, ``backward()``, ``optimizer.step()``,
-   then ``update_codebook()`` on each layer (EMA k-means with the captured gradients).
+   then ``update_codebook()`` on each quantized layer (EMA k-means with the captured
+   gradients).
 
 Run (synthetic graph, no files needed)::
 
     python examples/wrap_pyg_model.py --epochs 20
 
-On Cora: PyG writes ``processed/`` beside ``raw/``, so copy the read-only data folder first::
+On Cora (a PyG ``Planetoid`` folder, ``<root>/Cora/raw/...``; PyG writes ``processed/``
+beside ``raw/``, so give a writable copy)::
 
-    cp -r ../shared/data/planetoid /tmp/planetoid
-    python examples/wrap_pyg_model.py --dataset Cora --root /tmp/planetoid --batch-size 512
+    python examples/wrap_pyg_model.py --dataset Cora --root /path/to/planetoid --batch-size 512
 """
 import argparse
 
@@ -64,9 +66,9 @@ def main():
 
     # The only changes to the model: wrap its convolutions, and pass (graph, batch).
     graph = VQGraph(data.edge_index, n)
-    model.conv1 = VQConv(model.conv1, args.num_codewords, n)
+    model.conv1 = VQConv(model.conv1, num_nodes=n, constant_input=True)  # no codebook
     model.conv2 = VQConv(model.conv2, args.num_codewords, n)
-    model.conv1.set_constant_input(data.x, graph)  # raw features: exact, no codebook
+    model.conv1.set_constant_input(data.x, graph)  # raw features: exact
     model.eval()
     with torch.no_grad():  # layer 2's inputs on the full graph, exactly
         h = F.relu(model.conv1(data.x, graph))
@@ -87,7 +89,6 @@ def main():
             loss = F.cross_entropy(out[labeled], data.y[batch][labeled], reduction="sum") / scale
             loss.backward()
             optimizer.step()
-            model.conv1.update_codebook()  # no-op: constant input, no codebook
             model.conv2.update_codebook()
             losses.append(loss.item())
 

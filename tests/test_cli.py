@@ -141,3 +141,65 @@ def test_train_baselines_side_by_side(tmp_path, capsys):
     configs = {r["method"]: r["train_config"] for r in records}
     assert configs["sage"]["num_neighbors"] == [4, 3]
     assert configs["cluster"]["num_parts"] == 8 and configs["saint"]["walk_length"] == 3
+
+
+def test_an_option_no_listed_method_takes_is_an_error(capsys):
+    assert run(["train", "--dataset", DATASET, "--method", "full", "--sampler", "metis",
+                "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vqgnn train: error: '--sampler' does not apply to method full "
+                          "(it is an option of vq)")
+    assert len(err.strip().splitlines()) == 1
+    # Listed side by side, each method takes the options it has.
+    assert run(["train", "--dataset", DATASET, "--method", "vq,full", "--sampler", "metis",
+                "--epochs", "1", "--quiet", *SMALL]) == 0
+    capsys.readouterr()
+
+
+def test_codebook_options_from_the_command_line_reach_the_codebook(monkeypatch, capsys):
+    from vqgnn import cli
+    from vqgnn.train import experiment
+
+    built = []
+    original = experiment.ModelConfig.build
+
+    def spy(self, data):
+        model = original(self, data)
+        built.append(model)
+        return model
+
+    monkeypatch.setattr(experiment.ModelConfig, "build", spy)
+    assert run(["train", "--dataset", DATASET, "--method", "vq", "--epochs", "1", "--quiet",
+                "--hidden", "16", "--batch-size", "64", "--num-codewords", "12",
+                "--codebook-decay", "0.9", "--dead-threshold", "0.05",
+                "--standardizer-momentum", "0.3", "--kmeans-backend", "torch",
+                "--kmeans-iters", "5"]) == 0
+    (model,) = built
+    quantizer = model.layers[1].quantizer
+    cb = quantizer.codebook
+    assert (cb.num_codewords, cb.decay, cb.dead_threshold, cb.kmeans_backend,
+            cb.kmeans_iters) == (12, 0.9, 0.05, "torch", 5)
+    assert quantizer.x_norm.momentum == quantizer.g_norm.momentum == 0.3
+    assert cli.CODEBOOK_FLAGS["codebook_decay"] == "decay"
+    capsys.readouterr()
+
+
+def test_input_errors_are_one_line_and_bugs_show_their_traceback(monkeypatch, capsys):
+    assert run(["train", "--dataset", DATASET, "--codebook-decay", "1.5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("vqgnn train: error: 'CodebookOptions': 'decay' must be in [0, 1), "
+                   "received 1.5\n")
+
+    def bug(*args, **kwargs):
+        raise ValueError("a library bug, not the user's input")
+
+    monkeypatch.setattr("vqgnn.train.run_experiment", bug)
+    with pytest.raises(ValueError, match="a library bug"):  # not turned into a usage line
+        main(["train", "--dataset", DATASET, "--epochs", "1", "--quiet"])
+
+    def type_bug(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr("vqgnn.train.run_experiment", type_bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["train", "--dataset", DATASET, "--epochs", "1", "--quiet"])

@@ -1,12 +1,15 @@
 """vqgnn: scale PyTorch Geometric GNNs to large graphs with vector quantization (VQ-GNN)."""
 from vqgnn.batching import VQGraph
+from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn import VQGNN, VQConv, init_codebooks, register_adapter
-from vqgnn.quantize import Codebook, CodebookHealth, FeatureGradientQuantizer
+from vqgnn.quantize import Codebook, CodebookHealth, CodebookOptions, FeatureGradientQuantizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "ConfigError",
+    "ConfigTypeError",
     "VQGraph",
     "VQConv",
     "VQGNN",
@@ -14,6 +17,7 @@ __all__ = [
     "register_adapter",
     "Codebook",
     "CodebookHealth",
+    "CodebookOptions",
     "FeatureGradientQuantizer",
     "load_dataset",
 ]

@@ -68,34 +68,75 @@ def _fanouts(text: str) -> tuple[int, ...]:
             f"received {text!r}") from None
 
 
-def train_config(args: argparse.Namespace, method: str, checkpoint: Optional[str] = None):
+#: Command-line flags of the methods' own options (dest = option name); a flag is passed
+#: only when given, to the listed methods that take it.
+METHOD_FLAGS = ("batch_size", "sampler", "num_parts", "num_neighbors", "walk_length",
+                "saint_coverage", "batch_nodes")
+#: Codebook flags (dest -> CodebookOptions field).
+CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
+                  "dead_threshold": "dead_threshold", "standardizer_momentum": "momentum",
+                  "kmeans_backend": "kmeans_backend", "kmeans_iters": "kmeans_iters"}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def method_options(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict]:
+    """Each method's own options from the flags given; a flag that no listed method takes
+    is a :class:`~vqgnn.errors.ConfigError` naming it."""
+    from vqgnn.errors import ConfigError
+    from vqgnn.train import METHODS, method_class
+
+    given = {k: getattr(args, k) for k in METHOD_FLAGS if getattr(args, k, None) is not None}
+    options = {m: {k: v for k, v in given.items() if method_class(m).Options.accepts(k, given)}
+               for m in methods}
+    for key in given:
+        if not any(key in chosen for chosen in options.values()):
+            owners = [m for m, c in METHODS.items() if key in c.Options.option_names()]
+            raise ConfigError(f"'{_flag(key)}' does not apply to method "
+                              f"{', '.join(methods)} (it is an option of "
+                              f"{', '.join(owners) or 'no method'})")
+    return options
+
+
+def train_config(args: argparse.Namespace, method: str, options: Optional[dict] = None,
+                 checkpoint: Optional[str] = None):
     """The :class:`~vqgnn.train.TrainConfig` of one method from the command's options."""
     from vqgnn.train import TrainConfig
 
-    return TrainConfig(
-        method=method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, optimizer=args.optimizer, sampler=args.sampler,
-        num_parts=args.num_parts, num_neighbors=args.num_neighbors,
-        walk_length=args.walk_length, saint_coverage=args.saint_coverage,
-        batch_nodes=args.batch_nodes, eval_every=args.eval_every, patience=args.patience,
+    if options is None:
+        options = method_options(args, [method])[method]
+    return TrainConfig.create(
+        method, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, eval_every=args.eval_every, patience=args.patience,
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
-        device=args.device, checkpoint=checkpoint, progress=not args.quiet)
+        device=args.device, checkpoint=checkpoint, progress=not args.quiet, **options)
 
 
-def train_one(data, method: str, args: argparse.Namespace) -> dict[str, Any]:
+def model_config(args: argparse.Namespace):
+    """The :class:`~vqgnn.train.ModelConfig` (with its codebook options) of the command."""
+    from vqgnn.quantize import CodebookOptions
+    from vqgnn.train import ModelConfig
+
+    codebook = CodebookOptions(**{field: getattr(args, dest)
+                                  for dest, field in CODEBOOK_FLAGS.items()})
+    return ModelConfig(
+        conv=args.conv, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
+        norm=args.norm, residual=args.residual,
+        exact_first_layer=not args.no_exact_first_layer, codebook=codebook)
+
+
+def train_one(data, method: str, args: argparse.Namespace, options: dict) -> dict[str, Any]:
     """Train one method with the command's options; returns its JSON record."""
-    from vqgnn.train import ModelConfig, run_experiment
+    from vqgnn.train import run_experiment
 
     checkpoint = None
     if args.checkpoint:
         checkpoint = str(Path(args.checkpoint).with_suffix(f".{method}.pt"))
-    model = ModelConfig(
-        conv=args.conv, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
-        norm=args.norm, residual=args.residual,
-        exact_first_layer=not args.no_exact_first_layer, num_codewords=args.num_codewords)
-    config = train_config(args, method, checkpoint)
+    config = train_config(args, method, options, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
-    return run_experiment(data, model, config, log=log, resume=args.resume)
+    return run_experiment(data, model_config(args), config, log=log, resume=args.resume)
 
 
 def _pct(value: Optional[float]) -> str:
@@ -129,20 +170,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    for method in methods:  # reject bad options before loading anything
-        train_config(args, method).validate()
-    if "sage" in methods:
-        from vqgnn.baselines.loaders import fanouts_for_layers
-
-        fanouts_for_layers(args.num_neighbors, args.layers)
+    options = method_options(args, methods)
+    model_config(args)  # reject bad options before loading anything
+    for method in methods:
+        train_config(args, method, options[method])
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if not args.quiet:
         print_table(dataset_summary(data), ("field", "value"))
         print()
-    records = [train_one(data, method, args) for method in methods]
+    records = [train_one(data, method, args, options[method]) for method in methods]
     print()
+    batch = "/".join(str(r["train_config"].get("batch_size", "-")) for r in records)
     print(f"{data.name} (split {data.split}), conv={args.conv}, hidden={args.hidden}, "
-          f"layers={args.layers}, batch={args.batch_size}, K={args.num_codewords}, "
+          f"layers={args.layers}, batch={batch}, K={args.num_codewords}, "
           f"seed={args.seed}, device={records[0]['device']}")
     print("\n".join(summary_table(records)))
     print(f"peak train memory: {records[0]['memory_measure']}; peak RSS: "
@@ -167,8 +207,11 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vqgnn.nn.models import BACKBONES, NORMS
-    from vqgnn.train import ModelConfig, TrainConfig
-    from vqgnn.train.trainer import INFERENCE, METHODS, OPTIMIZERS, SAMPLERS
+    from vqgnn.quantize import CodebookOptions
+    from vqgnn.quantize.options import KMEANS_BACKENDS
+    from vqgnn.train import METHODS, ModelConfig, TrainConfig
+    from vqgnn.train.methods import BATCH_NODES, SAMPLERS, NeighborOptions, SaintOptions, VQOptions
+    from vqgnn.train.trainer import OPTIMIZERS
 
     parser = argparse.ArgumentParser(
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
@@ -181,16 +224,50 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train and print a summary table",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_dataset_args(train)
-    m, t = ModelConfig(), TrainConfig()  # one source for the defaults
+    m, t, cb = ModelConfig(), TrainConfig(), CodebookOptions()  # one source for the defaults
+    vq, sage, saint = VQOptions(), NeighborOptions(), SaintOptions()
     train.add_argument("--method", default=t.method,
                        help=f"one of {', '.join(METHODS)}, or a comma-separated list "
                             f"(vq,full,sage) trained side by side")
     train.add_argument("--conv", default=m.conv, choices=list(BACKBONES),
                        help="backbone convolution")
     train.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs")
-    train.add_argument("--batch-size", type=int, default=t.batch_size, help="nodes per mini-batch")
-    train.add_argument("--num-codewords", type=int, default=m.num_codewords,
-                       help="codewords K per layer")
+    methods = train.add_argument_group(
+        "method options", "each applies to the methods that take it (default: the method's); "
+                          "one that no listed method takes is an error")
+    methods.add_argument("--batch-size", type=int, default=None,
+                         help=f"nodes per mini-batch (vq, sage, cluster, saint; "
+                              f"default {vq.batch_size})")
+    methods.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+                         help=f"vq: random node batches or METIS-cluster batches "
+                              f"(default {vq.sampler})")
+    methods.add_argument("--num-parts", type=int, default=None,
+                         help="METIS parts (vq with --sampler metis, cluster; default 4 per "
+                              "batch)")
+    methods.add_argument("--num-neighbors", type=_fanouts, default=None,
+                         help=f"sage: fan-outs, one per layer (default "
+                              f"{','.join(map(str, sage.num_neighbors))})")
+    methods.add_argument("--walk-length", type=int, default=None,
+                         help=f"saint: random-walk length (default {saint.walk_length})")
+    methods.add_argument("--saint-coverage", type=float, default=None,
+                         help=f"saint: normalisation pre-sampling, samples per node (default "
+                              f"{saint.saint_coverage})")
+    methods.add_argument("--batch-nodes", default=None, choices=list(BATCH_NODES),
+                         help=f"vq: batches partition all nodes or only the training nodes "
+                              f"(default {vq.batch_nodes})")
+    codebook = train.add_argument_group("codebook options (VQ-GNN layers)")
+    codebook.add_argument("--num-codewords", type=int, default=cb.num_codewords,
+                          help="codewords K per layer")
+    codebook.add_argument("--codebook-decay", type=float, default=cb.decay,
+                          help="EMA decay of the codeword statistics")
+    codebook.add_argument("--dead-threshold", type=float, default=cb.dead_threshold,
+                          help="EMA count under which a codeword is restarted (0: never)")
+    codebook.add_argument("--standardizer-momentum", type=float, default=cb.momentum,
+                          help="momentum of the feature/gradient standardisers")
+    codebook.add_argument("--kmeans-backend", default=cb.kmeans_backend,
+                          choices=list(KMEANS_BACKENDS), help="k-means initialisation backend")
+    codebook.add_argument("--kmeans-iters", type=int, default=cb.kmeans_iters,
+                          help="k-means initialisation iterations")
     train.add_argument("--hidden", type=int, default=m.hidden, help="hidden channels")
     train.add_argument("--layers", type=int, default=m.layers, help="convolution layers")
     train.add_argument("--dropout", type=float, default=m.dropout, help="dropout probability")
@@ -204,25 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=t.weight_decay, help="weight decay")
     train.add_argument("--optimizer", default=t.optimizer, choices=list(OPTIMIZERS),
                        help="optimizer")
-    train.add_argument("--sampler", default=t.sampler, choices=list(SAMPLERS),
-                       help="random node batches or METIS-cluster batches")
-    train.add_argument("--num-parts", type=int, default=t.num_parts,
-                       help="METIS parts (sampler metis, method cluster; default 4 per batch)")
-    train.add_argument("--num-neighbors", type=_fanouts,
-                       default=",".join(map(str, t.num_neighbors)),
-                       help="fan-outs of method sage, one per layer")
-    train.add_argument("--walk-length", type=int, default=t.walk_length,
-                       help="random-walk length of method saint")
-    train.add_argument("--saint-coverage", type=float, default=t.saint_coverage,
-                       help="GraphSAINT normalisation pre-sampling, samples per node")
-    train.add_argument("--batch-nodes", default=t.batch_nodes, choices=["all", "train"],
-                       help="batches partition all nodes or only the training nodes")
     train.add_argument("--eval-every", type=int, default=t.eval_every,
                        help="evaluate every this many epochs")
     train.add_argument("--patience", type=int, default=t.patience,
                        help="early stopping after this many evaluations without improvement")
-    train.add_argument("--inference", default=t.inference, choices=list(INFERENCE),
-                       help="inference used for model selection")
+    train.add_argument("--inference", default=t.inference, choices=["exact", "vq"],
+                       help="inference used for model selection (vq: VQ-GNN only)")
     train.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size,
                        help="nodes per inference chunk")
     train.add_argument("--device", default=t.device, help="cpu, cuda or cuda:N")
@@ -236,10 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from vqgnn.errors import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ConfigError, FileNotFoundError) as err:
+        # Bad input or configuration: one line. Anything else is a bug, or a failure of
+        # the machine, and shows its traceback.
         print(f"vqgnn {args.command}: error: {err}", file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks import grid, ogb, report, scaling
+from vqgnn.quantize import CodebookOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
+K16 = CodebookOptions(num_codewords=16)
 
 
 def _helpers():
@@ -40,24 +42,28 @@ def test_run_key_ignores_options_at_their_defaults():
     record = {"dataset": "Cora", "split": 0, "seed": 1, "method": "vq",
               "model_config": {"conv": "gcn", "hidden": 64},
               "train_config": {"method": "vq", "epochs": 200, "device": "cpu"}}
-    newer = {**record, "train_config": {**record["train_config"], "walk_length": 2,
-                                        "num_neighbors": [15, 10, 5], "device": "cuda"}}
+    newer = {**record, "train_config": {**record["train_config"], "sampler": "random",
+                                        "batch_nodes": "all", "device": "cuda"}}
     assert grid.run_key(record) == grid.run_key(newer)  # an option added later, at default
-    changed = {**record, "train_config": {**record["train_config"], "walk_length": 3}}
+    changed = {**record, "train_config": {**record["train_config"], "sampler": "metis"}}
     assert grid.run_key(changed) != grid.run_key(record)
+    # An option of another method is not part of a vq run's identity.
+    other = {**record, "train_config": {**record["train_config"], "walk_length": 3}}
+    assert grid.run_key(other) == grid.run_key(record)
     assert grid.run_key({**record, "seed": 2}) != grid.run_key(record)
 
 
 @pytest.mark.skipif(not (SHARED / "planetoid").exists(), reason="needs ../shared/data")
 def test_suite_on_cora_resumes_and_reports(results, capsys):
-    argv = ["--datasets", "cora", "--runs", "1", "--epochs", "2"]
+    argv = ["--datasets", "cora", "--runs", "1", "--epochs", "2", "--data-root", str(SHARED)]
     grid.main(argv)
     out = capsys.readouterr().out
     path = results / "suite.jsonl"
     first = records(path)
     assert [r["method"] for r in first] == ["vq", "full", "sage", "cluster", "saint"]
     assert all(r["dataset"] == "Cora" and r["train_config"]["epochs"] == 2 for r in first)
-    assert all(r["train_config"]["batch_size"] == 512 for r in first)  # one batch size
+    assert all(r["train_config"].get("batch_size", 512) == 512 for r in first)  # one size
+    assert "batch_size" not in next(r for r in first if r["method"] == "full")["train_config"]
     table = (results / "suite.md").read_text()
     for method in ("vq", "full", "sage", "cluster", "saint"):
         assert f"| Cora | gcn | {method} | 1 |" in table
@@ -76,13 +82,14 @@ def test_suite_on_cora_resumes_and_reports(results, capsys):
 def test_batch_preset(results, monkeypatch, capsys):
     tiny = replace(grid.PRESETS["batch"]["synthetic"],
                    name="synthetic:n=400,deg=6,classes=3,features=8,seed=0",
-                   model=replace(grid.PRESETS["batch"]["synthetic"].model, num_codewords=16))
+                   model=replace(grid.PRESETS["batch"]["synthetic"].model,
+                                 codebook=CodebookOptions(num_codewords=16)))
     monkeypatch.setitem(grid.PRESETS["batch"], "synthetic", tiny)
     grid.main(["--preset", "batch", "--batch-sizes", "64,128", "--methods", "vq,full,sage",
                "--epochs", "1"])
     rows = records(results / "batch.jsonl")
-    seen = sorted((r["method"], r["train_config"]["batch_size"]) for r in rows)
-    assert seen == [("full", 64), ("sage", 64), ("sage", 128), ("vq", 64), ("vq", 128)]
+    seen = sorted((r["method"], r["train_config"].get("batch_size", 0)) for r in rows)
+    assert seen == [("full", 0), ("sage", 64), ("sage", 128), ("vq", 64), ("vq", 128)]
     table = (results / "batch.md").read_text()
     assert "| vq | 128 |" in table and "| full | - |" in table
     assert "synthetic:n=400,deg=6" in table
@@ -100,7 +107,7 @@ def _tiny_ogb_presets(monkeypatch) -> None:
     for name in ("ogbn-arxiv", "ogbn-products"):
         preset = grid.PRESETS[name][name]
         monkeypatch.setitem(grid.PRESETS[name], name,
-                            replace(preset, model=replace(preset.model, num_codewords=16)))
+                            replace(preset, model=replace(preset.model, codebook=K16)))
 
 
 @pytest.mark.parametrize("name, methods", [("ogbn-arxiv", "vq,full"),

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import Tensor
 
-# /work/main/tests/datasets/conftest.py -> /work/shared/data (README: "../shared/data").
+# The real datasets' folder: $VQGNN_SHARED_DATA, else a "shared/data" folder beside the
+# repository (where this project's CI puts it); the tests that need it skip without it.
 SHARED_DATA = Path(
     os.environ.get("VQGNN_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
 )

@@ -21,8 +21,8 @@ def data():
 def build(data, conv="gcn", residual=False, **kwargs) -> VQGNN:
     torch.manual_seed(0)
     kwargs.setdefault("num_codewords", 16)
-    return VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv=conv, residual=residual,
-                 **kwargs)
+    return VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv=conv,
+                 residual=residual, **kwargs)
 
 
 @pytest.mark.parametrize("residual", [False, True])
@@ -60,9 +60,10 @@ def test_prepare_initialises_every_quantized_layer(data):
         graph = VQGraph(data.edge_index, data.num_nodes)
         assert model.codebook_health() is None
         model.prepare(data.x, graph)
-        initialized = [conv.quantizer.initialized for conv in model.layers]
+        initialized = [conv.initialized for conv in model.layers]
         # The exact first layer (default without residual) needs no codebook.
         assert initialized == ([True, True] if residual else [False, True])
+        assert (model.layers[0].quantizer is None) == (not residual)  # none allocated
         health = model.codebook_health()
         assert health is not None and 0 < health.usage <= 1 and health.perplexity >= 1
 
@@ -113,7 +114,7 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_conv_type_and_batch_size(data):
     with pytest.raises(TypeError, match="'conv' must be a backbone name or a factory"):
-        VQGNN(8, 16, 3, 2, 10, conv=3)
+        VQGNN(8, 16, 2, 3, num_nodes=10, conv=3)
     model = build(data)
     graph = VQGraph(data.edge_index, data.num_nodes)
     with pytest.raises(ValueError, match="'batch_size' must be an int >= 1, received 0"):
@@ -122,7 +123,7 @@ def test_bad_conv_type_and_batch_size(data):
 
 def test_repr(data):
     text = repr(build(data, "sage", num_codewords=32))
-    assert text.startswith("VQGNN(8, 16, 3, num_layers=2")
+    assert text.startswith("VQGNN(8, 16, num_layers=2, out_channels=3")
     assert "conv=SAGEConv" in text and "num_codewords=32" in text and "residual=False" in text
     assert "conv=GATConv" in repr(build(data, "gat", residual=True))
 
@@ -143,16 +144,69 @@ def test_reset_parameters(data, residual):
     if residual:
         assert not torch.equal(before["lin_in.weight"], after["lin_in.weight"])
         assert not torch.equal(before["lin_out.weight"], after["lin_out.weight"])
-    assert not any(conv.quantizer.initialized for conv in model.layers)
+    assert not any(conv.initialized for conv in model.layers)
     assert model.codebook_health() is None
 
 
 def test_layers_share_one_copy_of_the_convolution_matrix():
     data = load_dataset("synthetic:n=200,deg=5,features=8,classes=3")
     graph = VQGraph(data.edge_index, data.num_nodes)
-    model = VQGNN(8, 16, 3, 3, data.num_nodes, conv="gcn")
+    model = VQGNN(8, 16, 3, 3, num_nodes=data.num_nodes, conv="gcn")
     first, second, third = (layer.operator(graph) for layer in model.layers)
     assert first is second is third
-    sage = VQGNN(8, 16, 3, 2, data.num_nodes, conv="sage")
+    sage = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, conv="sage")
     assert sage.layers[0].operator(graph) is sage.layers[1].operator(graph)
     assert sage.layers[0].operator(graph) is not first  # mean, not GCN's normalisation
+
+
+# ------------------------------------------------------------------ PyG's conventions
+def test_pyg_argument_order():
+    """(in_channels, hidden_channels, num_layers, out_channels) as PyG's BasicGNN."""
+    from torch_geometric.nn.models import GCN
+
+    ours, pyg = VQGNN(8, 16, 3, 5, num_nodes=10), GCN(8, 16, 3, 5)
+    assert (ours.num_layers, ours.out_channels) == (pyg.num_layers, pyg.out_channels) == (3, 5)
+    assert len(ours.layers) == len(pyg.convs) == 3
+    assert ours.layers[-1].conv.out_channels == pyg.convs[-1].out_channels == 5
+    with pytest.raises(TypeError):
+        VQGNN(8, 16, 3, 5, 10)  # type: ignore[misc]  # num_nodes is keyword-only
+
+
+@pytest.mark.parametrize("norm, kind", [
+    ("layer_norm", torch.nn.LayerNorm), ("batch", torch.nn.BatchNorm1d),
+    (torch.nn.LayerNorm(16), torch.nn.LayerNorm), (lambda c: torch.nn.BatchNorm1d(c),
+                                                  torch.nn.BatchNorm1d),
+    (None, torch.nn.Identity)])
+def test_norm_as_a_name_a_module_or_a_factory(norm, kind):
+    model = VQGNN(8, 16, 3, 3, num_nodes=10, norm=norm)
+    assert len(model.norms) == 2 and all(type(n) is kind for n in model.norms)
+    assert model.norms[0] is not model.norms[1]  # a module is copied per layer
+
+
+def test_act_as_a_name_or_a_module(data):
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    leaky = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, act="leaky_relu",
+                  act_kwargs={"negative_slope": 0.5})
+    assert isinstance(leaky.act, torch.nn.LeakyReLU) and leaky.act.negative_slope == 0.5
+    module = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, act=torch.nn.Tanh())
+    assert isinstance(module.act, torch.nn.Tanh)
+    assert module(data.x, graph).shape == (data.num_nodes, 3)
+    with pytest.raises(TypeError, match="'act' must be a name or a callable, received int"):
+        VQGNN(8, 16, 2, 3, num_nodes=10, act=3)  # type: ignore[arg-type]
+
+
+def test_codebook_options_reach_every_codebook():
+    from vqgnn.quantize import CodebookOptions
+
+    opts = CodebookOptions(num_codewords=8, decay=0.9, dead_threshold=0.05, momentum=0.2,
+                           kmeans_backend="torch", kmeans_iters=7)
+    model = VQGNN(8, 16, 3, 3, num_nodes=10, codebook=opts)
+    assert model.layers[0].quantizer is None  # exact first layer: no codebook at all
+    for layer in model.layers[1:]:
+        cb = layer.quantizer.codebook
+        assert (cb.num_codewords, cb.decay, cb.dead_threshold, cb.kmeans_backend,
+                cb.kmeans_iters) == (8, 0.9, 0.05, "torch", 7)
+        assert layer.quantizer.x_norm.momentum == 0.2
+    with pytest.raises(ValueError, match="'num_codewords' \\(4\\) differs from "
+                                         "'codebook.num_codewords' \\(8\\)"):
+        VQGNN(8, 16, 3, 3, num_nodes=10, codebook=opts, num_codewords=4)

@@ -328,7 +328,7 @@ def test_errors_name_the_argument() -> None:
         VQConv(torch.nn.Linear(3, 3), num_codewords=4, num_nodes=n)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'num_codewords' must be an int >= 1, received 0"):
         VQConv(GCNConv(4, 6), num_codewords=0, num_nodes=n)
-    layer = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=n)
+    layer = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=n, validate=True)
     layer.init_codebook(torch.randn(n, 4))
     with pytest.raises(ValueError, match=r"'x' must have shape \(3, 4\).*received \(3, 5\)"):
         layer(torch.randn(3, 5), graph, torch.arange(3))
@@ -457,3 +457,122 @@ def test_attention_ignores_edge_weights():
     layer = VQConv(conv, num_codewords=4, num_nodes=30)
     out = layer(x, VQGraph(edge_index, 30, weight))
     assert torch.allclose(out, conv(x, edge_index), atol=1e-5)
+
+
+# ------------------------------------------------------------------ the public API
+def test_a_constant_input_layer_allocates_no_codebook() -> None:
+    n = 30
+    graph = VQGraph(random_graph(n, 90), n)
+    layer = VQConv(GCNConv(4, 6), num_nodes=n, constant_input=True)
+    assert layer.quantizer is None and not layer.has_codebook and layer.num_codewords == 0
+    assert list(layer.buffers()) == []  # no (N,) assignment table, no codewords
+    assert "constant_input=True" in repr(layer)
+    x = torch.randn(n, 4)
+    with pytest.raises(ValueError, match="call set_constant_input\\(x, graph\\)"):
+        layer(x[:5], graph, torch.arange(5))
+    layer.set_constant_input(x, graph)
+    batch = torch.tensor([3, 7, 11])
+    expected = layer.conv(x, graph.edge_index)[batch]
+    torch.testing.assert_close(layer(x[batch], graph, batch), expected)
+    assert not layer.update_codebook()
+    with pytest.raises(ValueError, match="constant_input=True and holds no codebook"):
+        layer.init_codebook(x)
+
+
+def _trained_step(layer: VQConv, x: Tensor, graph: VQGraph, batch: Tensor) -> None:
+    layer(x[batch], graph, batch).pow(2).sum().backward()
+
+
+def test_an_unapplied_pair_is_dropped_with_a_warning_unless_auto_update() -> None:
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 160), n)
+    x = torch.randn(n, 4)
+    manual = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
+    manual.init_codebook(x)
+    before = manual.quantizer.codebook.embed.clone()
+    _trained_step(manual, x, graph, torch.arange(10))
+    with pytest.warns(UserWarning, match="never applied and is dropped; call update_codebook"):
+        _trained_step(manual, x, graph, torch.arange(10, 20))
+    assert torch.equal(before, manual.quantizer.codebook.embed)  # nothing applied silently
+    auto = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n, auto_update=True)
+    auto.init_codebook(x)
+    _trained_step(auto, x, graph, torch.arange(10))
+    _trained_step(auto, x, graph, torch.arange(10, 20))  # applies the first batch's pair
+    assert not torch.equal(before, auto.quantizer.codebook.embed)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "graphconv"])
+def test_the_captured_gradient_is_the_gradient_at_aggregated(kind: str) -> None:
+    """``captured.grad`` on a whole-graph batch is d loss / d ``aggregated(x, graph)``."""
+    torch.manual_seed(0)
+    n = 25
+    graph = VQGraph(random_graph(n, 100), n)
+    conv = {"gcn": GCNConv(4, 6), "sage": SAGEConv(4, 6), "graphconv": GraphConv(4, 6)}[kind]
+    layer = VQConv(conv, num_codewords=n, num_nodes=n)
+    x = torch.randn(n, 4)
+    layer.init_codebook(x)
+    everyone = torch.arange(n)
+    target = torch.randn(n, 6)
+    (layer(x, graph, everyone) - target).pow(2).sum().backward()
+    captured = layer.captured
+    assert captured is not None and layer.captured is not None  # a peek does not remove it
+    agg = layer.aggregated(x, graph).detach().requires_grad_()
+    out = layer.adapter.update(layer.conv, agg, x)
+    (out - target).pow(2).sum().backward()
+    assert agg.shape == (n, layer.quantizer.grad_dim)
+    torch.testing.assert_close(captured.grad, agg.grad, rtol=1e-5, atol=1e-6)
+    assert layer.take_captured() is not None and layer.captured is None
+
+
+def test_set_codewords_and_assignments_on_the_layer() -> None:
+    n = 12
+    layer = VQConv(GCNConv(3, 5), num_codewords=4, num_nodes=n)
+    feats, grads = torch.randn(4, 3), torch.randn(4, layer.quantizer.grad_dim)
+    layer.set_codewords(feats, grads)
+    torch.testing.assert_close(layer.quantizer.features(), feats)
+    assignment = torch.arange(n) % 4
+    layer.set_assignment(assignment)
+    assert torch.equal(layer.quantizer.assignment, assignment)
+    with pytest.raises(ValueError, match=r"holds codewords in \[4, 4\], outside \[0, 4\)"):
+        layer.set_assignment(torch.full((n,), 4))
+    with pytest.raises(ValueError, match=r"integer tensor of shape \(12,\), received \(3,\)"):
+        layer.set_assignment(torch.zeros(3, dtype=torch.long))
+
+
+def test_batch_values_are_checked_only_when_asked() -> None:
+    n = 20
+    graph = VQGraph(random_graph(n, 60), n)
+    x = torch.randn(n, 4)
+    fast = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=n)
+    fast.init_codebook(x)
+    fast.eval()
+    with torch.no_grad():
+        fast(x[:3], graph, torch.tensor([1, 1, 2]))  # no host sync to find the repeat
+    checked = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=n, validate=True)
+    checked.init_codebook(x)
+    with pytest.raises(ValueError, match="duplicated node ids"):
+        checked(x[:3], graph, torch.tensor([1, 1, 2]))
+    with pytest.raises(ValueError, match=r"'batch' must be a 1-D integer tensor"):
+        fast(x[:2], graph, torch.tensor([0.0, 1.0]))  # shapes and dtypes: always
+
+
+def test_an_edge_index_runs_the_wrapped_layer_itself() -> None:
+    torch.manual_seed(0)
+    n = 15
+    edge_index = random_graph(n, 50)
+    weight = torch.rand(edge_index.size(1))
+    layer = VQConv(GCNConv(4, 6), num_codewords=4, num_nodes=n)
+    x = torch.randn(n, 4)
+    torch.testing.assert_close(layer(x, edge_index, edge_weight=weight),
+                               layer.conv(x, edge_index, weight))
+    gat = VQConv(GATConv(4, 6), num_codewords=4, num_nodes=n)  # takes no edge_weight
+    torch.testing.assert_close(gat(x, edge_index, edge_weight=weight), gat.conv(x, edge_index))
+    with pytest.raises(ValueError, match="'batch' needs a VQGraph"):
+        layer(x[:3], edge_index, torch.arange(3))
+
+
+def test_target_to_source_flow_is_rejected() -> None:
+    with pytest.raises(ValueError, match="flow='source_to_target' only, received GCNConv with "
+                                         "flow='target_to_source'"):
+        VQConv(GCNConv(4, 6, flow="target_to_source"), num_codewords=4, num_nodes=10)

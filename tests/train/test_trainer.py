@@ -7,16 +7,17 @@ import math
 import pytest
 import torch
 
-from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN
+from vqgnn.quantize import CodebookOptions
 from vqgnn.train import (
     ModelConfig,
     TrainConfig,
     Trainer,
     TrainResult,
     clone_config,
+    method_class,
     run_experiment,
     seed_everything,
 )
@@ -33,13 +34,20 @@ def data():
 
 
 def build(data, dropout: float = 0.2) -> VQGNN:
-    return VQGNN(data.num_features, 16, 3, 2, data.num_nodes, num_codewords=16,
+    return VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16,
                  dropout=dropout)
 
 
 def config(**changes) -> TrainConfig:
+    """The test's options, each method given those it takes (BASELINE_OPTIONS hold
+    options of several methods)."""
     base = {"epochs": 10, "batch_size": 64, "lr": 0.03, "eval_batch_size": 128}
-    return TrainConfig(**{**base, **changes})
+    method = changes.pop("method", "vq")
+    values = {**base, **changes}
+    options = method_class(method).Options
+    common = set(TrainConfig.create(method).flat()) - set(options.option_names())
+    return TrainConfig.create(method, **{k: v for k, v in values.items()
+                                         if k in common or options.accepts(k, values)})
 
 
 def train(data, log=None, **changes) -> tuple[Trainer, TrainResult]:
@@ -112,17 +120,17 @@ def test_optimizers(data, optimizer, cls):
 @pytest.mark.parametrize("batch_nodes", ["train", "all"])
 def test_samplers_and_batch_nodes(data, sampler, cls, batch_nodes):
     trainer, result = train(data, sampler=sampler, batch_nodes=batch_nodes)
-    assert type(trainer.sampler) is cls
+    assert type(trainer.method.sampler) is cls
     expected = (data.train_mask.nonzero().view(-1) if batch_nodes == "train"
                 else torch.arange(data.num_nodes))
-    assert torch.equal(trainer.sampler.nodes.sort().values, expected)
+    assert torch.equal(trainer.method.sampler.nodes.sort().values, expected)
     assert result.history[-1].loss < result.history[0].loss
     assert result.test > CHANCE + 0.15
 
 
 def test_metis_num_parts(data):
     trainer, _ = train(data, sampler="metis", num_parts=5, epochs=1)
-    assert trainer.sampler.part_sizes.numel() == 5
+    assert trainer.method.sampler.part_sizes.numel() == 5
 
 
 def test_eval_every(data):
@@ -187,7 +195,7 @@ def test_exact_predict_equals_full_graph_forward(data):
     trainer, _ = train(data, epochs=2)
     trainer.model.eval()
     with torch.no_grad():
-        full = trainer.model(trainer.x, trainer.graph)
+        full = trainer.model(trainer.ctx.x, trainer.graph)
     torch.testing.assert_close(trainer.predict("exact"), full, atol=1e-5, rtol=1e-5)
 
 
@@ -202,12 +210,15 @@ def test_predict_bad_mode(data):
     ({"method": "foo"}, "'method' must be one of \\('vq', 'full', 'sage', 'cluster', "
                         "'saint'\\), received 'foo'"),
     ({"method": "sage", "inference": "vq"}, "'inference' 'vq' needs method 'vq' .* 'sage'"),
-    ({"num_neighbors": ()}, "'num_neighbors' must be a non-empty list of ints >= 1 .* "
-                            "received \\(\\)"),
-    ({"num_neighbors": (10, 0)}, "'num_neighbors' must be .* received \\(10, 0\\)"),
-    ({"walk_length": 0}, "'walk_length' must be an int >= 1, received 0"),
-    ({"saint_coverage": 0.0}, "'saint_coverage' must be > 0 and finite, received 0.0"),
-    ({"saint_coverage": float("nan")}, "'saint_coverage' must be > 0 and finite, received nan"),
+    ({"method": "sage", "num_neighbors": ()}, "'num_neighbors' must be a non-empty list of "
+                                              "ints >= 1 .* received \\(\\)"),
+    ({"method": "sage", "num_neighbors": (10, 0)}, "'num_neighbors' must be .* received "
+                                                   "\\(10, 0\\)"),
+    ({"method": "saint", "walk_length": 0}, "'walk_length' must be an int >= 1, received 0"),
+    ({"method": "saint", "saint_coverage": 0.0}, "'saint_coverage' must be > 0 and finite, "
+                                                 "received 0.0"),
+    ({"method": "saint", "saint_coverage": float("nan")}, "'saint_coverage' must be > 0 and "
+                                                          "finite, received nan"),
     ({"optimizer": "rmsprop"}, "'optimizer' must be one of .* received 'rmsprop'"),
     ({"sampler": "saint"}, "'sampler' must be one of .* received 'saint'"),
     ({"batch_nodes": "val"}, "'batch_nodes' must be one of"),
@@ -223,12 +234,12 @@ def test_predict_bad_mode(data):
 def test_config_validate(changes, match):
     TrainConfig().validate()
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**changes).validate()
+        TrainConfig.create(**changes)
 
 
 def test_config_validate_num_parts():
     with pytest.raises(ValueError, match="'num_parts'"):
-        TrainConfig(sampler="metis", num_parts=0).validate()
+        TrainConfig.create(sampler="metis", num_parts=0)
 
 
 def test_full_method_with_vq_inference(data):
@@ -246,7 +257,7 @@ def test_trainer_errors(data, tmp_path):
         Trainer(build(data), data, TrainConfig(method="foo"))
     with pytest.raises(TypeError, match="'model' must be a VQGNN, received Linear"):
         Trainer(torch.nn.Linear(8, 3), data, config())
-    small = VQGNN(8, 16, 3, 2, 10)
+    small = VQGNN(8, 16, 2, 3, num_nodes=10)
     with pytest.raises(ValueError, match="built for 10 nodes, the graph has 300"):
         Trainer(small, data, config())
     no_train = data.clone()
@@ -268,7 +279,8 @@ def test_clone_config():
 
 def test_run_experiment(data, tmp_path):
     lines: list[str] = []
-    record = run_experiment(data, ModelConfig(hidden=16, num_codewords=16),
+    small = ModelConfig(hidden=16, codebook=CodebookOptions(num_codewords=16))
+    record = run_experiment(data, small,
                             config(epochs=3, checkpoint=str(tmp_path / "c.pt")), log=lines.append)
     json.dumps(record)
     assert RECORD_KEYS | {"dataset", "split", "seed", "conv", "inference_seconds"} <= set(record)
@@ -277,7 +289,7 @@ def test_run_experiment(data, tmp_path):
     assert record["model_config"]["hidden"] == 16 and record["train_config"]["epochs"] == 3
     assert len(lines) == 3 and (tmp_path / "c.pt").is_file()
     # resume=True with an existing checkpoint and more epochs continues from it.
-    more = run_experiment(data, ModelConfig(hidden=16, num_codewords=16),
+    more = run_experiment(data, small,
                           config(epochs=5, checkpoint=str(tmp_path / "c.pt")), resume=True)
     assert len(more["history"]) == 5
     assert [h["loss"] for h in more["history"][:3]] == [h["loss"] for h in record["history"]]
@@ -340,8 +352,10 @@ def test_resume_equals_straight_run(data, tmp_path, changes):
     opt_a, opt_b = _optimizer_tensors(a["optimizer"]), _optimizer_tensors(b["optimizer"])
     assert len(opt_a) == len(opt_b) > 0
     assert all(_identical(x, y) for x, y in zip(opt_a, opt_b))
-    if "generator" in a["sampler"]:  # the baselines draw from torch's global generator
-        assert torch.equal(a["sampler"]["generator"], b["sampler"]["generator"])
+    assert a["method"].keys() == b["method"].keys()
+    for key, state in a["method"].items():  # the baselines draw from torch's global generator
+        if "generator" in state:
+            assert torch.equal(state["generator"], b["method"][key]["generator"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     assert len(a["history"]) == len(b["history"]) == len(resumed.history) == 20
     for ha, hb in zip(a["history"], b["history"]):
@@ -382,24 +396,25 @@ def test_a_user_optimizer_is_used(data):
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
 def test_baselines_train_every_backbone(data, method, conv):
     seed_everything(0)
-    model = VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv=conv, num_codewords=16)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv=conv,
+                  num_codewords=16)
     trainer = Trainer(model, data, config(method=method, epochs=8, **BASELINE_OPTIONS))
     result = trainer.fit()
     assert result.test > CHANCE + 0.2
     assert result.test_vq is None and result.inference_seconds_vq is None
-    assert not any(layer.quantizer.initialized for layer in model.layers)  # no codebooks
+    assert not any(layer.initialized for layer in model.layers)  # no codebooks
 
 
 def test_baseline_batch_sizes(data):
     trainer = Trainer(build(data), data, config(method="sage", batch_size=32,
                                                 num_neighbors=(4, 3)))
-    seeds = [b.loss_index.numel() for b in trainer.sampler]
+    seeds = [b.loss_index.numel() for b in trainer.method.loader]
     assert max(seeds) == 32 and sum(seeds) == int(data.train_mask.sum())
     cluster = Trainer(build(data), data, config(method="cluster", batch_size=75, num_parts=8))
-    assert cluster.sampler.parts_per_batch == 2  # 8 parts of about 38 nodes, 75 per batch
+    assert cluster.method.loader.parts_per_batch == 2  # 8 parts of about 38 nodes, 75 per batch
     saint = Trainer(build(data), data, config(method="saint", batch_size=60, walk_length=2,
                                               saint_coverage=5.0))
-    assert saint.sampler.roots == 20 and len(saint.sampler) == 5  # 300 nodes / 60
+    assert saint.method.loader.roots == 20 and len(saint.method.loader) == 5  # 300 nodes / 60
 
 
 def test_sage_needs_a_fanout_per_layer(data):
@@ -416,7 +431,7 @@ def test_vq_training_memory_does_not_grow_with_the_graph():
         graph = load_dataset(f"synthetic:n={n},deg=8,features=8,classes=3")
         for method in ("vq", "full"):
             seed_everything(0)
-            model = VQGNN(8, 16, 3, 2, n, num_codewords=32)
+            model = VQGNN(8, 16, 2, 3, num_nodes=n, num_codewords=32)
             trainer = Trainer(model, graph, config(method=method, epochs=1, batch_size=256,
                                                    eval_batch_size=4096))
             peaks[method, n] = trainer.fit().peak_memory_bytes
@@ -425,22 +440,20 @@ def test_vq_training_memory_does_not_grow_with_the_graph():
 
 
 def _first_step_loss(data, model_state, **changes) -> float:
-    model = VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv="sage", dropout=0.0)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv="sage", dropout=0.0)
     model.load_state_dict(model_state)
     trainer = Trainer(model, data, config(**changes))
     trainer.model.train()
-    if trainer.config.method == "full":
-        return trainer._step(None)
-    batches = list(trainer.sampler)
+    batches = list(trainer.method.batches())
     assert len(batches) == 1  # one step sees the whole training set
-    return trainer._subgraph_step(batches[0])
+    return float(trainer._step(batches[0]))
 
 
 def test_baseline_losses_estimate_the_mean_training_loss(data):
     """With one step that holds every training node and its full neighbourhood, each
     baseline's loss is full-graph training's (mean cross-entropy over training nodes)."""
     seed_everything(0)
-    state = VQGNN(data.num_features, 16, 3, 2, data.num_nodes, conv="sage",
+    state = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv="sage",
                   dropout=0.0).state_dict()
     full = _first_step_loss(data, state, method="full")
     sage = _first_step_loss(data, state, method="sage", batch_size=data.num_nodes,
@@ -455,17 +468,16 @@ def test_baseline_losses_estimate_the_mean_training_loss(data):
 
 
 def test_saint_steps_carry_the_edge_weights(data, monkeypatch):
-    import vqgnn.train.trainer as trainer_module
-
     weights = []
+    model = build(data)
+    forward = model.forward
 
-    class Spy(VQGraph):
-        def __init__(self, edge_index, num_nodes, edge_weight=None):
-            weights.append(edge_weight)
-            super().__init__(edge_index, num_nodes, edge_weight)
+    def spy(x, graph, batch=None, edge_weight=None):
+        weights.append(edge_weight)
+        return forward(x, graph, batch, edge_weight=edge_weight)
 
-    trainer = Trainer(build(data), data, config(method="saint", epochs=1, saint_coverage=5.0))
-    monkeypatch.setattr(trainer_module, "VQGraph", Spy)
-    sub = next(iter(trainer.sampler))
-    trainer._subgraph_step(sub)
+    monkeypatch.setattr(model, "forward", spy)
+    trainer = Trainer(model, data, config(method="saint", epochs=1, saint_coverage=5.0))
+    sub = next(iter(trainer.method.batches()))
+    trainer._step(sub)
     assert weights and torch.equal(weights[0], sub.edge_weight)

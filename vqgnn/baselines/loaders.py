@@ -36,6 +36,7 @@ from torch_geometric.loader import (
 from tqdm.auto import tqdm
 
 from vqgnn.batching.samplers import metis_partition
+from vqgnn.errors import ConfigError
 
 
 @dataclass
@@ -71,8 +72,8 @@ class _GlobalGeneratorBatches:
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            raise ValueError(f"'{type(self).__name__}.load_state_dict': expected an empty "
-                             f"state, received keys {sorted(state)}")
+            raise ConfigError(f"'{type(self).__name__}.load_state_dict': expected an empty "
+                              f"state, received keys {sorted(state)}")
 
 
 def check_fanouts(owner: str, num_neighbors: Sequence[int]) -> list[int]:
@@ -80,16 +81,16 @@ def check_fanouts(owner: str, num_neighbors: Sequence[int]) -> list[int]:
     (or -1: all neighbours)."""
     fanouts = list(num_neighbors)
     if not fanouts or any(not isinstance(k, int) or (k < 1 and k != -1) for k in fanouts):
-        raise ValueError(f"'{owner}': 'num_neighbors' must be a non-empty list of ints >= 1 "
-                         f"(or -1 for all), received {num_neighbors!r}")
+        raise ConfigError(f"'{owner}': 'num_neighbors' must be a non-empty list of ints >= 1 "
+                          f"(or -1 for all), received {num_neighbors!r}")
     return fanouts
 
 
 def fanouts_for_layers(num_neighbors: Sequence[int], num_layers: int) -> list[int]:
     """The first ``num_layers`` fan-outs; ``ValueError`` when there are fewer."""
     if len(num_neighbors) < num_layers:
-        raise ValueError(f"'TrainConfig': 'num_neighbors' needs a fan-out per layer "
-                         f"({num_layers}), received {tuple(num_neighbors)}")
+        raise ConfigError(f"'TrainConfig': 'num_neighbors' needs a fan-out per layer "
+                          f"({num_layers}), received {tuple(num_neighbors)}")
     return list(num_neighbors)[:num_layers]
 
 
@@ -126,10 +127,10 @@ class NeighborBatches(_GlobalGeneratorBatches):
         name = type(self).__name__
         fanouts = check_fanouts(name, num_neighbors)
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"'{name}': 'batch_size' must be an int >= 1, "
-                             f"received {batch_size!r}")
+            raise ConfigError(f"'{name}': 'batch_size' must be an int >= 1, "
+                              f"received {batch_size!r}")
         if train_idx.numel() == 0:
-            raise ValueError(f"'{name}': 'train_idx' is empty (no training nodes to sample)")
+            raise ConfigError(f"'{name}': 'train_idx' is empty (no training nodes to sample)")
         self.num_neighbors = fanouts
         self.batch_size = batch_size
         with warnings.catch_warnings():
@@ -189,11 +190,11 @@ class ClusterBatches(_GlobalGeneratorBatches):
                  parts_per_batch: int, seed: int = 0, cache_dir: Optional[str] = None) -> None:
         name = type(self).__name__
         if not isinstance(num_parts, int) or not 1 <= num_parts <= num_nodes:
-            raise ValueError(f"'{name}': 'num_parts' must be an int in [1, {num_nodes}], "
-                             f"received {num_parts!r}")
+            raise ConfigError(f"'{name}': 'num_parts' must be an int in [1, {num_nodes}], "
+                              f"received {num_parts!r}")
         if not isinstance(parts_per_batch, int) or not 1 <= parts_per_batch <= num_parts:
-            raise ValueError(f"'{name}': 'parts_per_batch' must be an int in [1, num_parts="
-                             f"{num_parts}], received {parts_per_batch!r}")
+            raise ConfigError(f"'{name}': 'parts_per_batch' must be an int in [1, num_parts="
+                              f"{num_parts}], received {parts_per_batch!r}")
         self.num_parts, self.parts_per_batch = num_parts, parts_per_batch
         self.train_mask = train_mask.cpu()
         self.cluster_data = _PymetisClusterData(_structure(edge_index, num_nodes), num_parts,
@@ -274,8 +275,8 @@ def saint_normalization(sampler: GraphSAINTRandomWalkSampler, edge_index: Tensor
         progress: a tqdm bar.
     """
     if not 0 < coverage < math.inf:
-        raise ValueError(f"'saint_normalization': 'coverage' must be > 0 and finite, "
-                         f"received {coverage!r}")
+        raise ConfigError(f"'saint_normalization': 'coverage' must be > 0 and finite, "
+                          f"received {coverage!r}")
     node_count = torch.zeros(num_nodes)
     edge_count = torch.zeros(edge_index.size(1))
     total, num_samples = 0, 0
@@ -322,7 +323,7 @@ class SaintBatches(_GlobalGeneratorBatches):
         for arg, value in (("roots", roots), ("walk_length", walk_length),
                            ("num_steps", num_steps)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
+                raise ConfigError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
         self.roots, self.walk_length, self.num_steps = roots, walk_length, num_steps
         self.train_mask = train_mask.cpu()
         self.sampler = _RandomWalkSampler(_structure(edge_index, num_nodes), batch_size=roots,
@@ -350,5 +351,5 @@ def saint_roots(batch_size: int, walk_length: int) -> int:
     """Walks per subgraph so that a subgraph holds about ``batch_size`` nodes at most."""
     for arg, value in (("batch_size", batch_size), ("walk_length", walk_length)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"'saint_roots': '{arg}' must be an int >= 1, received {value!r}")
+            raise ConfigError(f"'saint_roots': '{arg}' must be an int >= 1, received {value!r}")
     return max(1, math.ceil(batch_size / (walk_length + 1)))

@@ -6,25 +6,27 @@ from typing import Any, Callable, Hashable, Optional, TypeVar
 import torch
 from torch import Tensor
 
+from vqgnn.errors import ConfigError, ConfigTypeError
+
 T = TypeVar("T")
 
 
 def check_edge_index(edge_index: Tensor, num_nodes: int, owner: str = "VQGraph") -> None:
     """Raise a clear error unless ``edge_index`` is a (2, E) integer tensor within range."""
     if not isinstance(edge_index, Tensor):
-        raise TypeError(f"'{owner}': 'edge_index' must be a torch.Tensor, "
-                        f"received {type(edge_index).__name__}")
+        raise ConfigTypeError(f"'{owner}': 'edge_index' must be a torch.Tensor, "
+                              f"received {type(edge_index).__name__}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"'{owner}': 'edge_index' must have shape (2, E), "
-                         f"received {tuple(edge_index.shape)}")
+        raise ConfigError(f"'{owner}': 'edge_index' must have shape (2, E), "
+                          f"received {tuple(edge_index.shape)}")
     if edge_index.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"'{owner}': 'edge_index' must be int64 or int32, "
-                         f"received {edge_index.dtype}")
+        raise ConfigError(f"'{owner}': 'edge_index' must be int64 or int32, "
+                          f"received {edge_index.dtype}")
     if edge_index.numel() > 0:
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= num_nodes:
-            raise ValueError(f"'{owner}': 'edge_index' holds node indices in [{lo}, {hi}], "
-                             f"outside [0, {num_nodes}) for num_nodes={num_nodes}")
+            raise ConfigError(f"'{owner}': 'edge_index' holds node indices in [{lo}, {hi}], "
+                              f"outside [0, {num_nodes}) for num_nodes={num_nodes}")
 
 
 class VQGraph:
@@ -54,22 +56,22 @@ class VQGraph:
     def __init__(self, edge_index: Tensor, num_nodes: int,
                  edge_weight: Optional[Tensor] = None) -> None:
         if not isinstance(num_nodes, int) or num_nodes < 1:
-            raise ValueError(f"'VQGraph': 'num_nodes' must be an int >= 1, received {num_nodes!r}")
+            raise ConfigError(f"'VQGraph': 'num_nodes' must be an int >= 1, received {num_nodes!r}")
         check_edge_index(edge_index, num_nodes)
         if edge_weight is not None:
             if not isinstance(edge_weight, Tensor) or edge_weight.shape != (edge_index.size(1),):
                 shape = (tuple(edge_weight.shape) if isinstance(edge_weight, Tensor)
                          else type(edge_weight).__name__)
-                raise ValueError(f"'VQGraph': 'edge_weight' must be a tensor of shape "
-                                 f"({edge_index.size(1)},), received {shape}")
+                raise ConfigError(f"'VQGraph': 'edge_weight' must be a tensor of shape "
+                                  f"({edge_index.size(1)},), received {shape}")
             if edge_weight.device != edge_index.device:
-                raise ValueError(f"'VQGraph': 'edge_weight' is on {edge_weight.device}, "
-                                 f"'edge_index' on {edge_index.device}")
+                raise ConfigError(f"'VQGraph': 'edge_weight' is on {edge_weight.device}, "
+                                  f"'edge_index' on {edge_index.device}")
             if (not edge_weight.is_floating_point() or bool((edge_weight < 0).any())
                     or not bool(torch.isfinite(edge_weight).all())):
-                raise ValueError("'VQGraph': 'edge_weight' must hold finite non-negative floats, "
-                                 f"received dtype {edge_weight.dtype} with minimum "
-                                 f"{edge_weight.min().item() if edge_weight.numel() else None}")
+                raise ConfigError("'VQGraph': 'edge_weight' must hold finite non-negative floats, "
+                                  f"received dtype {edge_weight.dtype} with minimum "
+                                  f"{edge_weight.min().item() if edge_weight.numel() else None}")
         self.edge_weight = edge_weight
         self.edge_index = edge_index.long()
         self.num_nodes = num_nodes
@@ -100,22 +102,32 @@ class VQGraph:
         weight = None if self.edge_weight is None else self.edge_weight.to(device)
         return VQGraph(self.edge_index.to(device), self.num_nodes, weight)
 
-    def check_batch(self, batch: Tensor, owner: str = "VQGraph") -> None:
-        """Raise unless ``batch`` holds distinct node ids in [0, N)."""
+    def check_batch(self, batch: Tensor, owner: str = "VQGraph", values: bool = True) -> None:
+        """Raise unless ``batch`` is a non-empty 1-D integer tensor of distinct node ids in
+        [0, N).
+
+        Args:
+            batch: (b,) node ids.
+            owner: the name the message starts with.
+            values: also check the ids' values (range, distinct): host synchronisations
+                on a GPU, so the training step leaves it to an opt-in ``validate``.
+        """
         if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (
                 torch.int64, torch.int32):
             shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-            raise ValueError(f"'{owner}': 'batch' must be a 1-D integer tensor of node ids, "
-                             f"received {shape}")
+            raise ConfigError(f"'{owner}': 'batch' must be a 1-D integer tensor of node ids, "
+                              f"received {shape}")
         if batch.numel() == 0:
-            raise ValueError(f"'{owner}': 'batch' is empty")
+            raise ConfigError(f"'{owner}': 'batch' is empty")
+        if not values:
+            return
         lo, hi = int(batch.min()), int(batch.max())
         if lo < 0 or hi >= self.num_nodes:
-            raise ValueError(f"'{owner}': 'batch' holds node ids in [{lo}, {hi}], outside "
-                             f"[0, {self.num_nodes})")
+            raise ConfigError(f"'{owner}': 'batch' holds node ids in [{lo}, {hi}], outside "
+                              f"[0, {self.num_nodes})")
         if torch.unique(batch).numel() != batch.numel():
-            raise ValueError(f"'{owner}': 'batch' holds duplicated node ids "
-                             f"({batch.numel() - torch.unique(batch).numel()} repeats)")
+            raise ConfigError(f"'{owner}': 'batch' holds duplicated node ids "
+                              f"({batch.numel() - torch.unique(batch).numel()} repeats)")
 
     def __repr__(self) -> str:
         weighted = "" if self.edge_weight is None else ", weighted"

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqgnn.errors import ConfigError
+
 
 def stream_seed(seed: int, stream: str) -> int:
     """A seed for the named random stream, independent of other streams of ``seed``.
@@ -43,10 +45,11 @@ class NodeBatchSampler:
     def __init__(self, nodes: Tensor, batch_size: int, seed: int = 0) -> None:
         name = type(self).__name__
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"'{name}': 'batch_size' must be an int >= 1, received {batch_size!r}")
+            raise ConfigError(f"'{name}': 'batch_size' must be an int >= 1, "
+                              f"received {batch_size!r}")
         if nodes.dim() != 1 or nodes.numel() == 0:
-            raise ValueError(f"'{name}': 'nodes' must be a non-empty 1-D tensor, received shape "
-                             f"{tuple(nodes.shape)}")
+            raise ConfigError(f"'{name}': 'nodes' must be a non-empty 1-D tensor, received shape "
+                              f"{tuple(nodes.shape)}")
         self.nodes = nodes.long()
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(stream_seed(seed, "batches"))
@@ -92,8 +95,8 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
         (N,) int64 part of every node.
     """
     if not isinstance(num_parts, int) or num_parts < 1:
-        raise ValueError(f"metis_partition: 'num_parts' must be an int >= 1, "
-                         f"received {num_parts!r}")
+        raise ConfigError(f"metis_partition: 'num_parts' must be an int >= 1, "
+                          f"received {num_parts!r}")
     if num_parts == 1:
         return torch.zeros(num_nodes, dtype=torch.long)
     src, dst = edge_index[0].cpu().long(), edge_index[1].cpu().long()

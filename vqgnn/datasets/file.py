@@ -14,6 +14,7 @@ from torch_geometric.data.storage import GlobalStorage
 
 from vqgnn.datasets.graph import METRICS, coalesce_undirected, make_data
 from vqgnn.datasets.splits import select_split, stratified_split
+from vqgnn.errors import ConfigError, ConfigTypeError
 
 MASKS = ("train_mask", "val_mask", "test_mask")
 
@@ -64,7 +65,7 @@ def read_graph_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         return {key: obj[key] for key in obj.keys()}
     if isinstance(obj, dict):
         return dict(obj)
-    raise TypeError(
+    raise ConfigTypeError(
         f"load_dataset: '{os.fspath(path)}' must hold a torch_geometric.data.Data or a dict; "
         f"received {type(obj).__name__}"
     )
@@ -78,10 +79,10 @@ def _describe(value: Any) -> str:
 
 def _field(fields: Dict[str, Any], key: str, expected: str, source: str) -> Tensor:
     if fields.get(key) is None:
-        raise ValueError(f"load_dataset: '{source}' has no field {key!r}; expected {expected}")
+        raise ConfigError(f"load_dataset: '{source}' has no field {key!r}; expected {expected}")
     value = fields[key]
     if not isinstance(value, Tensor):
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field {key!r} of '{source}' must be {expected}; "
             f"received {_describe(value)}"
         )
@@ -116,7 +117,7 @@ def load_file(path: Union[str, os.PathLike], split: int = 0, seed: int = 0) -> D
     fields = read_graph_file(path)
     x = _field(fields, "x", "a 2-D floating-point tensor of shape (N, F)", source)
     if x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field 'x' of '{source}' must be a 2-D floating-point tensor of "
             f"shape (N, F); received {_describe(x)}"
         )
@@ -124,12 +125,12 @@ def load_file(path: Union[str, os.PathLike], split: int = 0, seed: int = 0) -> D
     edge_index = _field(fields, "edge_index", "an integer tensor of shape (2, E)", source)
     if (edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point()
             or edge_index.dtype == torch.bool or edge_index.is_complex()):
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field 'edge_index' of '{source}' must be an integer tensor of "
             f"shape (2, E); received {_describe(edge_index)}"
         )
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field 'edge_index' of '{source}' must have entries in "
             f"[0, {num_nodes}) (N = x.size(0)); received entries in "
             f"[{int(edge_index.min())}, {int(edge_index.max())}]"
@@ -138,24 +139,24 @@ def load_file(path: Union[str, os.PathLike], split: int = 0, seed: int = 0) -> D
     if y.dim() == 2 and y.size(1) == 1:
         y = y.view(-1)
     if y.dim() != 1 or y.size(0) != num_nodes or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field 'y' of '{source}' must be an integer tensor of shape "
             f"({num_nodes},) (N = x.size(0)); received {_describe(y)}"
         )
     y = y.to(torch.long)
     labeled = y >= 0
     if not bool(labeled.any()):
-        raise ValueError(f"load_dataset: field 'y' of '{source}' has no label >= 0")
+        raise ConfigError(f"load_dataset: field 'y' of '{source}' has no label >= 0")
     num_classes = int(y.max()) + 1
 
     metric = fields.get("metric", "accuracy")
     if metric not in METRICS:
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field 'metric' of '{source}' must be one of {METRICS}; "
             f"received {metric!r}"
         )
     if metric == "rocauc" and num_classes > 2:
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: field 'metric' of '{source}' is 'rocauc', which needs binary "
             f"labels; received {num_classes} classes"
         )
@@ -163,7 +164,7 @@ def load_file(path: Union[str, os.PathLike], split: int = 0, seed: int = 0) -> D
     present = [key for key in MASKS if fields.get(key) is not None]
     if not present:
         if split != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"load_dataset: '{source}' has no masks: a stratified random split is drawn "
                 f"from 'seed' (vary seed); expected split=0, received split={split}"
             )
@@ -192,7 +193,7 @@ def _given_masks(
 ) -> tuple[Tensor, ...]:
     missing = [key for key in MASKS if key not in present]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: '{source}' has {present} but no {missing}; expected all of "
             f"{list(MASKS)} or none (then a stratified random split is drawn)"
         )
@@ -202,19 +203,19 @@ def _given_masks(
         mask = fields[key]
         if (not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() not in (1, 2)
                 or mask.size(0) != num_nodes):
-            raise ValueError(
+            raise ConfigError(
                 f"load_dataset: field {key!r} of '{source}' must be a boolean tensor of shape "
                 f"({num_nodes},) or ({num_nodes}, S); received {_describe(mask)}"
             )
         if shape is not None and mask.shape != shape:
-            raise ValueError(
+            raise ConfigError(
                 f"load_dataset: field {key!r} of '{source}' must have the shape of "
                 f"'train_mask' {tuple(shape)}; received {tuple(mask.shape)}"
             )
         shape = mask.shape
         mask = select_split(mask, split, source, key)
         if bool((mask & ~labeled).any()):
-            raise ValueError(
+            raise ConfigError(
                 f"load_dataset: field {key!r} of '{source}' selects "
                 f"{int((mask & ~labeled).sum())} unlabeled node(s) (y < 0); expected none"
             )
@@ -222,7 +223,7 @@ def _given_masks(
     train, val, test = selected
     overlap = (train & val) | (train & test) | (val & test)
     if bool(overlap.any()):
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: the masks of '{source}' must be disjoint; "
             f"{int(overlap.sum())} node(s) are in more than one"
         )

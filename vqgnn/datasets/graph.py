@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from vqgnn.errors import ConfigError
+
 METRICS = ("accuracy", "rocauc")
 
 
@@ -31,7 +33,7 @@ def coalesce_undirected(edge_index: Tensor, num_nodes: int) -> Tensor:
                 [1, 0]])
     """
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(
+        raise ConfigError(
             f"coalesce_undirected: 'edge_index' must have shape (2, E); "
             f"received shape {tuple(edge_index.shape)}"
         )
@@ -80,7 +82,7 @@ def make_data(
         (and ``ogb_name`` for OGB data).
     """
     if metric not in METRICS:
-        raise ValueError(f"make_data: 'metric' must be one of {METRICS}; received {metric!r}")
+        raise ConfigError(f"make_data: 'metric' must be one of {METRICS}; received {metric!r}")
     y = y.to(torch.float32) if y.dim() == 2 else y.to(torch.long)
     data = Data(
         x=x.to(torch.float32),

@@ -13,6 +13,7 @@ from vqgnn.datasets.ogb import OGB_DATASETS, load_ogb
 from vqgnn.datasets.pyg import PYG_DATASETS, load_pyg, normalize_name, spec_for
 from vqgnn.datasets.splits import check_single_split
 from vqgnn.datasets.synthetic import PREFIX, parse_synthetic, synthetic_graph
+from vqgnn.errors import ConfigError, ConfigTypeError
 
 
 def available_datasets() -> List[str]:
@@ -78,10 +79,10 @@ def load_dataset(
         ('Cora', 7, 140)
     """
     if not isinstance(name, str):
-        raise TypeError(f"load_dataset: 'name' must be a str; received {type(name).__name__}")
+        raise ConfigTypeError(f"load_dataset: 'name' must be a str; received {type(name).__name__}")
     for arg, value in (("split", split), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"load_dataset: {arg!r} must be a non-negative int; received {value!r}"
             )
     text = name.strip()
@@ -103,7 +104,7 @@ def load_dataset(
     spec = spec_for(text)
     if spec is not None:
         return load_pyg(spec, _root(root, spec.family), split=split, seed=seed)
-    raise ValueError(
+    raise ConfigError(
         f"load_dataset: unknown dataset {name!r}; valid names: "
         f"{', '.join(available_datasets())} (case-insensitive; also "
         "'synthetic:key=value,...' and paths ending in '.pt')"

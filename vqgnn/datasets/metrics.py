@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from vqgnn.errors import ConfigError, ConfigTypeError
+
 
 def score(data: Data, out: Tensor, mask: Tensor) -> float:
     r"""Scores logits on the selected nodes with ``data.metric``.
@@ -33,30 +35,30 @@ def score(data: Data, out: Tensor, mask: Tensor) -> float:
     y: Tensor = data.y
     metric = getattr(data, "metric", None)
     if metric not in ("accuracy", "rocauc"):
-        raise ValueError(
+        raise ConfigError(
             f"score: 'data.metric' must be 'accuracy' or 'rocauc'; received {metric!r}"
         )
     num_nodes = y.size(0)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.size(0) != num_nodes:
         received = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
+        raise ConfigError(
             f"score: 'out' must be a tensor of shape (N, C) with N={num_nodes} "
             f"(logits for all nodes); received {received}"
         )
     multilabel = y.dim() == 2
     num_classes = int(data.num_classes)
     if multilabel and out.size(1) != y.size(1):
-        raise ValueError(
+        raise ConfigError(
             f"score: 'out' must have {y.size(1)} columns (one per task); "
             f"received shape {tuple(out.shape)}"
         )
     if not multilabel and metric == "accuracy" and out.size(1) != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"score: 'out' must have {num_classes} columns (one per class); "
             f"received shape {tuple(out.shape)}"
         )
     if not multilabel and metric == "rocauc" and out.size(1) not in (1, 2):
-        raise ValueError(
+        raise ConfigError(
             "score: binary ROC-AUC needs 'out' with 1 (logit) or 2 (class logits) columns; "
             f"received shape {tuple(out.shape)}"
         )
@@ -64,7 +66,7 @@ def score(data: Data, out: Tensor, mask: Tensor) -> float:
     out = out.detach()[index].cpu().float()
     y = y[index].cpu()
     if not multilabel and bool((y < 0).any()):
-        raise ValueError(
+        raise ConfigError(
             f"score: 'mask' selects {int((y < 0).sum())} unlabeled node(s) (label < 0)"
         )
 
@@ -86,7 +88,7 @@ def score(data: Data, out: Tensor, mask: Tensor) -> float:
 
     if not multilabel:
         if torch.unique(y).numel() != 2:
-            raise ValueError(
+            raise ConfigError(
                 "score: ROC-AUC needs both classes among the selected nodes; received labels "
                 f"{torch.unique(y).tolist()}"
             )
@@ -98,7 +100,7 @@ def score(data: Data, out: Tensor, mask: Tensor) -> float:
         if (labels[known] == 1).any() and (labels[known] == 0).any():
             scores.append(roc_auc_score(labels[known].numpy(), out[known, task].numpy()))
     if not scores:
-        raise ValueError("score: no task has both classes among the selected nodes")
+        raise ConfigError("score: no task has both classes among the selected nodes")
     return float(np.mean(scores))
 
 
@@ -108,10 +110,10 @@ def _positive_score(out: Tensor) -> Tensor:
 
 def _mask_to_index(mask: Tensor, num_nodes: int) -> Tensor:
     if not isinstance(mask, Tensor):
-        raise TypeError(f"score: 'mask' must be a tensor; received {type(mask).__name__}")
+        raise ConfigTypeError(f"score: 'mask' must be a tensor; received {type(mask).__name__}")
     if mask.dtype == torch.bool:
         if tuple(mask.shape) != (num_nodes,):
-            raise ValueError(
+            raise ConfigError(
                 f"score: boolean 'mask' must have shape ({num_nodes},); "
                 f"received {tuple(mask.shape)}"
             )
@@ -119,15 +121,15 @@ def _mask_to_index(mask: Tensor, num_nodes: int) -> Tensor:
     elif not mask.is_floating_point() and mask.dim() == 1:
         index = mask.to(torch.long)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_nodes):
-            raise ValueError(
+            raise ConfigError(
                 f"score: index 'mask' must lie in [0, {num_nodes}); received values in "
                 f"[{int(index.min())}, {int(index.max())}]"
             )
     else:
-        raise ValueError(
+        raise ConfigError(
             f"score: 'mask' must be a boolean (N,) mask or a 1-D integer index; received "
             f"{mask.dtype} of shape {tuple(mask.shape)}"
         )
     if index.numel() == 0:
-        raise ValueError("score: 'mask' selects no node")
+        raise ConfigError("score: 'mask' selects no node")
     return index.cpu()

@@ -6,6 +6,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from vqgnn.errors import ConfigError
+
 
 class Split(NamedTuple):
     """Boolean node masks of one split, each of shape ``(N,)``."""
@@ -48,11 +50,11 @@ def stratified_split(
     """
     if not isinstance(y, Tensor) or y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
         received = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y)
-        raise ValueError(
+        raise ConfigError(
             f"stratified_split: 'y' must be a 1-D integer tensor; received {received}"
         )
     if not (0.0 <= train <= 1.0 and 0.0 <= val <= 1.0 and train + val <= 1.0 + 1e-9):
-        raise ValueError(
+        raise ConfigError(
             "stratified_split: expected 0 <= train, 0 <= val and train + val <= 1; "
             f"received train={train}, val={val}"
         )
@@ -60,7 +62,7 @@ def stratified_split(
     if labeled is None:
         labeled = y >= 0
     elif labeled.dtype != torch.bool or tuple(labeled.shape) != (num_nodes,):
-        raise ValueError(
+        raise ConfigError(
             f"stratified_split: 'labeled' must be a boolean tensor of shape ({num_nodes},); "
             f"received {labeled.dtype} of shape {tuple(labeled.shape)}"
         )
@@ -102,7 +104,7 @@ def select_split(mask: Tensor, split: int, name: str, field: str) -> Tensor:
     """
     num_splits = 1 if mask.dim() == 1 else mask.size(1)
     if not 0 <= split < num_splits:
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: {name!r} has {num_splits} given split(s); expected 'split' in "
             f"0..{num_splits - 1}, received split={split}"
         )
@@ -118,6 +120,6 @@ def check_single_split(split: int, name: str, reason: str) -> None:
         reason: Why there is one split, e.g. ``"has a single public split"``.
     """
     if split != 0:
-        raise ValueError(
+        raise ConfigError(
             f"load_dataset: {name!r} {reason}; expected split=0, received split={split}"
         )

@@ -32,6 +32,7 @@ from torch_geometric.data import Data
 
 from vqgnn.datasets.graph import coalesce_undirected, make_data
 from vqgnn.datasets.splits import stratified_split
+from vqgnn.errors import ConfigError, ConfigTypeError
 
 PREFIX = "synthetic"
 INT_KEYS = ("n", "classes", "features", "seed")
@@ -70,7 +71,7 @@ class SyntheticConfig:
             if (value is not None or f.name != "seed") and (
                 isinstance(value, bool) or not isinstance(value, valid_type)
             ):
-                raise TypeError(
+                raise ConfigTypeError(
                     f"SyntheticConfig: {f.name!r} must be {'an int' if integer else 'a float'}; "
                     f"received {type(value).__name__} {value!r}"
                 )
@@ -86,7 +87,7 @@ class SyntheticConfig:
         }
         for key, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(
+                raise ConfigError(
                     f"SyntheticConfig: {key!r} must be {expected}; "
                     f"received {key}={getattr(self, key)!r}"
                 )
@@ -114,11 +115,11 @@ def _parse_value(key: str, text: str) -> Any:
             return int(text)  # exact, also beyond 2**53
         number = float(text)  # also "1e6"
         if integer and not number.is_integer():
-            raise ValueError(text)
+            raise ConfigError(text)
         return int(number) if integer else number
     except (ValueError, OverflowError):
         expected = "an integer" if integer else "a number"
-        raise ValueError(
+        raise ConfigError(
             f"parse_synthetic: value of {key!r} must be {expected}; received {text!r}"
         ) from None
 
@@ -142,7 +143,7 @@ def parse_synthetic(name: str) -> SyntheticConfig:
     text = name.strip()
     head, sep, body = text.partition(":")
     if head.strip().lower() != PREFIX:
-        raise ValueError(
+        raise ConfigError(
             f"parse_synthetic: expected 'synthetic' or 'synthetic:key=value,...'; "
             f"received {name!r}"
         )
@@ -151,14 +152,14 @@ def parse_synthetic(name: str) -> SyntheticConfig:
     for item in body.split(",") if sep and body.strip() else []:
         key, eq, value = (part.strip() for part in item.partition("="))
         if key not in keys:
-            raise ValueError(
+            raise ConfigError(
                 f"parse_synthetic: unknown key {key!r} (value {value!r}) in {name!r}; "
                 f"valid keys: {', '.join(keys)}"
             )
         if not eq or not value:
-            raise ValueError(f"parse_synthetic: key {key!r} has no value in {name!r}")
+            raise ConfigError(f"parse_synthetic: key {key!r} has no value in {name!r}")
         if key in values:
-            raise ValueError(f"parse_synthetic: key {key!r} given twice in {name!r}")
+            raise ConfigError(f"parse_synthetic: key {key!r} given twice in {name!r}")
         values[key] = _parse_value(key, value)
     return SyntheticConfig(**values)
 
@@ -183,7 +184,7 @@ def synthetic_graph(config: SyntheticConfig) -> Data:
         >>> data = synthetic_graph(parse_synthetic("synthetic:n=1000,deg=10,seed=1"))
     """
     if not isinstance(config, SyntheticConfig):
-        raise TypeError(
+        raise ConfigTypeError(
             f"synthetic_graph: 'config' must be a SyntheticConfig; "
             f"received {type(config).__name__}"
         )

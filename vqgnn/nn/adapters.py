@@ -31,6 +31,7 @@ from torch_geometric.utils import softmax
 
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.lowrank import BatchEdges, SparseOperator, build_operator, to_sparse_csr
+from vqgnn.errors import ConfigError, ConfigTypeError
 
 LINEAR_AGGRS = ("add", "sum", "mean")
 
@@ -42,8 +43,8 @@ def _aggr_name(conv: MessagePassing) -> str:
 
 def _check_linear_aggr(adapter: ConvAdapter, conv: MessagePassing) -> None:
     if _aggr_name(conv) not in LINEAR_AGGRS:
-        raise ValueError(f"'{type(adapter).__name__}' runs aggr in {LINEAR_AGGRS}, "
-                         f"received {_aggr_name(conv)!r}")
+        raise ConfigError(f"'{type(adapter).__name__}' runs aggr in {LINEAR_AGGRS}, "
+                          f"received {_aggr_name(conv)!r}")
 
 
 def _plain_operator(graph: VQGraph, mean: bool, self_loops: bool = False,
@@ -303,8 +304,8 @@ class AttentionAdapter(ConvAdapter):
 
     def check(self, conv: MessagePassing) -> None:
         if getattr(conv, "edge_dim", None) is not None:
-            raise ValueError(f"'{type(self).__name__}' does not support edge features "
-                             f"(edge_dim={conv.edge_dim}) of '{type(conv).__name__}'")
+            raise ConfigError(f"'{type(self).__name__}' does not support edge features "
+                              f"(edge_dim={conv.edge_dim}) of '{type(conv).__name__}'")
 
     def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
         return conv.heads * conv.out_channels
@@ -430,8 +431,8 @@ def run_capturing_aggregate(conv: MessagePassing, x: Tensor, edge_index: Tensor,
     finally:
         handle.remove()
     if not captured:
-        raise ValueError(f"'{type(conv).__name__}' did not call 'aggregate' on an edge_index "
-                         f"input; VQConv needs its aggregated output")
+        raise ConfigError(f"'{type(conv).__name__}' did not call 'aggregate' on an edge_index "
+                          f"input; VQConv needs its aggregated output")
     return out, captured[-1]
 
 
@@ -452,8 +453,8 @@ def register_adapter(conv_type: type, factory: Callable[[], ConvAdapter]) -> Non
         >>> register_adapter(MyConv, MyConvAdapter)
     """
     if not (isinstance(conv_type, type) and issubclass(conv_type, MessagePassing)):
-        raise TypeError(f"register_adapter: 'conv_type' must be a MessagePassing subclass, "
-                        f"received {conv_type!r}")
+        raise ConfigTypeError(f"register_adapter: 'conv_type' must be a MessagePassing subclass, "
+                              f"received {conv_type!r}")
     _ADAPTERS[conv_type] = factory
 
 

@@ -1,6 +1,7 @@
 """``VQGNN``: a stack of :class:`VQConv` layers in the spirit of PyG's ``BasicGNN``."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -8,18 +9,72 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.resolver import activation_resolver
 from tqdm.auto import tqdm
 
 from vqgnn.batching.graph import VQGraph
-from vqgnn.nn.vq_conv import VQConv
+from vqgnn.errors import ConfigError, ConfigTypeError
+from vqgnn.nn.vq_conv import VQConv, resolve_codebook
 from vqgnn.quantize.codebook import CodebookHealth
+from vqgnn.quantize.options import CodebookOptions
 
 ConvFactory = Callable[[int, int, int], MessagePassing]
 
 BACKBONES = ("gcn", "sage", "gat")
 NORMS = ("none", "layer", "batch")
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu, "gelu": F.gelu, "elu": F.elu, "tanh": torch.tanh}
+ACTIVATIONS = ("relu", "gelu", "elu", "tanh", "leaky_relu", "silu")
+_NORM_ALIASES = {"none": "none", "layer": "layer", "layer_norm": "layer", "layernorm": "layer",
+                 "batch": "batch", "batch_norm": "batch", "batchnorm": "batch"}
+NormSpec = Union[None, str, torch.nn.Module, Callable[[int], torch.nn.Module]]
+
+
+def norm_factory(norm: NormSpec, owner: str = "VQGNN") -> Callable[[int], torch.nn.Module]:
+    """A factory ``channels -> module`` for a normalisation given as PyG's resolvers take it.
+
+    Args:
+        norm: None or ``'none'``; ``'layer'`` (``'layer_norm'``) for
+            ``torch.nn.LayerNorm``; ``'batch'`` (``'batch_norm'``) for
+            ``torch.nn.BatchNorm1d``; a module (copied per layer); or a callable
+            ``channels -> module``. Node-wise normalisations only: a graph-level one
+            (PyG's ``GraphNorm``, ``LayerNorm(mode='graph')``) would normalise over the
+            mini-batch, not the graph.
+        owner: the name error messages start with.
+    """
+    if norm is None:
+        return lambda channels: torch.nn.Identity()
+    if isinstance(norm, str):
+        kind = _NORM_ALIASES.get(norm.lower())
+        if kind is None:
+            raise ConfigError(f"'{owner}': 'norm' must be one of {NORMS} (or 'layer_norm', "
+                              f"'batch_norm'), a module or a factory, received {norm!r}")
+        if kind == "layer":
+            return lambda channels: torch.nn.LayerNorm(channels)
+        if kind == "batch":
+            return lambda channels: torch.nn.BatchNorm1d(channels)
+        return lambda channels: torch.nn.Identity()
+    if isinstance(norm, torch.nn.Module):
+        return lambda channels: copy.deepcopy(norm)
+    if callable(norm):
+        return norm
+    raise ConfigTypeError(f"'{owner}': 'norm' must be a name, a module or a factory, received "
+                          f"{type(norm).__name__}")
+
+
+def resolve_act(act: Union[str, Callable[[Tensor], Tensor]], owner: str = "VQGNN",
+                **act_kwargs: Any) -> Callable[[Tensor], Tensor]:
+    """An activation from a name (PyG's ``activation_resolver``: ``'relu'``, ``'gelu'``,
+    ``'elu'``, ``'leaky_relu'``, ...) or a module/callable (used as it is)."""
+    if isinstance(act, str):
+        try:
+            return activation_resolver(act, **act_kwargs)
+        except ValueError:
+            raise ConfigError(f"'{owner}': 'act' must be one of {ACTIVATIONS} (or another name "
+                              f"PyG's activation_resolver knows) or a callable, received "
+                              f"{act!r}") from None
+    if callable(act):
+        return act
+    raise ConfigTypeError(f"'{owner}': 'act' must be a name or a callable, received "
+                          f"{type(act).__name__}")
 
 
 def backbone_factory(name: str, heads: int = 4) -> ConvFactory:
@@ -42,7 +97,7 @@ def backbone_factory(name: str, heads: int = 4) -> ConvFactory:
             return GATConv(cin, cout, heads=1)
 
         return gat
-    raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+    raise ConfigError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
 
 
 class VQGNN(torch.nn.Module):
@@ -59,27 +114,35 @@ class VQGNN(torch.nn.Module):
 
     With ``exact_first_layer`` (default, ``residual=False`` only) the first layer reads
     the raw input features of every neighbour exactly
-    (:meth:`VQConv.set_constant_input`): it needs no codebook.
+    (:meth:`VQConv.set_constant_input`): it holds no codebook.
+
+    Called with a plain ``edge_index`` tensor in place of a :class:`VQGraph`
+    (``model(x, edge_index)``), the model runs PyG's own convolutions on that graph, like
+    a PyG ``BasicGNN``: the sampling baselines train it this way.
 
     Args:
         in_channels: input features.
         hidden_channels: hidden size.
-        out_channels: outputs (classes).
         num_layers: convolution layers (>= 1).
-        num_nodes: N, nodes of the graph.
+        out_channels: outputs (classes). The order of these four is PyG's ``BasicGNN``'s.
+        num_nodes: N, nodes of the graph (keyword-only).
         conv: backbone name (``'gcn'``, ``'sage'``, ``'gat'``) or a factory
             ``(in_channels, out_channels, layer_index) -> MessagePassing``.
-        num_codewords: K per layer.
+        num_codewords: K per layer (a shortcut for ``codebook.num_codewords``).
+        codebook: every codebook option (:class:`~vqgnn.quantize.CodebookOptions`).
         dropout: dropout probability.
-        norm: ``'none'``, ``'layer'`` or ``'batch'``.
-        act: ``'relu'``, ``'gelu'``, ``'elu'`` or ``'tanh'``.
+        norm: None/``'none'``, ``'layer'``, ``'batch'``, a module or a factory
+            (:func:`norm_factory`).
+        act: an activation name (PyG's resolver) or a callable.
+        act_kwargs: keyword arguments of a named activation.
         residual: the residual layout above.
         exact_first_layer: see above.
-        **vq_kwargs: passed to every :class:`VQConv` (``merge``, ``backward_approx``,
-            ``decay``, ...).
+        merge: merge messages sharing a codeword where the layer allows it.
+        backward_approx: add the approximated gradient messages in backward.
+        validate: check the values of every mini-batch's node ids (host syncs).
 
     Example:
-        >>> model = VQGNN(data.num_features, 64, 7, num_layers=2, num_nodes=data.num_nodes)
+        >>> model = VQGNN(data.num_features, 64, 2, 7, num_nodes=data.num_nodes)
         >>> graph = VQGraph(data.edge_index, data.num_nodes)
         >>> model.prepare(data.x, graph)        # codebook k-means, exact first layer
         >>> out_b = model(data.x[batch], graph, batch)
@@ -89,48 +152,53 @@ class VQGNN(torch.nn.Module):
         self,
         in_channels: int,
         hidden_channels: int,
-        out_channels: int,
         num_layers: int,
+        out_channels: int,
+        *,
         num_nodes: int,
         conv: Union[str, ConvFactory] = "gcn",
-        num_codewords: int = 256,
+        num_codewords: Optional[int] = None,
+        codebook: Optional[CodebookOptions] = None,
         dropout: float = 0.5,
-        norm: str = "none",
-        act: str = "relu",
+        norm: NormSpec = None,
+        act: Union[str, Callable[[Tensor], Tensor]] = "relu",
+        act_kwargs: Optional[dict[str, Any]] = None,
         residual: bool = False,
         exact_first_layer: bool = True,
-        **vq_kwargs: Any,
+        merge: bool = True,
+        backward_approx: bool = True,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         for arg, value in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
-                           ("out_channels", out_channels), ("num_layers", num_layers),
+                           ("num_layers", num_layers), ("out_channels", out_channels),
                            ("num_nodes", num_nodes)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"'{name}': 'dropout' must be in [0, 1), received {dropout!r}")
-        if norm not in NORMS:
-            raise ValueError(f"'{name}': 'norm' must be one of {NORMS}, received {norm!r}")
-        if act not in ACTIVATIONS:
-            raise ValueError(f"'{name}': 'act' must be one of {tuple(ACTIVATIONS)}, "
-                             f"received {act!r}")
+            raise ConfigError(f"'{name}': 'dropout' must be in [0, 1), received {dropout!r}")
+        make_norm = norm_factory(norm, name)
+        act_fn = resolve_act(act, name, **(act_kwargs or {}))
+        codebook = resolve_codebook(name, num_codewords, codebook)
         if isinstance(conv, str):
             if conv not in BACKBONES:
-                raise ValueError(f"'{name}': 'conv' must be one of {BACKBONES} or a factory, "
-                                 f"received {conv!r}")
+                raise ConfigError(f"'{name}': 'conv' must be one of {BACKBONES} or a factory, "
+                                  f"received {conv!r}")
             factory = backbone_factory(conv)
         elif callable(conv):
             factory = conv
         else:
-            raise TypeError(f"'{name}': 'conv' must be a backbone name or a factory, received "
-                            f"{type(conv).__name__}")
+            raise ConfigTypeError(f"'{name}': 'conv' must be a backbone name or a factory, "
+                                  f"received {type(conv).__name__}")
         self.in_channels, self.hidden_channels = in_channels, hidden_channels
         self.out_channels, self.num_layers = out_channels, num_layers
         self.dropout, self.residual = dropout, residual
-        self.act_name, self.norm_name = act, norm
-        self.act: Callable[[Tensor], Tensor] = ACTIVATIONS[act]
+        self.act_name = act if isinstance(act, str) else type(act).__name__
+        self.norm_name = norm if isinstance(norm, str) or norm is None else type(norm).__name__
+        self.act: Callable[[Tensor], Tensor] = act_fn
         self.exact_first_layer = exact_first_layer and not residual
+        self.codebook_options = codebook
 
         if residual:
             self.lin_in: Optional[torch.nn.Linear] = torch.nn.Linear(in_channels, hidden_channels)
@@ -142,23 +210,23 @@ class VQGNN(torch.nn.Module):
             dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
             sizes = list(zip(dims[:-1], dims[1:]))
         self.convs = torch.nn.ModuleList(
-            VQConv(factory(cin, cout, i), num_codewords, num_nodes, in_channels=cin, **vq_kwargs)
+            VQConv(factory(cin, cout, i), num_nodes=num_nodes, codebook=codebook,
+                   in_channels=cin, merge=merge, backward_approx=backward_approx,
+                   constant_input=(i == 0 and self.exact_first_layer), validate=validate)
             for i, (cin, cout) in enumerate(sizes))
         num_norms = num_layers if residual else num_layers - 1
         norm_dims = [cin if residual else cout for cin, cout in sizes][:num_norms]
-        self.norms = torch.nn.ModuleList(self._make_norm(d) for d in norm_dims)
+        self.norms = torch.nn.ModuleList(make_norm(d) for d in norm_dims)
 
     @property
     def layers(self) -> list[VQConv]:
         """The :class:`VQConv` layers, in order."""
         return list(self.convs)  # type: ignore[arg-type]
 
-    def _make_norm(self, channels: int) -> torch.nn.Module:
-        if self.norm_name == "layer":
-            return torch.nn.LayerNorm(channels)
-        if self.norm_name == "batch":
-            return torch.nn.BatchNorm1d(channels)
-        return torch.nn.Identity()
+    @property
+    def num_nodes(self) -> int:
+        """N, the nodes of the graph the model was built for."""
+        return self.layers[0].num_nodes
 
     def reset_parameters(self) -> None:
         for module in [*self.convs, *self.norms, self.lin_in, self.lin_out]:
@@ -185,28 +253,34 @@ class VQGNN(torch.nn.Module):
     def _output(self, h: Tensor) -> Tensor:
         return h if self.lin_out is None else self.lin_out(h)
 
-    def forward(self, x: Tensor, graph: VQGraph, batch: Optional[Tensor] = None) -> Tensor:
-        """VQ mini-batch forward (``batch`` given, ``x`` the batch's inputs) or exact full graph.
+    def forward(self, x: Tensor, graph: Union[VQGraph, Tensor], batch: Optional[Tensor] = None,
+                edge_weight: Optional[Tensor] = None) -> Tensor:
+        """VQ mini-batch forward (``batch`` given, ``x`` the batch's inputs), exact
+        full-graph forward (``batch=None``), or PyG's forward on an ``edge_index``.
 
         Args:
-            x: (b, F) inputs of the batch nodes, or (N, F) of all nodes with ``batch=None``.
-            graph: the full graph.
+            x: (b, F) inputs of the batch nodes, or (n, F) of all nodes of ``graph``.
+            graph: the full graph (:class:`VQGraph`), or a (2, E) ``edge_index`` on which
+                the wrapped PyG convolutions run as they are (e.g. a sampled subgraph).
             batch: (b,) node ids, or None.
+            edge_weight: (E,) weights of an ``edge_index`` (for the convolutions that
+                take them).
 
         Returns:
-            (b, out_channels) or (N, out_channels).
+            (b, out_channels) or (n, out_channels).
         """
         h = self._input(x)
         for i, conv in enumerate(self.layers):
-            h = self._after_conv(i, h, conv(self._conv_input(i, h), graph, batch))
+            z = conv(self._conv_input(i, h), graph, batch, edge_weight=edge_weight)
+            h = self._after_conv(i, h, z)
         return self._output(h)
 
     def _layerwise(self, x: Tensor, graph: VQGraph, batch_size: int, progress: bool,
                    before_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
         """Exact outputs of all nodes, one layer at a time over chunks of nodes."""
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"'{type(self).__name__}': 'batch_size' must be an int >= 1, "
-                             f"received {batch_size!r}")
+            raise ConfigError(f"'{type(self).__name__}': 'batch_size' must be an int >= 1, "
+                              f"received {batch_size!r}")
         chunks = torch.arange(graph.num_nodes, device=x.device).split(batch_size)
         h = torch.cat([self._input(x[c]) for c in chunks])
         for i, conv in enumerate(self.layers):
@@ -242,7 +316,7 @@ class VQGNN(torch.nn.Module):
             self.layers[0].set_constant_input(x, graph)
 
         def init(i: int, conv_in: Tensor) -> None:
-            if not (i == 0 and self.exact_first_layer):
+            if self.layers[i].has_codebook:
                 self.layers[i].init_codebook(conv_in, seed=seed + i)
 
         was_training = self.training
@@ -258,7 +332,7 @@ class VQGNN(torch.nn.Module):
 
     def codebook_health(self) -> Optional[CodebookHealth]:
         """Mean usage, perplexity and quantisation error over the quantized layers."""
-        healths = [c.health() for c in self.layers if c.quantizer.initialized]
+        healths = [c.health() for c in self.layers if c.initialized]
         if not healths:
             return None
         return CodebookHealth(
@@ -268,8 +342,8 @@ class VQGNN(torch.nn.Module):
         )
 
     def __repr__(self) -> str:
-        first = self.layers[0]
-        conv = type(first.conv).__name__
+        conv = type(self.layers[0].conv).__name__
         return (f"{type(self).__name__}({self.in_channels}, {self.hidden_channels}, "
-                f"{self.out_channels}, num_layers={self.num_layers}, conv={conv}, "
-                f"num_codewords={first.num_codewords}, residual={self.residual})")
+                f"num_layers={self.num_layers}, out_channels={self.out_channels}, conv={conv}, "
+                f"num_codewords={self.codebook_options.num_codewords}, "
+                f"residual={self.residual})")

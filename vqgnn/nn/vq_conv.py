@@ -1,7 +1,10 @@
 """``VQConv``: any PyG ``MessagePassing`` layer, trained on mini-batches with every message."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import inspect
+import warnings
+from dataclasses import replace
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -19,6 +22,7 @@ from vqgnn.batching.lowrank import (
     gather_rows,
     lowrank_backward,
 )
+from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.adapters import (
     LINEAR_AGGRS,
     ConvAdapter,
@@ -29,6 +33,7 @@ from vqgnn.nn.adapters import (
     run_capturing_aggregate,
 )
 from vqgnn.quantize.codebook import CodebookHealth
+from vqgnn.quantize.options import CodebookOptions
 from vqgnn.quantize.quantizer import FeatureGradientQuantizer
 
 
@@ -70,6 +75,24 @@ class _Pending:
         self.grad = grad.detach()
 
 
+def resolve_codebook(owner: str, num_codewords: Optional[int],
+                     codebook: Optional[CodebookOptions]) -> CodebookOptions:
+    """The codebook options from ``num_codewords`` (a shortcut) and ``codebook``."""
+    if codebook is not None and not isinstance(codebook, CodebookOptions):
+        raise ConfigTypeError(f"'{owner}': 'codebook' must be a CodebookOptions, received "
+                              f"{type(codebook).__name__}")
+    if num_codewords is None:
+        return codebook if codebook is not None else CodebookOptions()
+    if codebook is not None and codebook.num_codewords != num_codewords:
+        raise ConfigError(f"'{owner}': 'num_codewords' ({num_codewords!r}) differs from "
+                          f"'codebook.num_codewords' ({codebook.num_codewords}); give one")
+    if not isinstance(num_codewords, int) or isinstance(num_codewords, bool) or num_codewords < 1:
+        raise ConfigError(f"'{owner}': 'num_codewords' must be an int >= 1, "
+                          f"received {num_codewords!r}")
+    return replace(codebook if codebook is not None else CodebookOptions(),
+                   num_codewords=num_codewords)
+
+
 class VQConv(torch.nn.Module):
     r"""Wraps a PyG ``MessagePassing`` layer for VQ-GNN mini-batch training.
 
@@ -85,10 +108,15 @@ class VQConv(torch.nn.Module):
       codewords: the gradient of :math:`\sum_j \langle \mathrm{out}_j(X_B),
       \mathrm{stopgrad}(g_{c(j)}) \rangle` w.r.t. :math:`X_B`, with the layer's
       parameters detached (no gradient to them; no value added to the loss);
-    * the gradient of the loss at the batch's aggregated output is captured, and
-      :meth:`update_codebook` (called after ``backward()``, or automatically at the next
-      training step) moves the codebook by EMA k-means and refreshes the batch nodes'
-      assignments.
+    * the gradient of the loss at the batch's aggregated output (:meth:`aggregated`:
+      for GCN the normalised sum of the transformed inputs :math:`C X W`, before the bias;
+      for SAGE and GraphConv the sum or mean after the neighbour linear map; for
+      attention the attention-weighted sum of the transformed inputs) is
+      captured (:attr:`captured`), and :meth:`update_codebook`, called explicitly after
+      ``backward()``, moves the codebook by EMA k-means and refreshes the batch nodes'
+      assignments. With ``auto_update=True`` the next training forward applies a pair
+      left pending; otherwise a pending pair that was never applied is dropped with a
+      warning.
 
     For layers whose messages are linear in the source features (GCN, SAGE with mean
     or sum, GraphConv, GIN), the backward term is exact given the codewords. For
@@ -98,22 +126,32 @@ class VQConv(torch.nn.Module):
     (:class:`~vqgnn.nn.adapters.GenericAdapter`) the layer itself computes the messages
     to out-of-batch neighbours, exact for sum/mean aggregation of linear messages.
 
-    Calling the layer without ``batch`` runs it on the full graph, exactly: through the
-    adapter (one sparse product per layer for linear layers; tested equal to the wrapped
-    layer) or, for layers without an adapter of their own, the wrapped layer itself.
-    With ``batch`` in ``eval()`` mode it runs VQ-approximated mini-batch inference.
+    Calling the layer with a :class:`~vqgnn.batching.VQGraph` and no ``batch`` runs it
+    on the full graph, exactly: through the adapter (one sparse product per layer for
+    linear layers; tested equal to the wrapped layer) or, for layers without an adapter
+    of their own, the wrapped layer itself. With ``batch`` in ``eval()`` mode it runs
+    VQ-approximated mini-batch inference. Called with a plain ``edge_index`` tensor
+    (PyG's ``conv(x, edge_index)``), it is the wrapped layer itself, unchanged: the
+    sampling baselines run a model this way on their subgraphs.
 
     Args:
         conv: the layer to wrap (a ``MessagePassing`` instance; it is not modified).
-        num_codewords: K, codewords of this layer's codebook.
+        num_codewords: K, codewords of this layer's codebook (a shortcut for
+            ``codebook.num_codewords``; giving both with different values is an error).
         num_nodes: N, nodes of the graph (size of the assignment table).
+        codebook: every codebook option (:class:`~vqgnn.quantize.CodebookOptions`).
         in_channels: the layer's input channels, when the layer does not tell them.
         merge: merge messages sharing a codeword where the layer allows it.
         backward_approx: add the approximated gradient messages in backward.
         adapter: how to run ``conv`` (default: by its type, see
             :func:`~vqgnn.nn.adapters.adapter_for`).
-        **quantizer_kwargs: passed to :class:`~vqgnn.quantize.FeatureGradientQuantizer`
-            (``decay``, ``dead_threshold``, ``momentum``, ``kmeans_backend``, ...).
+        constant_input: the layer reads constant inputs (e.g. raw features): it holds
+            no codebook, and :meth:`set_constant_input` must be called before mini-batch
+            steps. Its mini-batch outputs are exact.
+        auto_update: apply a captured pair left pending at the next training forward,
+            instead of dropping it with a warning.
+        validate: check the values of every ``batch`` (ids in range, distinct), which
+            costs host synchronisations on a GPU; shapes and dtypes are always checked.
 
     Example:
         >>> graph = VQGraph(data.edge_index, data.num_nodes)
@@ -126,58 +164,90 @@ class VQConv(torch.nn.Module):
     def __init__(
         self,
         conv: MessagePassing,
-        num_codewords: int,
-        num_nodes: int,
+        num_codewords: Optional[int] = None,
+        num_nodes: Optional[int] = None,
         *,
+        codebook: Optional[CodebookOptions] = None,
         in_channels: Optional[int] = None,
         merge: bool = True,
         backward_approx: bool = True,
         adapter: Optional[ConvAdapter] = None,
-        **quantizer_kwargs: Any,
+        constant_input: bool = False,
+        auto_update: bool = False,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(conv, MessagePassing):
-            raise TypeError(f"'VQConv' wraps a torch_geometric MessagePassing layer, "
-                            f"received {type(conv).__name__}")
-        if not isinstance(num_codewords, int) or num_codewords < 1:
-            raise ValueError(f"'VQConv': 'num_codewords' must be an int >= 1, "
-                             f"received {num_codewords!r}")
+            raise ConfigTypeError(f"'VQConv' wraps a torch_geometric MessagePassing layer, "
+                                  f"received {type(conv).__name__}")
+        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+            raise ConfigError(f"'VQConv': 'num_nodes' must be an int >= 1, "
+                              f"received {num_nodes!r}")
+        codebook = resolve_codebook("VQConv", num_codewords, codebook)
+        if getattr(conv, "flow", "source_to_target") != "source_to_target":
+            raise ConfigError(f"'VQConv' supports flow='source_to_target' only, received "
+                              f"{type(conv).__name__} with flow={conv.flow!r} (reverse "
+                              f"'edge_index' instead)")
         self.conv = conv
         self.adapter = adapter if adapter is not None else adapter_for(conv)
         self.adapter.check(conv)
         in_channels = in_channels if in_channels is not None else self.adapter.in_channels(conv)
         if in_channels is None:
-            raise ValueError(f"'VQConv' cannot read the input channels of "
-                             f"'{type(conv).__name__}'; pass 'in_channels'")
+            raise ConfigError(f"'VQConv' cannot read the input channels of "
+                              f"'{type(conv).__name__}'; pass 'in_channels'")
         if (backward_approx and isinstance(self.adapter, GenericAdapter)
                 and _aggr_name(conv) not in LINEAR_AGGRS):
-            raise ValueError(f"'VQConv': the backward approximation of "
-                             f"'{type(conv).__name__}' needs aggr in {LINEAR_AGGRS}, received "
-                             f"{_aggr_name(conv)!r}; pass backward_approx=False or register "
-                             f"an adapter")
+            raise ConfigError(f"'VQConv': the backward approximation of "
+                              f"'{type(conv).__name__}' needs aggr in {LINEAR_AGGRS}, received "
+                              f"{_aggr_name(conv)!r}; pass backward_approx=False or register "
+                              f"an adapter")
         self.in_channels = in_channels
         self.merge = merge and self.adapter.mergeable
         self.backward_approx = backward_approx
-        self.quantizer = FeatureGradientQuantizer(
-            num_nodes, in_channels, self.adapter.agg_channels(conv, in_channels),
-            num_codewords, **quantizer_kwargs)
+        self.codebook_options = codebook
+        self.auto_update = auto_update
+        self.validate = validate
+        self._num_nodes = num_nodes
+        self._edge_weight_arg = "edge_weight" in inspect.signature(conv.forward).parameters
+        # A constant-input layer holds no codebook (and no (N,) assignment table).
+        self.quantizer: Optional[FeatureGradientQuantizer] = None if constant_input else (
+            FeatureGradientQuantizer.from_options(
+                num_nodes, in_channels, self.adapter.agg_channels(conv, in_channels), codebook))
         self._operator: Optional[tuple[VQGraph, SparseOperator]] = None
         self._pending: Optional[_Pending] = None
         self._constant: Optional[tuple[VQGraph, Tensor, Optional[Tensor]]] = None
 
     @property
     def num_codewords(self) -> int:
-        return self.quantizer.num_codewords
+        """K (0 for a constant-input layer, which holds no codebook)."""
+        return 0 if self.quantizer is None else self.quantizer.num_codewords
 
     @property
     def num_nodes(self) -> int:
-        return self.quantizer.num_nodes
+        return self._num_nodes
+
+    @property
+    def has_codebook(self) -> bool:
+        """Whether the layer holds a codebook (False for ``constant_input=True``)."""
+        return self.quantizer is not None
+
+    @property
+    def initialized(self) -> bool:
+        """Whether the codebook holds codewords (False without a codebook)."""
+        return self.quantizer is not None and self.quantizer.initialized
+
+    def _require_codebook(self, what: str) -> FeatureGradientQuantizer:
+        if self.quantizer is None:
+            raise ConfigError(f"'VQConv.{what}': the layer was built with constant_input=True "
+                              f"and holds no codebook")
+        return self.quantizer
 
     def reset_parameters(self) -> None:
         """Reset the wrapped layer and forget the codebook."""
         if hasattr(self.conv, "reset_parameters"):
             self.conv.reset_parameters()
-        self.quantizer.reset_parameters()
+        if self.quantizer is not None:
+            self.quantizer.reset_parameters()
         self._pending = None
 
     def operator(self, graph: VQGraph) -> SparseOperator:
@@ -192,33 +262,73 @@ class VQConv(torch.nn.Module):
 
         The gradient halves start at their running mean (no gradient is known yet).
         """
+        quantizer = self._require_codebook("init_codebook")
         if node_idx is None:
             node_idx = torch.arange(x.size(0), device=x.device)
-        self.quantizer.initialize(node_idx, x, None, seed=seed)
+        quantizer.initialize(node_idx, x, None, seed=seed)
+
+    def set_codewords(self, features: Tensor, gradients: Tensor,
+                      assignment: Optional[Tensor] = None) -> None:
+        """Set the codewords' feature and gradient halves (original scales) and
+        optionally every node's assignment (an oracle codebook, or an external one).
+
+        Args:
+            features: (K, D_in).
+            gradients: (K, D_agg), ``D_agg`` the channels of :meth:`aggregated`.
+            assignment: (N,) codeword of every node.
+        """
+        self._require_codebook("set_codewords").set_codewords(features, gradients, assignment)
+
+    def set_assignment(self, assignment: Tensor) -> None:
+        """Set the (N,) codeword of every node (values in [0, K))."""
+        quantizer = self._require_codebook("set_assignment")
+        k = quantizer.num_codewords
+        if (not isinstance(assignment, Tensor) or assignment.shape != (self.num_nodes,)
+                or assignment.is_floating_point()):
+            shape = (tuple(assignment.shape) if isinstance(assignment, Tensor)
+                     else type(assignment).__name__)
+            raise ConfigError(f"'VQConv.set_assignment': 'assignment' must be an integer "
+                              f"tensor of shape ({self.num_nodes},), received {shape}")
+        lo, hi = int(assignment.min()), int(assignment.max())
+        if lo < 0 or hi >= k:
+            raise ConfigError(f"'VQConv.set_assignment': 'assignment' holds codewords in "
+                              f"[{lo}, {hi}], outside [0, {k})")
+        quantizer.assignment.copy_(assignment.to(quantizer.assignment))
 
     def health(self) -> CodebookHealth:
         """Codebook usage, perplexity and relative quantisation error."""
-        return self.quantizer.health()
+        return self._require_codebook("health").health()
 
-    def forward(self, x: Tensor, graph: VQGraph, batch: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, graph: Union[VQGraph, Tensor], batch: Optional[Tensor] = None,
+                edge_weight: Optional[Tensor] = None) -> Tensor:
         """Run the layer.
 
         Args:
             x: (N, D_in) inputs of all nodes when ``batch`` is None, else (b, D_in)
                 inputs of the batch nodes, in ``batch``'s order.
-            graph: the full graph.
+            graph: the full graph, or a (2, E) ``edge_index`` to run the wrapped layer
+                itself (PyG's call, e.g. on a sampled subgraph).
             batch: (b,) distinct node ids, or None for exact full-graph execution.
+            edge_weight: (E,) edge weights of an ``edge_index`` call (passed to layers
+                that take ``edge_weight``; others ignore them, as PyG's ``BasicGNN`` does).
 
         Returns:
             (N, D_out) or (b, D_out) outputs.
         """
+        if isinstance(graph, Tensor):
+            if batch is not None:
+                raise ConfigError("'VQConv': 'batch' needs a VQGraph; with an 'edge_index' "
+                                  "tensor the wrapped layer runs on that graph as it is")
+            if edge_weight is not None and self._edge_weight_arg:
+                return self.conv(x, graph, edge_weight=edge_weight)
+            return self.conv(x, graph)
         if not isinstance(graph, VQGraph):
-            raise TypeError(f"'VQConv': 'graph' must be a VQGraph, received "
-                            f"{type(graph).__name__}")
+            raise ConfigTypeError(f"'VQConv': 'graph' must be a VQGraph or an edge_index "
+                                  f"tensor, received {type(graph).__name__}")
         if batch is None:
             if x.size(0) != graph.num_nodes:
-                raise ValueError(f"'VQConv': full-graph 'x' must have {graph.num_nodes} rows, "
-                                 f"received {x.size(0)}")
+                raise ConfigError(f"'VQConv': full-graph 'x' must have {graph.num_nodes} rows, "
+                                  f"received {x.size(0)}")
             if isinstance(self.adapter, GenericAdapter):
                 return self.conv(x, graph.edge_index)
             return self._full(x, graph)
@@ -227,34 +337,41 @@ class VQConv(torch.nn.Module):
     def _full(self, x: Tensor, graph: VQGraph) -> Tensor:
         """The whole graph through the adapter: one sparse product per layer for linear
         layers (PyG's edge-wise layers materialise an (E, D) message tensor instead)."""
+        return self._full_pair(x, graph)[0]
+
+    def _full_pair(self, x: Tensor, graph: VQGraph) -> tuple[Tensor, Tensor]:
         op = self.operator(graph)
         n = graph.num_nodes
         row = graph.cached(("rows", id(op)), lambda: torch.repeat_interleave(
             torch.arange(n, device=x.device), op.rowptr.diff()))
         edges = BatchEdges(row, op.col, op.value, torch.ones_like(op.value), n, n, merged=True)
-        return self.adapter.forward(self.conv, x, x, edges)[0]
+        return self.adapter.forward(self.conv, x, x, edges)
 
     def _check_batch(self, x: Optional[Tensor], graph: VQGraph, batch: Tensor) -> None:
-        graph.check_batch(batch, "VQConv")
+        graph.check_batch(batch, "VQConv", values=self.validate)
         if graph.num_nodes != self.num_nodes:
-            raise ValueError(f"'VQConv' was built for num_nodes={self.num_nodes}, the graph "
-                             f"has {graph.num_nodes}")
+            raise ConfigError(f"'VQConv' was built for num_nodes={self.num_nodes}, the graph "
+                              f"has {graph.num_nodes}")
         b = batch.numel()
         if x is not None and (x.dim() != 2 or x.shape != (b, self.in_channels)):
-            raise ValueError(f"'VQConv': 'x' must have shape ({b}, {self.in_channels}) for a "
-                             f"batch of {b} nodes, received {tuple(x.shape)}")
+            raise ConfigError(f"'VQConv': 'x' must have shape ({b}, {self.in_channels}) for a "
+                              f"batch of {b} nodes, received {tuple(x.shape)}")
 
     def _forward_batch(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
         self._check_batch(x, graph, batch)
         if self._constant is not None:
             return self._forward_constant(x, graph, batch)
+        quantizer = self.quantizer
+        if quantizer is None:
+            raise ConfigError("'VQConv': this layer has constant inputs (constant_input=True) "
+                              "and no codebook; call set_constant_input(x, graph) before "
+                              "mini-batch steps")
         b = batch.numel()
         training = self.training and torch.is_grad_enabled()
         if training:
-            self.update_codebook()
+            self._settle_pending()
             if not x.requires_grad:  # the gradient at the aggregated output is needed
                 x = x.detach().requires_grad_()
-        quantizer = self.quantizer
         op = self.operator(graph)
         local = graph.local
         local[batch] = torch.arange(b, device=batch.device)
@@ -294,8 +411,8 @@ class VQConv(torch.nn.Module):
             return
         if graph is None or x.shape != (graph.num_nodes, self.in_channels):
             shape = tuple(x.shape)
-            raise ValueError(f"'VQConv.set_constant_input' needs the graph and 'x' of shape "
-                             f"(num_nodes, {self.in_channels}), received {shape}")
+            raise ConfigError(f"'VQConv.set_constant_input' needs the graph and 'x' of shape "
+                              f"(num_nodes, {self.in_channels}), received {shape}")
         aggregated = None
         if isinstance(self.adapter, LinearAdapter) and self.adapter.message_is_linear_map(
                 self.conv):
@@ -307,7 +424,7 @@ class VQConv(torch.nn.Module):
     def _forward_constant(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
         const_graph, x_all, aggregated = self._constant  # type: ignore[misc]
         if const_graph is not graph:
-            raise ValueError("'VQConv': the constant input was set for another graph")
+            raise ConfigError("'VQConv': the constant input was set for another graph")
         if aggregated is None:
             return self._exact(x_all, graph, batch, x)
         adapter = self.adapter
@@ -323,8 +440,8 @@ class VQConv(torch.nn.Module):
         """
         self._check_batch(None, graph, batch)
         if x.shape != (graph.num_nodes, self.in_channels):
-            raise ValueError(f"'VQConv.inference': 'x' must have shape ({graph.num_nodes}, "
-                             f"{self.in_channels}), received {tuple(x.shape)}")
+            raise ConfigError(f"'VQConv.inference': 'x' must have shape ({graph.num_nodes}, "
+                              f"{self.in_channels}), received {tuple(x.shape)}")
         return self._exact(x, graph, batch, x[batch])
 
     def _exact(self, x_all: Tensor, graph: VQGraph, batch: Tensor, x_dst: Tensor) -> Tensor:
@@ -340,7 +457,7 @@ class VQConv(torch.nn.Module):
 
     def _inject_backward(self, out: Tensor, x: Tensor, graph: VQGraph,
                          edges: BackwardEdges) -> Tensor:
-        grads = self.quantizer.gradients().to(x.dtype)  # (K, D_agg)
+        grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
         if isinstance(self.adapter, GenericAdapter):
             target, extra = self._generic_backward_message(x, graph, edges, grads)
         else:
@@ -354,8 +471,9 @@ class VQConv(torch.nn.Module):
         """What each out-of-batch neighbour aggregates from the batch, and its codeword gradient."""
         b = x.size(0)
         targets, inverse = torch.unique(edges.target, return_inverse=True)  # (u,)
-        codes = self.quantizer.assignment[targets].long()
-        x_all = torch.cat([x, self.quantizer.features().to(x.dtype)[codes]], dim=0)
+        quantizer = self._require_codebook("backward")
+        codes = quantizer.assignment[targets].long()
+        x_all = torch.cat([x, quantizer.features().to(x.dtype)[codes]], dim=0)
         edge_index = torch.stack([edges.row, b + inverse])
         params = {name: p.detach() for name, p in self.conv.named_parameters()}
 
@@ -369,18 +487,61 @@ class VQConv(torch.nn.Module):
             agg = agg * (count / graph.in_degree[targets].clamp_min(1).to(agg.dtype)).unsqueeze(1)
         return agg, grads[codes]
 
+    def _settle_pending(self) -> None:
+        """At a training forward: the previous batch's pair, if never applied."""
+        pending = self._pending
+        if pending is None or pending.grad is None:
+            return
+        if self.auto_update:
+            self.update_codebook()
+            return
+        self._pending = None
+        warnings.warn("'VQConv': the previous training batch's captured (input, gradient) "
+                      "pair was never applied and is dropped; call update_codebook() after "
+                      "backward(), or build the layer with auto_update=True", stacklevel=3)
+
     @torch.no_grad()
     def update_codebook(self) -> bool:
-        """Apply the last training batch's (input, gradient) pairs to the codebook.
+        """Apply the last training batch's (input, gradient) pairs to the codebook: one
+        EMA k-means step, and the batch nodes' assignments refreshed. Call it after
+        ``backward()`` (and the optimizer step) of every training step.
 
         Returns:
-            Whether an update was applied (False when no gradient was captured).
+            Whether an update was applied (False when no gradient was captured, or
+            the layer holds no codebook).
         """
         captured = self.take_captured()
-        if captured is None:
+        if captured is None or self.quantizer is None:
             return False
         self.quantizer.update(captured.batch, captured.x, captured.grad.float())
         return True
+
+    @property
+    def captured(self) -> Optional[Captured]:
+        """The last training batch's (nodes, inputs, gradients at :meth:`aggregated`),
+        without removing it; None before its backward."""
+        pending = self._pending
+        if pending is None or pending.grad is None:
+            return None
+        return Captured(pending.batch, pending.x, pending.grad)
+
+    def aggregated(self, x: Tensor, graph: VQGraph) -> Tensor:
+        """The aggregated output of all nodes, exactly: the point whose gradient is
+        captured and quantized with each node's input (the codewords' gradient half).
+
+        Args:
+            x: (N, D_in) inputs of all nodes.
+            graph: the full graph.
+
+        Returns:
+            (N, D_agg).
+        """
+        if x.size(0) != graph.num_nodes:
+            raise ConfigError(f"'VQConv.aggregated': 'x' must have {graph.num_nodes} rows, "
+                              f"received {x.size(0)}")
+        if isinstance(self.adapter, GenericAdapter):
+            return run_capturing_aggregate(self.conv, x, graph.edge_index, self.conv.__call__)[1]
+        return self._full_pair(x, graph)[1]
 
     def take_captured(self) -> Optional[Captured]:
         """The last training batch's (nodes, inputs, gradients), removed from the queue.
@@ -388,13 +549,13 @@ class VQConv(torch.nn.Module):
         None when no gradient reached the layer's aggregated output since its last
         training forward.
         """
-        pending, self._pending = self._pending, None
-        if pending is None or pending.grad is None:
-            return None
-        return Captured(pending.batch, pending.x, pending.grad)
+        captured, self._pending = self.captured, None
+        return captured
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.conv}, num_codewords={self.num_codewords}, "
+        codebook = ("constant_input=True" if self.quantizer is None
+                    else f"num_codewords={self.num_codewords}")
+        return (f"{type(self).__name__}({self.conv}, {codebook}, "
                 f"num_nodes={self.num_nodes}, merge={self.merge}, "
                 f"backward_approx={self.backward_approx})")
 
@@ -424,14 +585,14 @@ def init_codebooks(model: torch.nn.Module, *inputs: Any, seed: int = 0, **kwargs
     """
     layers = [m for m in model.modules() if isinstance(m, VQConv)]
     if not layers:
-        raise ValueError(f"init_codebooks: '{type(model).__name__}' holds no VQConv layer")
+        raise ConfigError(f"init_codebooks: '{type(model).__name__}' holds no VQConv layer")
     seen: dict[int, Tensor] = {}
 
     def record(module: torch.nn.Module, args: tuple, kw: dict) -> None:
         batch = args[2] if len(args) > 2 else kw.get("batch")
         if batch is not None:
-            raise ValueError("init_codebooks needs a full-graph forward; a VQConv was called "
-                             "with 'batch'")
+            raise ConfigError("init_codebooks needs a full-graph forward; a VQConv was called "
+                              "with 'batch'")
         seen[id(module)] = args[0] if args else kw["x"]
 
     handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
@@ -445,7 +606,7 @@ def init_codebooks(model: torch.nn.Module, *inputs: Any, seed: int = 0, **kwargs
             handle.remove()
     count = 0
     for i, layer in enumerate(layers):
-        if layer._constant is None and id(layer) in seen:
+        if layer.has_codebook and layer._constant is None and id(layer) in seen:
             layer.init_codebook(seen[id(layer)], seed=seed + i)
             count += 1
     return count

@@ -11,10 +11,12 @@ from vqgnn.quantize.functional import (
     nearest_codeword,
     perplexity,
 )
+from vqgnn.quantize.options import CodebookOptions
 from vqgnn.quantize.quantizer import FeatureGradientQuantizer, RunningStandardizer
 
 __all__ = [
-    "Codebook", "CodebookHealth", "FeatureGradientQuantizer", "RunningStandardizer",
+    "Codebook", "CodebookHealth", "CodebookOptions", "FeatureGradientQuantizer",
+    "RunningStandardizer",
     "batch_statistics", "ema_inplace", "has_faiss", "kmeans", "kmeans_faiss", "kmeans_torch",
     "laplace_smoothing", "nearest_codeword", "noop_all_reduce", "perplexity",
 ]

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from vqgnn.errors import ConfigError
 from vqgnn.quantize.functional import (
     batch_statistics,
     ema_inplace,
@@ -94,20 +95,20 @@ class Codebook(torch.nn.Module):
         super().__init__()
         name = type(self).__name__
         if not isinstance(num_codewords, int) or num_codewords < 1:
-            raise ValueError(f"'{name}': 'num_codewords' must be an int >= 1, "
-                             f"received {num_codewords!r}")
+            raise ConfigError(f"'{name}': 'num_codewords' must be an int >= 1, "
+                              f"received {num_codewords!r}")
         if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"'{name}': 'dim' must be an int >= 1, received {dim!r}")
+            raise ConfigError(f"'{name}': 'dim' must be an int >= 1, received {dim!r}")
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"'{name}': 'decay' must be in [0, 1), received {decay!r}")
+            raise ConfigError(f"'{name}': 'decay' must be in [0, 1), received {decay!r}")
         if eps <= 0:
-            raise ValueError(f"'{name}': 'eps' must be > 0, received {eps!r}")
+            raise ConfigError(f"'{name}': 'eps' must be > 0, received {eps!r}")
         if not 0.0 <= dead_threshold < 1.0:
-            raise ValueError(f"'{name}': 'dead_threshold' must be in [0, 1), "
+            raise ConfigError(f"'{name}': 'dead_threshold' must be in [0, 1), "
                              f"received {dead_threshold!r}")
         if kmeans_backend not in ("auto", "faiss", "torch"):
-            raise ValueError(f"'{name}': 'kmeans_backend' must be 'auto', 'faiss' or 'torch', "
-                             f"received {kmeans_backend!r}")
+            raise ConfigError(f"'{name}': 'kmeans_backend' must be 'auto', 'faiss' or 'torch', "
+                              f"received {kmeans_backend!r}")
         self.num_codewords = num_codewords
         self.dim = dim
         self.decay = decay
@@ -133,8 +134,8 @@ class Codebook(torch.nn.Module):
 
     def _check_vectors(self, x: Tensor, arg: str = "x") -> None:
         if x.dim() != 2 or x.size(1) != self.dim:
-            raise ValueError(f"'{type(self).__name__}' expects '{arg}' of shape (N, {self.dim}), "
-                             f"received {tuple(x.shape)}")
+            raise ConfigError(f"'{type(self).__name__}' expects '{arg}' of shape (N, {self.dim}), "
+                              f"received {tuple(x.shape)}")
 
     @fp32
     def init_(self, x: Tensor, seed: int = 0) -> Tensor:
@@ -173,13 +174,13 @@ class Codebook(torch.nn.Module):
             counts: (K,) positive EMA counts.
         """
         if codewords.shape != self.embed.shape:
-            raise ValueError(f"'{type(self).__name__}': 'codewords' must have shape "
-                             f"{tuple(self.embed.shape)}, received {tuple(codewords.shape)}")
+            raise ConfigError(f"'{type(self).__name__}': 'codewords' must have shape "
+                              f"{tuple(self.embed.shape)}, received {tuple(codewords.shape)}")
         if counts is None:
             counts = torch.ones(self.num_codewords, device=codewords.device)
         if counts.shape != self.cluster_size.shape or bool((counts <= 0).any()):
-            raise ValueError(f"'{type(self).__name__}': 'counts' must be positive with shape "
-                             f"{tuple(self.cluster_size.shape)}, received {tuple(counts.shape)}")
+            raise ConfigError(f"'{type(self).__name__}': 'counts' must be positive with shape "
+                              f"{tuple(self.cluster_size.shape)}, received {tuple(counts.shape)}")
         self.embed.copy_(codewords.float())
         self.cluster_size.copy_(counts.float())
         self.embed_sum.copy_(self.embed * self.cluster_size.unsqueeze(1))

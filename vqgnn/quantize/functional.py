@@ -10,6 +10,8 @@ from typing import Any, Callable, NamedTuple, Optional, TypeVar
 import torch
 from torch import Tensor
 
+from vqgnn.errors import ConfigError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 try:  # faiss is a declared dependency, but the torch path must work without it.
@@ -81,12 +83,12 @@ def nearest_codeword(x: Tensor, codewords: Tensor, chunk_size: int = 65536) -> T
         tensor([0, 1])
     """
     if x.dim() != 2 or codewords.dim() != 2 or x.size(1) != codewords.size(1):
-        raise ValueError(
+        raise ConfigError(
             f"nearest_codeword expects x of shape (N, D) and codewords of shape (K, D); "
             f"received x {tuple(x.shape)} and codewords {tuple(codewords.shape)}"
         )
     if chunk_size < 1:
-        raise ValueError(f"nearest_codeword: 'chunk_size' must be >= 1, received {chunk_size}")
+        raise ConfigError(f"nearest_codeword: 'chunk_size' must be >= 1, received {chunk_size}")
     x = x.float()
     codewords = codewords.float()
     v_sq = codewords.pow(2).sum(dim=1)  # (K,)
@@ -226,7 +228,7 @@ def kmeans(x: Tensor, num_codewords: int, num_iters: int = 20, seed: int = 0,
         :class:`KMeansResult`.
     """
     if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(
+        raise ConfigError(
             f"kmeans: 'backend' must be 'auto', 'faiss' or 'torch', received {backend!r}")
     if backend == "faiss" or (backend == "auto" and faiss is not None):
         return kmeans_faiss(x, num_codewords, num_iters, seed)
@@ -235,11 +237,12 @@ def kmeans(x: Tensor, num_codewords: int, num_iters: int = 20, seed: int = 0,
 
 def _check_kmeans_args(x: Tensor, num_codewords: int, num_iters: int) -> None:
     if x.dim() != 2 or x.size(0) == 0:
-        raise ValueError(f"kmeans expects x of shape (N, D) with N >= 1, received {tuple(x.shape)}")
+        raise ConfigError(f"kmeans expects x of shape (N, D) with N >= 1, "
+                          f"received {tuple(x.shape)}")
     if num_codewords < 1:
-        raise ValueError(f"kmeans: 'num_codewords' must be >= 1, received {num_codewords}")
+        raise ConfigError(f"kmeans: 'num_codewords' must be >= 1, received {num_codewords}")
     if num_iters < 0:
-        raise ValueError(f"kmeans: 'num_iters' must be >= 0, received {num_iters}")
+        raise ConfigError(f"kmeans: 'num_iters' must be >= 0, received {num_iters}")
 
 
 def perplexity(counts: Tensor) -> Tensor:

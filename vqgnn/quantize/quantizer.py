@@ -6,8 +6,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vqgnn.errors import ConfigError
 from vqgnn.quantize.codebook import AllReduceFn, Codebook, CodebookHealth, noop_all_reduce
 from vqgnn.quantize.functional import fp32
+from vqgnn.quantize.options import CodebookOptions
 
 
 class RunningStandardizer(torch.nn.Module):
@@ -29,8 +31,8 @@ class RunningStandardizer(torch.nn.Module):
     def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"'{type(self).__name__}': 'momentum' must be in (0, 1], "
-                             f"received {momentum!r}")
+            raise ConfigError(f"'{type(self).__name__}': 'momentum' must be in (0, 1], "
+                              f"received {momentum!r}")
         self.dim = dim
         self.momentum = momentum
         self.eps = eps
@@ -90,7 +92,10 @@ class FeatureGradientQuantizer(torch.nn.Module):
         grad_eps: variance epsilon of the gradient half (gradients are tiny).
         index_dtype: ``torch.int64`` or ``torch.int32`` for the assignment.
         all_reduce_fn: sums batch statistics across workers (default: no-op).
-        **codebook_kwargs: passed to :class:`Codebook` (decay, eps, dead_threshold, ...).
+        decay, eps, dead_threshold, kmeans_iters, kmeans_backend, chunk_size: the
+            :class:`Codebook`'s (see :class:`~vqgnn.quantize.CodebookOptions`).
+
+    :meth:`from_options` builds one from a :class:`~vqgnn.quantize.CodebookOptions`.
     """
 
     assignment: Tensor
@@ -105,26 +110,45 @@ class FeatureGradientQuantizer(torch.nn.Module):
         grad_eps: float = 1e-20,
         index_dtype: torch.dtype = torch.int64,
         all_reduce_fn: Optional[AllReduceFn] = None,
-        **codebook_kwargs,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        dead_threshold: float = 0.01,
+        kmeans_iters: int = 20,
+        kmeans_backend: str = "auto",
+        chunk_size: int = 65536,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         for arg, value in (("num_nodes", num_nodes), ("feature_dim", feature_dim),
                            ("grad_dim", grad_dim)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
+                raise ConfigError(f"'{name}': '{arg}' must be an int >= 1, received {value!r}")
         if index_dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"'{name}': 'index_dtype' must be torch.int64 or torch.int32, "
-                             f"received {index_dtype}")
+            raise ConfigError(f"'{name}': 'index_dtype' must be torch.int64 or torch.int32, "
+                              f"received {index_dtype}")
         self.num_nodes = num_nodes
         self.feature_dim = feature_dim
         self.grad_dim = grad_dim
         self.all_reduce_fn: AllReduceFn = all_reduce_fn or noop_all_reduce
-        self.codebook = Codebook(num_codewords, feature_dim + grad_dim,
-                                 all_reduce_fn=self.all_reduce_fn, **codebook_kwargs)
+        self.codebook = Codebook(num_codewords, feature_dim + grad_dim, decay=decay, eps=eps,
+                                 dead_threshold=dead_threshold, kmeans_iters=kmeans_iters,
+                                 kmeans_backend=kmeans_backend, chunk_size=chunk_size,
+                                 all_reduce_fn=self.all_reduce_fn)
         self.x_norm = RunningStandardizer(feature_dim, momentum)
         self.g_norm = RunningStandardizer(grad_dim, momentum, eps=grad_eps)
         self.register_buffer("assignment", torch.zeros(num_nodes, dtype=index_dtype))
+
+    @classmethod
+    def from_options(cls, num_nodes: int, feature_dim: int, grad_dim: int,
+                     options: CodebookOptions, index_dtype: torch.dtype = torch.int64,
+                     all_reduce_fn: Optional[AllReduceFn] = None) -> FeatureGradientQuantizer:
+        """A quantizer with every option of ``options``."""
+        return cls(num_nodes, feature_dim, grad_dim, options.num_codewords,
+                   momentum=options.momentum, grad_eps=options.grad_eps,
+                   index_dtype=index_dtype, all_reduce_fn=all_reduce_fn, decay=options.decay,
+                   eps=options.eps, dead_threshold=options.dead_threshold,
+                   kmeans_iters=options.kmeans_iters, kmeans_backend=options.kmeans_backend,
+                   chunk_size=options.chunk_size)
 
     @property
     def num_codewords(self) -> int:
@@ -151,14 +175,14 @@ class FeatureGradientQuantizer(torch.nn.Module):
     def _check_pair(self, node_idx: Tensor, x: Tensor, g: Optional[Tensor]) -> None:
         name = type(self).__name__
         if node_idx.dim() != 1 or node_idx.size(0) != x.size(0):
-            raise ValueError(f"'{name}': 'node_idx' must be 1-D with one entry per row of 'x' "
-                             f"({x.size(0)}), received shape {tuple(node_idx.shape)}")
+            raise ConfigError(f"'{name}': 'node_idx' must be 1-D with one entry per row of 'x' "
+                              f"({x.size(0)}), received shape {tuple(node_idx.shape)}")
         if x.dim() != 2 or x.size(1) != self.feature_dim:
-            raise ValueError(f"'{name}': 'x' must have shape (B, {self.feature_dim}), "
-                             f"received {tuple(x.shape)}")
+            raise ConfigError(f"'{name}': 'x' must have shape (B, {self.feature_dim}), "
+                              f"received {tuple(x.shape)}")
         if g is not None and (g.dim() != 2 or g.shape != (x.size(0), self.grad_dim)):
-            raise ValueError(f"'{name}': 'g' must have shape ({x.size(0)}, {self.grad_dim}), "
-                             f"received {tuple(g.shape)}")
+            raise ConfigError(f"'{name}': 'g' must have shape ({x.size(0)}, {self.grad_dim}), "
+                              f"received {tuple(g.shape)}")
 
     def _vectors(self, x: Tensor, g: Optional[Tensor]) -> Tensor:
         zx = self.x_norm(x)
@@ -217,17 +241,17 @@ class FeatureGradientQuantizer(torch.nn.Module):
         name = type(self).__name__
         k = self.num_codewords
         if features.shape != (k, self.feature_dim) or gradients.shape != (k, self.grad_dim):
-            raise ValueError(f"'{name}': expected features ({k}, {self.feature_dim}) and "
-                             f"gradients ({k}, {self.grad_dim}), received "
-                             f"{tuple(features.shape)} and {tuple(gradients.shape)}")
+            raise ConfigError(f"'{name}': expected features ({k}, {self.feature_dim}) and "
+                              f"gradients ({k}, {self.grad_dim}), received "
+                              f"{tuple(features.shape)} and {tuple(gradients.shape)}")
         self.x_norm.initialized.fill_(True)
         self.g_norm.initialized.fill_(True)
         self.codebook.set_codewords(torch.cat([self.x_norm(features), self.g_norm(gradients)], 1))
         if assignment is not None:
             if assignment.shape != (self.num_nodes,) or bool(
                     (assignment < 0).any() | (assignment >= k).any()):
-                raise ValueError(f"'{name}': 'assignment' must have shape ({self.num_nodes},) "
-                                 f"with values in [0, {k}), received {tuple(assignment.shape)}")
+                raise ConfigError(f"'{name}': 'assignment' must have shape ({self.num_nodes},) "
+                                  f"with values in [0, {k}), received {tuple(assignment.shape)}")
             self.assignment.copy_(assignment.to(self.assignment.dtype))
 
     def health(self) -> CodebookHealth:

@@ -1,8 +1,7 @@
-"""Mini-batch VQ-GNN training (and full-graph training of the same model) with evaluation,
-model selection, early stopping, checkpoints and exact resume."""
+"""The training loop: evaluation, model selection, early stopping, checkpoints and exact
+resume, for every training method (:mod:`vqgnn.train.methods`)."""
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -15,84 +14,71 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from vqgnn.baselines import (
-    ClusterBatches,
-    NeighborBatches,
-    SaintBatches,
-    SubgraphBatch,
-    saint_roots,
-)
-from vqgnn.baselines.loaders import check_fanouts, fanouts_for_layers
 from vqgnn.batching.graph import VQGraph
-from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler, metis_partition
-from vqgnn.nn.models import VQGNN
+from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes, reset_peak_rss
+from vqgnn.train.methods import (
+    METHODS,
+    VQ_INFERENCE,
+    MethodOptions,
+    TrainContext,
+    TrainingMethod,
+    make_options,
+    method_class,
+    options_dict,
+)
 
-METHODS = ("vq", "full", "sage", "cluster", "saint")
-SUBGRAPH_METHODS = ("sage", "cluster", "saint")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SAMPLERS = ("random", "metis")
-INFERENCE = ("exact", "vq")
+
+_COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "eval_every", "patience",
+                   "inference", "eval_batch_size", "seed", "device", "checkpoint", "progress",
+                   "measure_memory")
 
 
 @dataclass
 class TrainConfig:
-    """Options of :class:`Trainer`.
+    """Options of :class:`Trainer`: the method and its own options, then what every
+    method shares. Validated on construction.
 
     Attributes:
-        method: ``'vq'`` (VQ-GNN mini-batches), ``'full'`` (full-graph training), or a
-            sampling baseline (:mod:`vqgnn.baselines`) training the same model exactly on
-            subgraphs: ``'sage'`` (GraphSAGE neighbour sampling, ``batch_size`` training
-            nodes and their sampled neighbourhood per step), ``'cluster'`` (Cluster-GCN:
-            METIS parts of about ``batch_size / 4`` nodes, four per step) or ``'saint'``
-            (GraphSAINT random walks from ``batch_size / (walk_length + 1)`` roots, with
-            its loss and aggregator normalisation).
+        method: a registered method name (:data:`~vqgnn.train.methods.METHODS`):
+            ``'vq'`` (VQ-GNN mini-batches), ``'full'`` (full-graph training), or a sampling
+            baseline training the model exactly on subgraphs: ``'sage'`` (GraphSAGE
+            neighbour sampling), ``'cluster'`` (Cluster-GCN) or ``'saint'`` (GraphSAINT).
+        options: the method's options dataclass (:class:`~vqgnn.train.VQOptions`,
+            :class:`~vqgnn.train.NeighborOptions`, ...); None: its defaults. An options
+            object of another method is an error.
         epochs: maximum epochs.
-        batch_size: nodes per mini-batch.
         lr: learning rate.
         weight_decay: weight decay.
-        optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'``.
-        sampler: ``'random'`` node batches or ``'metis'`` cluster batches.
-        num_parts: METIS parts of ``sampler='metis'`` and of ``'cluster'`` (default: about
-            4 per batch).
-        num_neighbors: fan-outs of ``'sage'`` per layer, outermost hop last (the first
-            ``num_layers`` are used).
-        walk_length: random-walk length of ``'saint'``.
-        saint_coverage: GraphSAINT's pre-sampling for its normalisation, in samples per node.
-        batch_nodes: ``'all'``: batches partition all nodes (the loss is on the training
-            nodes among them), which refreshes every node's codeword assignment each epoch;
-            ``'train'``: batches partition the training nodes only (assignments of the
-            other nodes then stay as k-means left them, and accuracy suffers: on Tolokers,
-            split 0, GCN, 71.1 against 72.3 ROC-AUC).
+        optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'`` (momentum 0.9).
         eval_every: evaluate every this many epochs (and after the last).
         patience: stop after this many evaluations without a better validation metric.
-        inference: ``'exact'`` layer-wise or ``'vq'`` mini-batch inference for model
-            selection; both are reported for the selected model.
+        inference: the inference mode of model selection, one of the method's
+            (``'exact'``; VQ-GNN also ``'vq'``); every mode is reported for the selected
+            model.
         eval_batch_size: nodes per inference chunk.
         seed: seed of weights, batches and dropout.
         device: ``'cpu'`` or ``'cuda'`` (or ``'cuda:1'``...).
         checkpoint: path of a checkpoint written after every epoch (atomic).
         progress: tqdm progress bars.
         measure_memory: measure saved-tensor bytes of training steps.
+
+    Example:
+        >>> TrainConfig.create("cluster", epochs=50, batch_size=512, num_parts=32)
+        >>> TrainConfig("vq", VQOptions(batch_size=512, sampler="metis"), epochs=50)
     """
 
     method: str = "vq"
+    options: Optional[MethodOptions] = None
     epochs: int = 100
-    batch_size: int = 1024
     lr: float = 0.01
     weight_decay: float = 0.0
     optimizer: str = "adam"
-    sampler: str = "random"
-    num_parts: Optional[int] = None
-    num_neighbors: tuple[int, ...] = (15, 10, 5)
-    walk_length: int = 2
-    saint_coverage: float = 50.0
-    batch_nodes: str = "all"
     eval_every: int = 1
     patience: Optional[int] = None
     inference: str = "exact"
@@ -103,35 +89,88 @@ class TrainConfig:
     progress: bool = False
     measure_memory: bool = True
 
+    def __post_init__(self) -> None:
+        cls = method_class(self.method) if isinstance(self.method, str) else None
+        if cls is None:
+            raise ConfigTypeError(f"'TrainConfig': 'method' must be a method name, received "
+                                  f"{type(self.method).__name__}")
+        if self.options is None:
+            self.options = cls.Options()
+        elif type(self.options) is not cls.Options:
+            raise ConfigTypeError(f"'TrainConfig': method {self.method!r} takes "
+                                  f"{cls.Options.__name__}, received "
+                                  f"{type(self.options).__name__}")
+        self.validate()
+
+    @classmethod
+    def create(cls, method: str = "vq", **options: Any) -> TrainConfig:
+        """A config from flat keyword options: the shared ones (``epochs``, ``lr``, ...) and
+        the method's own (``batch_size``, ``num_parts``, ...). An option of another method
+        is a :class:`~vqgnn.errors.ConfigError` naming it."""
+        common = {k: options.pop(k) for k in list(options) if k in _COMMON_OPTIONS}
+        return cls(method, make_options(method, **options), **common)
+
+    def flat(self) -> dict[str, Any]:
+        """The shared options and the method's, in one dict (``create``'s keywords)."""
+        out = {k: getattr(self, k) for k in _COMMON_OPTIONS}
+        out.update(asdict(self.options))  # type: ignore[arg-type]
+        return out
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (shared or method options; a new ``method`` keeps the
+        options it also takes)."""
+        method = changes.pop("method", self.method)
+        values = self.flat()
+        values.update(changes)
+        options = method_class(method).Options
+        values = {k: v for k, v in values.items()
+                  if k in _COMMON_OPTIONS or k in changes or options.accepts(k, values)}
+        return TrainConfig.create(method, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: ``method``, ``options`` (a dict) and the shared options."""
+        out: dict[str, Any] = {"method": self.method,
+                               "options": options_dict(self.options)}  # type: ignore[arg-type]
+        out.update({k: getattr(self, k) for k in _COMMON_OPTIONS})
+        return out
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """The method's batch size (None for full-graph training)."""
+        return getattr(self.options, "batch_size", None)
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad option."""
-        choices = {"method": METHODS, "optimizer": OPTIMIZERS, "sampler": SAMPLERS,
-                   "batch_nodes": ("train", "all"), "inference": INFERENCE}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"'TrainConfig': '{name}' must be one of {valid}, received "
-                                 f"{getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "walk_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"'TrainConfig': '{name}' must be an int >= 1, "
-                                 f"received {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"'TrainConfig': 'lr' must be > 0, received {self.lr!r}")
-        if self.num_parts is not None and (not isinstance(self.num_parts, int)
-                                           or self.num_parts < 1):
-            raise ValueError(f"'TrainConfig': 'num_parts' must be an int >= 1 or None, "
-                             f"received {self.num_parts!r}")
-        if self.method != "vq" and self.inference == "vq":
-            raise ValueError(f"'TrainConfig': 'inference' 'vq' needs method 'vq' (only VQ-GNN "
-                             f"trains codebooks); received method {self.method!r}")
-        check_fanouts("TrainConfig", self.num_neighbors)
-        if not 0 < self.saint_coverage < math.inf:
-            raise ValueError(f"'TrainConfig': 'saint_coverage' must be > 0 and finite, "
-                             f"received {self.saint_coverage!r}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"'TrainConfig': 'patience' must be >= 1 or None, "
-                             f"received {self.patience!r}")
+        """Raise :class:`~vqgnn.errors.ConfigError` naming the first bad option."""
+        name = "TrainConfig"
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"'{name}': 'optimizer' must be one of {OPTIMIZERS}, received "
+                              f"{self.optimizer!r}")
+        for key in ("epochs", "eval_every", "eval_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"'{name}': '{key}' must be an int >= 1, received {value!r}")
+        for key, low in (("lr", "> 0"), ("weight_decay", ">= 0")):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigTypeError(f"'{name}': '{key}' must be a number, received "
+                                      f"{type(value).__name__}")
+            if not math.isfinite(value):
+                raise ConfigError(f"'{name}': '{key}' must be finite, received {value!r}")
+            if value < 0 or (key == "lr" and value == 0):
+                raise ConfigError(f"'{name}': '{key}' must be {low}, received {value!r}")
+        modes = method_class(self.method).inference_modes
+        if self.inference not in modes:
+            owners = [repr(m) for m, c in METHODS.items() if self.inference in c.inference_modes]
+            if not owners:
+                raise ConfigError(f"'{name}': 'inference' must be one of {modes} for method "
+                                  f"{self.method!r}, received {self.inference!r}")
+            raise ConfigError(f"'{name}': 'inference' {self.inference!r} needs method "
+                              f"{' or '.join(owners)} (received method {self.method!r}, whose "
+                              f"modes are {modes})")
+        if self.patience is not None and (not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ConfigError(f"'{name}': 'patience' must be >= 1 or None, "
+                              f"received {self.patience!r}")
 
 
 @dataclass
@@ -193,14 +232,6 @@ class TrainResult:
         return out
 
 
-def metis_cache() -> str:
-    """Folder of cached METIS partitions: ``$VQGNN_DATA/metis`` (or
-    ``~/.cache/vqgnn/data/metis``)."""
-    from vqgnn.datasets.guard import default_root
-
-    return default_root("metis")
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -225,10 +256,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """Trains a :class:`~vqgnn.nn.VQGNN` on one graph.
+    """Trains a model on one graph by a :class:`~vqgnn.train.methods.TrainingMethod`.
+
+    The trainer owns the loop, evaluation, model selection, early stopping, meters,
+    progress bars, logs and checkpoints; the method (``config.method``, from the
+    registry) decides how batches are made and what a step's loss is.
 
     Args:
-        model: the model (its ``num_nodes`` must be the graph's).
+        model: the model: a :class:`~vqgnn.nn.VQGNN` (every method), or any PyG model
+            with ``forward(x, edge_index)`` (full-graph training and the sampling
+            baselines).
         data: a graph from :func:`vqgnn.datasets.load_dataset` (``x``, ``edge_index``,
             ``y``, masks, ``metric``).
         config: :class:`TrainConfig`.
@@ -237,48 +274,42 @@ class Trainer:
             ``config.optimizer`` names (any ``torch.optim.Optimizer``).
 
     Example:
-        >>> trainer = Trainer(model, data, TrainConfig(epochs=50, batch_size=512))
+        >>> trainer = Trainer(model, data, TrainConfig.create("vq", epochs=50, batch_size=512))
         >>> result = trainer.fit()
     """
 
-    def __init__(self, model: VQGNN, data: Data, config: TrainConfig,
+    def __init__(self, model: torch.nn.Module, data: Data, config: TrainConfig,
                  log: Optional[Callable[[str], None]] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        if not isinstance(config, TrainConfig):
+            raise ConfigTypeError(f"'Trainer': 'config' must be a TrainConfig, received "
+                                  f"{type(config).__name__}")
         config.validate()
         # The peak RSS counts from here: samplers' set-up (METIS, GraphSAINT's
         # pre-sampling) and k-means belong to the run.
         self.rss_reset = reset_peak_rss()
         setup_start = time.perf_counter()
-        if not isinstance(model, VQGNN):
-            raise TypeError(f"'Trainer': 'model' must be a VQGNN, received "
-                            f"{type(model).__name__}")
-        if model.layers[0].num_nodes != data.num_nodes:
-            raise ValueError(f"'Trainer': the model was built for "
-                             f"{model.layers[0].num_nodes} nodes, the graph has {data.num_nodes}")
+        self.method: TrainingMethod = method_class(config.method)(config.options)
+        self.method.check_model(model, data)
         self.config = config
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
         self.data = data
         self.log = log
-        self.x = data.x.to(self.device)
-        self.y = data.y.to(self.device)
-        self.graph = VQGraph(data.edge_index.to(self.device), data.num_nodes)
-        self.masks = {s: data[f"{s}_mask"].to(self.device) for s in ("train", "val", "test")}
-        self.train_idx = self.masks["train"].nonzero().view(-1)
-        if self.train_idx.numel() == 0:
-            raise ValueError("'Trainer': the graph has no training nodes (train_mask is empty)")
-        self.multilabel = data.y.dim() == 2
-        pool = (self.train_idx if config.batch_nodes == "train"
-                else torch.arange(data.num_nodes, device=self.device))
-        # Loss per training node, divided by the expected training nodes of a full batch,
-        # so that every batch's gradients share one scale.
-        self.loss_scale = (min(config.batch_size, pool.numel()) * self.train_idx.numel()
-                           / pool.numel())
-        self.sampler = self._make_sampler(pool)
+        masks = {s: data[f"{s}_mask"].to(self.device) for s in ("train", "val", "test")}
+        train_idx = masks["train"].nonzero().view(-1)
+        if train_idx.numel() == 0:
+            raise ConfigError("'Trainer': the graph has no training nodes (train_mask is empty)")
+        self.ctx = TrainContext(
+            model=self.model, data=data, x=data.x.to(self.device), y=data.y.to(self.device),
+            masks=masks, train_idx=train_idx,
+            graph=VQGraph(data.edge_index.to(self.device), data.num_nodes), device=self.device,
+            seed=config.seed, eval_batch_size=config.eval_batch_size, progress=config.progress)
+        self.method.setup(self.ctx)
         self.setup_seconds = time.perf_counter() - setup_start
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"'Trainer': 'optimizer' must be a torch.optim.Optimizer, "
-                            f"received {type(optimizer).__name__}")
+            raise ConfigTypeError(f"'Trainer': 'optimizer' must be a torch.optim.Optimizer, "
+                                  f"received {type(optimizer).__name__}")
         self.optimizer = optimizer if optimizer is not None else self._make_optimizer()
         self.epoch = 0
         self.history: list[EpochLog] = []
@@ -291,35 +322,12 @@ class Trainer:
         self.peak_bytes = 0
         self.prepared = False
 
+    @property
+    def graph(self) -> VQGraph:
+        """The full graph on the training device."""
+        return self.ctx.graph
+
     # ----------------------------------------------------------------- set-up
-    def _num_parts(self) -> int:
-        cfg = self.config
-        if cfg.num_parts is not None:
-            return cfg.num_parts
-        return min(self.data.num_nodes, max(1, 4 * self.data.num_nodes // cfg.batch_size))
-
-    def _make_sampler(self, pool: Tensor) -> Any:
-        cfg = self.config
-        n, edge_index = self.data.num_nodes, self.data.edge_index
-        if cfg.method == "sage":
-            fanouts = fanouts_for_layers(cfg.num_neighbors, self.model.num_layers)
-            return NeighborBatches(edge_index, n, self.train_idx.cpu(), fanouts, cfg.batch_size)
-        if cfg.method == "cluster":
-            num_parts = self._num_parts()
-            parts_per_batch = min(num_parts, max(1, round(num_parts * cfg.batch_size / n)))
-            return ClusterBatches(edge_index, n, self.masks["train"], num_parts,
-                                  parts_per_batch, seed=cfg.seed, cache_dir=metis_cache())
-        if cfg.method == "saint":
-            return SaintBatches(edge_index, n, self.masks["train"],
-                                saint_roots(cfg.batch_size, cfg.walk_length), cfg.walk_length,
-                                num_steps=max(1, -(-n // cfg.batch_size)),
-                                coverage=cfg.saint_coverage, progress=cfg.progress)
-        if cfg.sampler == "metis":
-            parts = metis_partition(edge_index, n, self._num_parts(), seed=cfg.seed,
-                                    cache_dir=metis_cache())
-            return ClusterBatchSampler(pool.cpu(), cfg.batch_size, parts, seed=cfg.seed)
-        return NodeBatchSampler(pool.cpu(), cfg.batch_size, seed=cfg.seed)
-
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         params = self.model.parameters()
@@ -330,127 +338,65 @@ class Trainer:
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
 
     def prepare(self, init_codebooks: bool = True) -> None:
-        """Exact first layer and (for ``'vq'``) k-means initialisation of the codebooks."""
+        """The method's preparation before the first epoch (VQ-GNN: the exact first
+        layer and the codebooks' k-means); ``init_codebooks=False`` on resume."""
         start = time.perf_counter()
-        self._prepare(init_codebooks)
+        self.method.prepare(init_codebooks)
+        self.prepared = True
         self.setup_seconds += time.perf_counter() - start
 
-    def _prepare(self, init_codebooks: bool) -> None:
-        if self.config.method == "vq":
-            if init_codebooks:
-                self.model.prepare(self.x, self.graph, self.config.eval_batch_size,
-                                   seed=self.config.seed, progress=self.config.progress)
-            elif self.model.exact_first_layer:
-                self.model.layers[0].set_constant_input(self.x, self.graph)
-        self.prepared = True
-
     # ------------------------------------------------------------------- steps
-    def _weighted_loss(self, out: Tensor, target: Tensor, weight: Union[Tensor, float]
-                       ) -> Tensor:
-        """``sum(weight * loss)`` over the rows of ``out`` (cross-entropy, or binary
-        cross-entropy summed over the tasks of a multi-label target)."""
-        if self.multilabel:
-            loss = F.binary_cross_entropy_with_logits(out, target.float(), reduction="none")
-            loss = loss.sum(-1)
-        else:
-            loss = F.cross_entropy(out, target, reduction="none")
-        return (loss * weight).sum()
-
-    def _loss(self, out: Tensor, nodes: Tensor, reduction_scale: float) -> Tensor:
-        labeled = self.masks["train"][nodes]
-        return self._weighted_loss(out[labeled], self.y[nodes][labeled], 1.0 / reduction_scale)
-
-    def _record_peak(self, meter: Optional[SavedTensorMeter]) -> None:
+    def _step(self, batch: Any) -> Optional[Tensor]:
+        """One optimizer step on ``batch``; its detached loss (None: skipped)."""
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        with (SavedTensorMeter(self.device) if self.config.measure_memory
+              else nullcontext()) as meter:
+            step = self.method.loss(batch)
+            if step is None:
+                return None
+            if meter is not None:
+                meter.add(*step.inputs)
+            step.loss.backward()
         if meter is not None:
             measured = meter.cuda_peak if meter.cuda_peak is not None else meter.bytes
             self.peak_bytes = max(self.peak_bytes, measured)
-
-    def _subgraph_step(self, sub: SubgraphBatch) -> float:
-        """One step of a sampling baseline: the model run exactly on the subgraph."""
-        model, opt = self.model, self.optimizer
-        opt.zero_grad(set_to_none=True)
-        n_id = sub.n_id.to(self.device)
-        edge_index = sub.edge_index.to(self.device)
-        weight = None if sub.edge_weight is None else sub.edge_weight.to(self.device)
-        graph = VQGraph(edge_index, sub.num_nodes, weight)
-        loss_index = sub.loss_index.to(self.device)
-        with (SavedTensorMeter(self.device) if self.config.measure_memory
-              else nullcontext()) as meter:
-            xb = self.x[n_id]
-            if meter is not None:
-                meter.add(xb, edge_index)
-            out = model(xb, graph)[loss_index]
-            loss = self._weighted_loss(out, self.y[n_id[loss_index]],
-                                       sub.loss_weight.to(self.device))
-            loss.backward()
-        self._record_peak(meter)
         opt.step()
-        return loss.item()
-
-    def _step(self, batch: Optional[Tensor]) -> float:
-        model, opt = self.model, self.optimizer
-        opt.zero_grad(set_to_none=True)
-        measure = self.config.measure_memory
-        with SavedTensorMeter(self.device) if measure else nullcontext() as meter:
-            if batch is None:  # full graph
-                if meter is not None:
-                    meter.add(self.x, self.graph.edge_index)
-                nodes = torch.arange(self.data.num_nodes, device=self.device)
-                loss = self._loss(model(self.x, self.graph), nodes, self.train_idx.numel())
-            else:
-                xb = self.x[batch]
-                if meter is not None:
-                    meter.add(xb, batch)
-                loss = self._loss(model(xb, self.graph, batch), batch, self.loss_scale)
-            loss.backward()
-        self._record_peak(meter)
-        opt.step()
-        if batch is not None:
-            model.update_codebooks()
-        return loss.item()
+        self.method.after_step(batch)
+        return step.loss.detach()
 
     def train_epoch(self) -> float:
-        """One epoch; returns the mean batch loss."""
+        """One epoch; returns the mean batch loss (one host synchronisation, at the end)."""
         self.model.train()
-        if self.config.method == "full":
-            return self._step(None)
-        losses = []
-        bar = tqdm(self.sampler, total=len(self.sampler), desc=f"epoch {self.epoch + 1}",
-                   disable=not self.config.progress, leave=False)
-        subgraphs = self.config.method in SUBGRAPH_METHODS
+        losses: list[Tensor] = []
+        progress = self.config.progress
+        bar = tqdm(self.method.batches(), total=self.method.num_batches(),
+                   desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
         for batch in bar:
-            if subgraphs:
-                if batch.loss_index.numel() == 0:
-                    continue  # a subgraph without training nodes has no loss
-                losses.append(self._subgraph_step(batch))
-            else:
-                losses.append(self._step(batch.to(self.device)))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            loss = self._step(batch)
+            if loss is None:
+                continue
+            losses.append(loss)
+            if progress:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
         if not losses:
             return float("nan")
-        return sum(losses) / len(losses)
+        return float(torch.stack(losses).mean())
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
     def predict(self, mode: str = "exact") -> Tensor:
-        """(N, C) outputs of all nodes: ``'exact'`` layer-wise or ``'vq'`` mini-batch inference."""
-        if mode not in INFERENCE:
-            raise ValueError(f"'Trainer.predict': 'mode' must be one of {INFERENCE}, "
-                             f"received {mode!r}")
+        """(N, C) outputs of all nodes by one of the method's inference modes
+        (``'exact'`` layer-wise; VQ-GNN also ``'vq'`` mini-batch inference)."""
         self.model.eval()
-        if mode == "exact":
-            return self.model.inference(self.x, self.graph, self.config.eval_batch_size,
-                                        progress=self.config.progress)
-        nodes = torch.arange(self.data.num_nodes, device=self.device)
-        return torch.cat([self.model(self.x[b], self.graph, b)
-                          for b in nodes.split(self.config.eval_batch_size)])
+        return self.method.predict(mode)
 
     def evaluate(self, mode: str = "exact") -> dict[str, float]:
         """The metric on the train, val and test nodes."""
         from vqgnn.datasets import score
 
         out = self.predict(mode).cpu()
-        return {split: score(self.data, out, self.masks[split].cpu())
+        return {split: score(self.data, out, self.ctx.masks[split].cpu())
                 for split in ("train", "val", "test")}
 
     # ---------------------------------------------------------------- training
@@ -484,7 +430,7 @@ class Trainer:
                     self.bad_evals = 0
                 else:
                     self.bad_evals += 1
-            health = self.model.codebook_health() if cfg.method == "vq" else None
+            health = self.method.health()
             if health is not None:
                 entry.usage, entry.perplexity = health.usage, health.perplexity
                 entry.quantization_error = health.quantization_error
@@ -500,19 +446,18 @@ class Trainer:
         return patience is not None and self.bad_evals >= patience
 
     def result(self) -> TrainResult:
-        """Load the best model and measure it by both inference modes."""
+        """Load the best model and measure it by every inference mode of the method."""
         cfg = self.config
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        with Timer(self.device) as exact_timer:
-            exact = self.evaluate("exact")
-        vq: Optional[dict[str, float]] = None
-        vq_seconds = None
-        if cfg.method == "vq":
-            with Timer(self.device) as vq_timer:
-                vq = self.evaluate("vq")
-            vq_seconds = vq_timer.seconds
-        chosen = exact if cfg.inference == "exact" or vq is None else vq
+        scores: dict[str, dict[str, float]] = {}
+        seconds: dict[str, float] = {}
+        for mode in self.method.inference_modes:
+            with Timer(self.device) as timer:
+                scores[mode] = self.evaluate(mode)
+            seconds[mode] = timer.seconds
+        chosen = scores[cfg.inference]
+        vq = scores.get(VQ_INFERENCE)
         measure = ("torch.cuda.max_memory_allocated per training step"
                    if self.device.type == "cuda" else
                    "bytes of tensors saved for backward plus step inputs (saved-tensor hooks)")
@@ -520,7 +465,7 @@ class Trainer:
         return TrainResult(
             method=cfg.method, metric=str(self.data.metric), best_epoch=self.best_epoch,
             best_val=chosen["val"], test=chosen["test"], selection_inference=cfg.inference,
-            val_exact=exact["val"], test_exact=exact["test"],
+            val_exact=scores["exact"]["val"], test_exact=scores["exact"]["test"],
             val_vq=None if vq is None else vq["val"], test_vq=None if vq is None else vq["test"],
             epochs_run=self.epoch,
             median_epoch_seconds=statistics.median(times) if times else float("nan"),
@@ -531,7 +476,8 @@ class Trainer:
             rss_measure=("process peak RSS since the Trainer was built (Linux VmHWM, reset)"
                          if self.rss_reset else
                          "process peak RSS over its lifetime"),
-            inference_seconds_exact=exact_timer.seconds, inference_seconds_vq=vq_seconds,
+            inference_seconds_exact=seconds["exact"],
+            inference_seconds_vq=seconds.get(VQ_INFERENCE),
             history=list(self.history))
 
     # ------------------------------------------------------------- checkpoints
@@ -540,7 +486,7 @@ class Trainer:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "method": self.method.state_dict(),
             "rng": _rng_state(),
             "epoch": self.epoch,
             "best_val": self.best_val,
@@ -551,7 +497,7 @@ class Trainer:
             "time_to_best": self.time_to_best,
             "peak_bytes": self.peak_bytes,
             "history": [asdict(h) for h in self.history],
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -568,7 +514,7 @@ class Trainer:
         self.prepare(init_codebooks=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.method.load_state_dict(state["method"])
         _set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
@@ -580,10 +526,5 @@ class Trainer:
 
 
 def clone_config(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``config`` with ``changes``."""
-    new = copy.copy(config)
-    for key, value in changes.items():
-        if not hasattr(new, key):
-            raise ValueError(f"clone_config: unknown option {key!r}")
-        setattr(new, key, value)
-    return new
+    """A copy of ``config`` with ``changes`` (shared or method options)."""
+    return config.replace(**changes)

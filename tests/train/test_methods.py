@@ -1,0 +1,265 @@
+"""Training methods as strategies: the registry, options dataclasses, PyG models trained
+by the baselines, a toy method added from outside, and no method branch in the trainer."""
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor
+from torch_geometric.nn.models import GCN, GraphSAGE
+from torch_geometric.utils import subgraph
+
+import vqgnn.train.trainer as trainer_module
+from vqgnn.batching.samplers import NodeBatchSampler
+from vqgnn.cli import main
+from vqgnn.datasets import load_dataset
+from vqgnn.errors import ConfigError
+from vqgnn.nn.models import VQGNN
+from vqgnn.train import (
+    METHODS,
+    ClusterOptions,
+    MethodOptions,
+    NeighborOptions,
+    SaintOptions,
+    Step,
+    TrainConfig,
+    Trainer,
+    TrainingMethod,
+    VQOptions,
+    register_method,
+    seed_everything,
+)
+
+CHANCE = 1 / 3
+DATASET = "synthetic:n=300,deg=6,features=8,classes=3"
+SMALL = {"sage": {"num_neighbors": (4, 3)}, "cluster": {"num_parts": 8},
+         "saint": {"saint_coverage": 10.0}, "vq": {}, "full": {}}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DATASET)
+
+
+def _config(method: str, **changes) -> TrainConfig:
+    base = {"epochs": 8, "lr": 0.03, "eval_batch_size": 128, **SMALL[method], **changes}
+    if method != "full":
+        base.setdefault("batch_size", 64)
+    return TrainConfig.create(method, **base)
+
+
+# ------------------------------------------------------------------ the trainer
+def test_the_trainer_never_tests_a_method_name():
+    """The trainer holds no registered method's name but as a default value (the
+    ``TrainConfig`` field and ``create``'s argument), and compares nothing to a method."""
+    tree = ast.parse(inspect.getsource(trainer_module))
+    allowed = set()  # docstrings and default values
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            allowed.add(id(node.value))
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            allowed.add(id(node.value))
+        if isinstance(node, ast.arguments):
+            allowed.update(id(d) for d in [*node.defaults, *node.kw_defaults] if d is not None)
+    named = [(node.lineno, node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Constant) and node.value in METHODS
+             and id(node) not in allowed]
+    assert not named, named
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Compare, ast.Match)):
+            assert "method" not in ast.unparse(node), ast.unparse(node)
+
+
+# ------------------------------------------------------------------ options
+@pytest.mark.parametrize("method, option, owner", [
+    ("full", "sampler", "vq"), ("full", "batch_size", "vq, sage, cluster, saint"),
+    ("vq", "num_neighbors", "sage"), ("sage", "num_parts", "vq, cluster"),
+    ("cluster", "walk_length", "saint"), ("saint", "batch_nodes", "vq"),
+])
+def test_an_option_of_another_method_is_rejected_with_its_name(method, option, owner):
+    value = {"sampler": "metis", "batch_size": 64, "num_neighbors": (3,), "num_parts": 4,
+             "walk_length": 3, "batch_nodes": "train"}[option]
+    with pytest.raises(ConfigError, match=f"option '{option}' does not apply to method "
+                                          f"'{method}' \\(it is an option of {owner};"):
+        TrainConfig.create(method, **{option: value})
+
+
+def test_an_unknown_option_is_rejected():
+    with pytest.raises(ConfigError, match="unknown option 'batchsize'"):
+        TrainConfig.create("vq", batchsize=64)
+
+
+def test_options_validate_on_construction():
+    with pytest.raises(ConfigError, match="'VQOptions': 'batch_size' must be an int >= 1, "
+                                          "received 0"):
+        VQOptions(batch_size=0)
+    with pytest.raises(ConfigError, match="'num_parts' applies to sampler 'metis' only"):
+        VQOptions(num_parts=4)
+    with pytest.raises(ConfigError, match="'NeighborOptions': 'num_neighbors'"):
+        NeighborOptions(num_neighbors=())
+    with pytest.raises(ConfigError, match="'ClusterOptions': 'num_parts' must be an int >= 1"):
+        ClusterOptions(num_parts=0)
+    with pytest.raises(ConfigError, match="'SaintOptions': 'saint_coverage' must be > 0"):
+        SaintOptions(saint_coverage=float("inf"))
+    with pytest.raises(TypeError, match="method 'full' takes FullGraphOptions, received "
+                                        "VQOptions"):
+        TrainConfig("full", VQOptions())
+
+
+def test_config_round_trips_through_its_flat_form():
+    config = TrainConfig.create("cluster", epochs=3, batch_size=128, num_parts=6)
+    assert isinstance(config.options, ClusterOptions) and config.batch_size == 128
+    again = TrainConfig.create(config.method, **config.flat())
+    assert again == config
+    vq = config.replace(method="vq")  # keeps the options vq also takes
+    assert vq.batch_size == 128 and isinstance(vq.options, VQOptions)
+    assert TrainConfig.create("full").batch_size is None
+    json.dumps(config.to_dict())
+
+
+def test_inference_modes_come_from_the_method():
+    TrainConfig.create("vq", inference="vq")
+    with pytest.raises(ConfigError, match="'inference' 'vq' needs method 'vq' \\(received "
+                                          "method 'sage', whose modes are \\('exact',\\)\\)"):
+        TrainConfig.create("sage", inference="vq")
+
+
+# ------------------------------------------------------------------ PyG models
+@pytest.mark.parametrize("method", ["sage", "cluster", "saint", "full"])
+def test_baselines_train_a_pyg_graphsage(data, method):
+    seed_everything(0)
+    model = GraphSAGE(data.num_features, 16, num_layers=2, out_channels=3, dropout=0.2)
+    result = Trainer(model, data, _config(method)).fit()
+    assert result.test > CHANCE + 0.2 and result.best_val > CHANCE + 0.2
+    assert result.test_vq is None  # exact inference only
+
+
+def test_baselines_run_pyg_convolutions_on_the_subgraph(data, monkeypatch):
+    """A VQGNN trained by a baseline calls its wrapped PyG convs with an edge_index."""
+    seed_everything(0)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv="sage",
+                  num_codewords=16)
+    calls = []
+    for layer in model.layers:
+        conv = layer.conv
+        original = conv.forward
+
+        def spy(x, edge_index, *args, _original=original, **kwargs):
+            calls.append((x.size(0), type(edge_index)))
+            return _original(x, edge_index, *args, **kwargs)
+
+        monkeypatch.setattr(conv, "forward", spy)
+    trainer = Trainer(model, data, _config("cluster", epochs=1))
+    trainer.train_epoch()
+    assert calls and all(kind is Tensor for _, kind in calls)
+    assert all(n < data.num_nodes for n, _ in calls)  # subgraphs, not the whole graph
+
+
+def test_vq_needs_a_vqgnn(data):
+    with pytest.raises(TypeError, match="'VQMethod': 'model' must be a VQGNN, received GCN"):
+        Trainer(GCN(8, 16, 2, 3), data, _config("vq"))
+
+
+def test_a_vqgnn_equals_the_pyg_model_it_wraps_on_an_edge_index(data):
+    """``VQGNN(x, edge_index)`` runs PyG's convs: the same outputs as its exact forward."""
+    from vqgnn.batching.graph import VQGraph
+
+    seed_everything(0)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv="gcn").eval()
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model.prepare(data.x, graph)
+    with torch.no_grad():
+        pyg = model(data.x, data.edge_index)
+        ours = model(data.x, graph)
+    torch.testing.assert_close(pyg, ours, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ a sixth method
+@dataclass(frozen=True)
+class DropOptions(MethodOptions):
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        self._check_int("batch_size")
+
+
+class DropOutOfBatch(TrainingMethod):
+    """Node batches whose out-of-batch messages are dropped: the model runs on the
+    subgraph the batch induces (what VQ-GNN's codebooks restore)."""
+
+    name = "drop-out-of-batch"
+    Options = DropOptions
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        self.sampler = NodeBatchSampler(torch.arange(ctx.num_nodes), self.options.batch_size,
+                                        seed=ctx.seed)
+
+    def batches(self):
+        return iter(self.sampler)
+
+    def num_batches(self) -> int:
+        return len(self.sampler)
+
+    def loss(self, batch):
+        ctx = self.ctx
+        batch = batch.to(ctx.device)
+        edge_index, _ = subgraph(batch, ctx.graph.edge_index, relabel_nodes=True,
+                                 num_nodes=ctx.num_nodes)
+        xb = ctx.x[batch]
+        out = ctx.model(xb, edge_index)
+        return Step(ctx.node_loss(out, batch, self.options.batch_size * 0.5), (xb, edge_index))
+
+    def state_dict(self):
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+@pytest.fixture
+def toy_method():
+    register_method(DropOutOfBatch)
+    yield DropOutOfBatch
+    METHODS.pop(DropOutOfBatch.name)
+
+
+def test_a_registered_toy_method_trains_through_the_trainer(data, toy_method):
+    seed_everything(0)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv="gcn")
+    result = Trainer(model, data, TrainConfig.create(toy_method.name, epochs=10, lr=0.03,
+                                                     batch_size=100)).fit()
+    assert result.method == toy_method.name and result.epochs_run == 10
+    assert result.test > CHANCE + 0.15
+    with pytest.raises(ConfigError, match="option 'sampler' does not apply to method "
+                                          "'drop-out-of-batch'"):
+        TrainConfig.create(toy_method.name, sampler="metis")
+
+
+def test_a_registered_toy_method_trains_through_the_cli(tmp_path, toy_method, capsys):
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", DATASET, "--method", f"{toy_method.name},full",
+              "--epochs", "2", "--batch-size", "100", "--hidden", "16", "--quiet",
+              "--json", str(path)])
+    assert exit_info.value.code == 0
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["method"] for r in records] == [toy_method.name, "full"]
+    assert records[0]["train_config"]["batch_size"] == 100
+    assert "batch_size" not in records[1]["train_config"]
+    assert f"| {toy_method.name} |" in capsys.readouterr().out
+
+
+def test_register_method_checks_the_class():
+    with pytest.raises(TypeError, match="expected a TrainingMethod subclass"):
+        register_method(int)  # type: ignore[arg-type]
+
+    class Nameless(TrainingMethod):
+        pass
+
+    with pytest.raises(ConfigError, match="'Nameless.name' must be a non-empty str"):
+        register_method(Nameless)

@@ -1,0 +1,27 @@
+"""The project's named exceptions.
+
+Every check of user input or configuration raises :class:`ConfigError` (a ``ValueError``),
+or :class:`ConfigTypeError` (also a ``TypeError``) when the received value has the wrong
+type. The command line prints exactly these as one-line usage errors; any other exception is
+a bug (or a failure of the machine) and shows its traceback.
+
+Example:
+    >>> from vqgnn import ConfigError
+    >>> try:
+    ...     VQGNN(16, 64, 0, 7, num_nodes=100)
+    ... except ConfigError as err:
+    ...     print(err)
+    'VQGNN': 'num_layers' must be an int >= 1, received 0
+"""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Bad input or configuration: the message names the argument and the value received."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument of the wrong type (a :class:`ConfigError` and a ``TypeError``)."""
+
+
+__all__ = ["ConfigError", "ConfigTypeError"]
