@@ -52,9 +52,11 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import report  # noqa: E402
 from vqgnn.datasets import load_dataset, parse_synthetic  # noqa: E402
+from vqgnn.errors import DivergenceError  # noqa: E402
 from vqgnn.quantize import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.experiment import config_values  # noqa: E402
+from vqgnn.train.records import append_record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -330,19 +332,29 @@ def main(argv: Optional[list[str]] = None) -> None:
         root = prepare_root(run.preset, args.data_root, args.ogb_root)
         data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
         log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
-        record = run_experiment(data, run.model, run.train, log=log)
+        try:
+            record = run_experiment(data, run.model, run.train, log=log)
+        except DivergenceError as err:  # recorded (status 'diverged'), and the grid goes on
+            record = err.record  # type: ignore[assignment]
+            print(f"{label}: {err}", flush=True)
         record["threads"] = torch.get_num_threads()
-        with out.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
-              f"{record['median_epoch_seconds']:.3f} s/epoch "
-              f"({time.time() - start:.0f} s so far)", flush=True)
+        append_record(out, record)
+        if record.get("status", "ok") == "ok":
+            print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
+                  f"{record['median_epoch_seconds']:.3f} s/epoch "
+                  f"({time.time() - start:.0f} s so far)", flush=True)
 
     presets = PRESETS[args.preset]
     names = {record_name(presets[k].name) for k in args.keys}
     records = [r for r in report.load_records(out)
                if r["method"] in args.method_list and r["conv"] in args.conv_list
                and r["dataset"] in names]
+    diverged = [r for r in records if r.get("status", "ok") != "ok"]
+    records = [r for r in records if r.get("status", "ok") == "ok"]
+    for r in diverged:
+        print(f"not in the tables: {r['dataset']} split {r['split']} seed {r['seed']} "
+              f"{r['method']} {r['conv']} (status {r['status']!r} at epoch "
+              f"{r.get('diverged_epoch')})")
     device = records[0]["device"] if records else args.device
     threads = sorted({r.get("threads", torch.get_num_threads()) for r in records})
     title = (f"Grid '{args.preset}' ({len(records)} runs, device {device}, torch threads "

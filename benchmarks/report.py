@@ -5,10 +5,11 @@ reference numbers, which are labelled as such.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from vqgnn.train.records import read_records
 
 Record = dict[str, Any]
 
@@ -22,10 +23,8 @@ REFERENCES: dict[str, list[str]] = {
 
 
 def load_records(path: Path) -> list[Record]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a JSON-lines file; a torn line is skipped with a warning."""
+    return read_records(path)
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import report  # noqa: E402
+from vqgnn.train.records import append_record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OOM_MARKERS = ("MemoryError", "out of memory", "can't allocate memory", "DefaultCPUAllocator",
@@ -255,8 +255,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 record = {**base_record(n, method, args), "status": "skipped", "reason": reason}
             else:
                 record = run_one(n, method, args)
-            with out.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(out, record)
             records.append(record)
             done[key] = record
             shown = (f"{record['median_epoch_seconds']:.2f} s/epoch, "

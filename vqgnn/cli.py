@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -68,6 +67,10 @@ def _fanouts(text: str) -> tuple[int, ...]:
             f"received {text!r}") from None
 
 
+#: Exit statuses: success, bad input or configuration, training diverged, a file or disk
+#: failure, interrupted (Ctrl-C). An unexpected exception exits with 1 and its traceback.
+EXIT_OK, EXIT_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
 #: Command-line flags of the methods' own options (dest = option name); a flag is passed
 #: only when given, to the listed methods that take it.
 METHOD_FLAGS = ("batch_size", "sampler", "num_parts", "num_neighbors", "walk_length",
@@ -94,6 +97,10 @@ def method_options(args: argparse.Namespace, methods: Sequence[str]) -> dict[str
     for key in given:
         if not any(key in chosen for chosen in options.values()):
             owners = [m for m, c in METHODS.items() if key in c.Options.option_names()]
+            listed = [m for m in methods if m in owners]
+            if listed:  # a listed method has it, not in this combination: its own message
+                options[listed[0]][key] = given[key]
+                continue
             raise ConfigError(f"'{_flag(key)}' does not apply to method "
                               f"{', '.join(methods)} (it is an option of "
                               f"{', '.join(owners) or 'no method'})")
@@ -127,16 +134,45 @@ def model_config(args: argparse.Namespace):
         exact_first_layer=not args.no_exact_first_layer, codebook=codebook)
 
 
+def method_checkpoint(args: argparse.Namespace, method: str) -> Optional[str]:
+    """The checkpoint file of ``method``: ``<--checkpoint>.<method>.pt`` (see
+    :func:`vqgnn.train.checkpoint.checkpoint_path`), or None without ``--checkpoint``."""
+    from vqgnn.train.checkpoint import checkpoint_path
+
+    return str(checkpoint_path(args.checkpoint, method)) if args.checkpoint else None
+
+
 def train_one(data, method: str, args: argparse.Namespace, options: dict) -> dict[str, Any]:
     """Train one method with the command's options; returns its JSON record."""
     from vqgnn.train import run_experiment
 
-    checkpoint = None
-    if args.checkpoint:
-        checkpoint = str(Path(args.checkpoint).with_suffix(f".{method}.pt"))
+    checkpoint = method_checkpoint(args, method)
+    if args.resume and checkpoint is not None:
+        where = (f"resuming from {checkpoint}" if Path(checkpoint).exists()
+                 else f"no checkpoint at {checkpoint}: starting from epoch 1")
+        print(f"[{method}] {where}", file=sys.stderr, flush=True)
     config = train_config(args, method, options, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
     return run_experiment(data, model_config(args), config, log=log, resume=args.resume)
+
+
+def _recorded_before(path: str, record: dict[str, Any]) -> bool:
+    """Whether a resumed run that trained nothing more (its checkpoint had finished) is
+    already in ``path``: the same checkpoint file and epochs. Its record is then not
+    appended again (a kill between the last checkpoint and the record leaves none, and
+    then it is)."""
+    from vqgnn.train.records import read_records
+
+    if record.get("resumed_at_epoch") != record["epochs_run"]:
+        return False
+    checkpoint = record["train_config"].get("checkpoint")
+    done = any(r.get("train_config", {}).get("checkpoint") == checkpoint
+               and r.get("epochs_run") == record["epochs_run"] and r.get("status") == "ok"
+               for r in read_records(path))
+    if done:
+        print(f"[{record['method']}] {checkpoint} had finished and its record is in {path}: "
+              f"not appended again", file=sys.stderr)
+    return done
 
 
 def _pct(value: Optional[float]) -> str:
@@ -168,17 +204,39 @@ def summary_table(records: Sequence[dict[str, Any]]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
+    from vqgnn.errors import ConfigError, DivergenceError
+    from vqgnn.train.records import append_record, check_writable
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError(f"'--method' must name at least one method, received {args.method!r}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"'--method' lists a method twice, received {args.method!r}")
+    if args.resume and not args.checkpoint:
+        raise ConfigError("'--resume' needs '--checkpoint PATH' (the checkpoint to resume)")
     options = method_options(args, methods)
     model_config(args)  # reject bad options before loading anything
     for method in methods:
         train_config(args, method, options[method])
+    if args.json:  # before training: a bad path must not cost a run
+        check_writable(args.json, "--json")
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if not args.quiet:
         print_table(dataset_summary(data), ("field", "value"))
         print()
-    records = [train_one(data, method, args, options[method]) for method in methods]
+    records = []
+    for method in methods:  # each record is written as soon as its method finishes
+        args._current_method = method
+        try:
+            record = train_one(data, method, args, options[method])
+        except DivergenceError as err:
+            if args.json and isinstance(err.record, dict):
+                append_record(args.json, err.record)
+                print(f"record (status 'diverged') appended to {args.json}", file=sys.stderr)
+            raise
+        if args.json and not _recorded_before(args.json, record):
+            append_record(args.json, record)
+        records.append(record)
     print()
     batch = "/".join(str(r["train_config"].get("batch_size", "-")) for r in records)
     print(f"{data.name} (split {data.split}), conv={args.conv}, hidden={args.hidden}, "
@@ -188,12 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"peak train memory: {records[0]['memory_measure']}; peak RSS: "
           f"{records[0]['rss_measure']}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-        print(f"records appended to {path}")
+        print(f"records appended to {args.json}")
     return 0
 
 
@@ -285,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate every this many epochs")
     train.add_argument("--patience", type=int, default=t.patience,
                        help="early stopping after this many evaluations without improvement")
-    train.add_argument("--inference", default=t.inference, choices=["exact", "vq"],
-                       help="inference used for model selection (vq: VQ-GNN only)")
+    train.add_argument("--inference", default=None, choices=["exact", "vq"],
+                       help="inference used for model selection (default: exact; vq: VQ-GNN "
+                            "only)")
     train.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size,
                        help="nodes per inference chunk")
     train.add_argument("--device", default=t.device, help="cpu, cuda or cuda:N")
@@ -300,14 +354,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from vqgnn.errors import ConfigError
+    from vqgnn.errors import ConfigError, DivergenceError
 
     args = build_parser().parse_args(argv)
+    prefix = f"vqgnn {args.command}"
     try:
         code = args.func(args)
     except (ConfigError, FileNotFoundError) as err:
-        # Bad input or configuration: one line. Anything else is a bug, or a failure of
-        # the machine, and shows its traceback.
-        print(f"vqgnn {args.command}: error: {err}", file=sys.stderr)
-        code = 2
+        # Bad input or configuration: one line. Anything unexpected is a bug and shows
+        # its traceback.
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        code = EXIT_INPUT
+    except DivergenceError as err:
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        code = EXIT_DIVERGED
+    except OSError as err:  # the machine: a full or read-only disk, a lost device...
+        name = f" {err.filename!r}" if err.filename else ""
+        print(f"{prefix}: error: {err.strerror or err}{name} (the records and checkpoints "
+              f"written before it are intact)", file=sys.stderr)
+        code = EXIT_IO
+    except KeyboardInterrupt:
+        method = getattr(args, "_current_method", None)
+        checkpoint = method_checkpoint(args, method) if method and args.checkpoint else None
+        where = (f"; the last checkpoint is {checkpoint} (continue with --resume)"
+                 if checkpoint and Path(checkpoint).exists() else "")
+        kept = ("; records of the methods that had finished are written"
+                if getattr(args, "json", None) else "")
+        print(f"\n{prefix}: interrupted{f' while training {method}' if method else ''}"
+              f"{where}{kept}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     sys.exit(code)

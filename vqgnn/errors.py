@@ -24,4 +24,23 @@ class ConfigTypeError(ConfigError, TypeError):
     """An argument of the wrong type (a :class:`ConfigError` and a ``TypeError``)."""
 
 
-__all__ = ["ConfigError", "ConfigTypeError"]
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or parameters and was stopped.
+
+    Attributes:
+        epoch: the epoch that diverged.
+        result: the run's figures up to there (``status='diverged'``), or None.
+        record: the JSON record of the run, where one was made (by
+            :func:`~vqgnn.train.run_experiment`), or None.
+    """
+
+    def __init__(self, message: str, epoch: int, result: object = None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.result = result
+        self.record: object = None
+
+
+__all__ = ["ConfigError", "ConfigTypeError", "DivergenceError"]

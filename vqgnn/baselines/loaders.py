@@ -10,8 +10,9 @@
 Each yields :class:`SubgraphBatch` es: a subgraph in local ids, the global id of each of
 its nodes, the local nodes the loss is taken on and their loss weights. The weights make
 ``sum(weight * loss)`` an estimate of the mean training loss, the scale of full-graph
-training's loss. The model runs
-exactly on the subgraph (``model(x[n_id], VQGraph(edge_index, n, edge_weight))``).
+training's loss. The model runs exactly on the subgraph, with PyG's convolutions
+(``model(x[n_id], edge_index, edge_weight=...)``, see
+:class:`~vqgnn.train.methods.SubgraphMethod`).
 
 The loaders draw from torch's global generator (PyG's samplers do), so
 :func:`~vqgnn.train.seed_everything` makes them reproducible and a checkpoint's RNG state

@@ -74,7 +74,7 @@ class NodeBatchSampler:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(nodes={self.nodes.numel()}, batch_size={self.batch_size})"

@@ -50,17 +50,26 @@ def read_graph_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     # allow-listed before (PyG registers Data at import): pass only the missing ones.
     registered = torch.serialization.get_safe_globals()
     safe = [c for c in (Data, DataEdgeAttr, DataTensorAttr, GlobalStorage) if c not in registered]
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"load_dataset: '{os.fspath(path)}' is empty (0 bytes), not a "
+                          f"torch.save file")
     try:
         with torch.serialization.safe_globals(safe):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # garbage, not a Data with custom classes
+            raise ConfigError(f"load_dataset: '{os.fspath(path)}' is not a readable "
+                              f"torch.save file ({str(exc).strip().splitlines()[0]})") from None
         warnings.warn(
             f"'{os.fspath(path)}' could not be read with weights_only=True ({exc}); reading "
             "it with weights_only=False, which executes pickle code from the file",
             UnsafeLoadWarning,
             stacklevel=3,
         )
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = _unsafe_load(path)
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise ConfigError(f"load_dataset: '{os.fspath(path)}' is not a readable torch.save "
+                          f"file ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, Data):
         return {key: obj[key] for key in obj.keys()}
     if isinstance(obj, dict):
@@ -69,6 +78,15 @@ def read_graph_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         f"load_dataset: '{os.fspath(path)}' must hold a torch_geometric.data.Data or a dict; "
         f"received {type(obj).__name__}"
     )
+
+
+def _unsafe_load(path: Union[str, os.PathLike]) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError,
+            KeyError) as exc:
+        raise ConfigError(f"load_dataset: '{os.fspath(path)}' is not a readable torch.save "
+                          f"file ({type(exc).__name__}: {exc})") from None
 
 
 def _describe(value: Any) -> str:

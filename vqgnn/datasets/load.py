@@ -7,6 +7,7 @@ from typing import List, Union
 
 from torch_geometric.data import Data
 
+from vqgnn.datasets.checks import check_finite_features
 from vqgnn.datasets.file import load_file
 from vqgnn.datasets.guard import default_root
 from vqgnn.datasets.ogb import OGB_DATASETS, load_ogb
@@ -70,7 +71,8 @@ def load_dataset(
         ``getattr(data, "ogb_name", None)``: PyG does not store ``None`` attributes).
 
     Raises:
-        ValueError: Unknown name (the message lists the valid ones) or bad ``split``.
+        ConfigError: Unknown name (the message lists the valid ones), bad ``split``, or
+            features holding NaN or infinite values.
         FileNotFoundError: The files are not under ``root`` and cannot be downloaded.
 
     Example:
@@ -85,6 +87,12 @@ def load_dataset(
             raise ConfigError(
                 f"load_dataset: {arg!r} must be a non-negative int; received {value!r}"
             )
+    data = _load(name, root, split, seed)
+    check_finite_features(data, f"load_dataset({name!r})")
+    return data
+
+
+def _load(name: str, root: Union[str, os.PathLike, None], split: int, seed: int) -> Data:
     text = name.strip()
     if text.lower().endswith(".pt"):
         return load_file(os.path.expanduser(text), split=split, seed=seed)

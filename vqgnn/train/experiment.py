@@ -7,9 +7,12 @@ from typing import Any, Callable, Optional
 
 from torch_geometric.data import Data
 
+from vqgnn.errors import DivergenceError
 from vqgnn.nn.models import VQGNN
 from vqgnn.quantize.options import CodebookOptions
-from vqgnn.train.trainer import TrainConfig, Trainer, seed_everything
+from vqgnn.train.checkpoint import CheckpointError, load_state
+from vqgnn.train.methods import VQ_INFERENCE
+from vqgnn.train.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 
 
 @dataclass
@@ -57,8 +60,12 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
     best validation and its test value (by the selection inference, and by every
     inference mode of the method), median epoch time, time to the best validation, peak
     training memory with how it was measured, peak RSS and inference time, plus both
-    configs (``train_config`` flat: the shared options and the method's) and the
-    per-epoch history.
+    configs (``train_config`` flat: the shared options and the method's), the per-epoch
+    history and ``status`` (``'ok'`` or ``'diverged'``).
+
+    With ``train.checkpoint`` set, an existing file there is resumed when ``resume`` is
+    true (after checking that it belongs to this run), and otherwise overwritten only
+    when it belongs to this same run: another run's checkpoint is never replaced.
 
     Args:
         data: a graph from :func:`vqgnn.datasets.load_dataset`.
@@ -67,23 +74,48 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
         train: the training options (``train.seed`` seeds everything).
         log: per-epoch log lines.
         resume: resume from ``train.checkpoint`` when that file exists.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read, or belongs to another run.
+        DivergenceError: training diverged; its ``record`` attribute holds the record
+            (``status='diverged'``).
     """
     train.validate()
     seed_everything(train.seed)
-    trainer = Trainer(model.build(data), data, train, log=log)
+    trainer = Trainer(model.build(data), data, train, log=log,
+                      identity={"model_config": asdict(model)})
     checkpoint = train.checkpoint
-    resume_from = checkpoint if resume and checkpoint and os.path.exists(checkpoint) else None
-    result = trainer.fit(resume_from=resume_from)
-    record: dict[str, Any] = {
+    resume_from = None
+    if checkpoint and os.path.exists(checkpoint):
+        if resume:
+            resume_from = checkpoint
+        else:
+            changed = trainer.differences(load_state(checkpoint))
+            if changed:
+                raise CheckpointError(
+                    f"{checkpoint!r} holds the checkpoint of another run ({changed[0]}"
+                    f"{'; ...' if len(changed) > 1 else ''}); it is not overwritten: give "
+                    f"another checkpoint path, or delete that file")
+    try:
+        result = trainer.fit(resume_from=resume_from)
+    except DivergenceError as err:
+        err.record = _record(data, model, train, trainer, err.result)  # type: ignore[arg-type]
+        raise
+    return _record(data, model, train, trainer, result)
+
+
+def _record(data: Data, model: ModelConfig, train: TrainConfig, trainer: Trainer,
+            result: TrainResult) -> dict[str, Any]:
+    return {
         "dataset": str(data.name), "split": int(data.split), "seed": train.seed,
         "conv": model.conv, "device": str(trainer.device),
         **result.record(),
-        "inference_seconds": (result.inference_seconds_vq if train.inference == "vq"
+        "inference_seconds": (result.inference_seconds_vq
+                              if result.selection_inference == VQ_INFERENCE
                               else result.inference_seconds_exact),
         "model_config": asdict(model),
         "train_config": {"method": train.method, **config_values(train)},
     }
-    return record
 
 
 def config_values(train: TrainConfig) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
@@ -439,8 +440,10 @@ class VQMethod(TrainingMethod):
     """VQ-GNN: mini-batches of nodes; messages from outside the batch through the
     codebooks, which are updated after every step (:meth:`~vqgnn.nn.VQGNN.update_codebooks`).
 
-    Inference modes: ``'exact'`` (layer-wise, every message exact) and ``'vq'`` (mini-batch
-    inference through the codebooks, in chunks of ``eval_batch_size``).
+    Inference modes: ``'exact'`` (layer-wise, every message exact, in chunks of
+    ``eval_batch_size``) and ``'vq'`` (mini-batch inference through the codebooks, in
+    batches of the training ``batch_size``: with batches as large as the graph it would be
+    exact inference under another name).
     """
 
     name = "vq"
@@ -469,8 +472,15 @@ class VQMethod(TrainingMethod):
         # so that every batch's gradients share one scale.
         self.loss_scale = (min(opts.batch_size, pool.numel()) * ctx.train_idx.numel()
                            / pool.numel())
+        k = self.model.codebook_options.num_codewords
+        if k > n:
+            warnings.warn(f"'VQMethod': num_codewords K={k} exceeds the graph's {n} nodes: "
+                          f"at most {n} codewords can ever be used", stacklevel=3)
         if opts.sampler == "metis":
             num_parts = opts.num_parts or min(n, max(1, 4 * n // opts.batch_size))
+            if num_parts > n:
+                raise ConfigError(f"'VQOptions': 'num_parts' must be at most the number of "
+                                  f"nodes ({n}), received {num_parts}")
             parts = metis_partition(ctx.graph.edge_index.cpu(), n, num_parts, seed=ctx.seed,
                                     cache_dir=metis_cache())
             self.sampler: Union[NodeBatchSampler, ClusterBatchSampler] = ClusterBatchSampler(
@@ -510,7 +520,7 @@ class VQMethod(TrainingMethod):
         ctx = self.ctx
         nodes = torch.arange(ctx.num_nodes, device=ctx.device)
         return torch.cat([self.model(ctx.x[b], ctx.graph, b)
-                          for b in nodes.split(ctx.eval_batch_size)])
+                          for b in nodes.split(self.options.batch_size)])
 
     def health(self) -> Optional[CodebookHealth]:
         return self.model.codebook_health()

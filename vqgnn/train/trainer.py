@@ -9,7 +9,6 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -19,7 +18,18 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from vqgnn.batching.graph import VQGraph
-from vqgnn.errors import ConfigError, ConfigTypeError
+from vqgnn.datasets.checks import check_finite_features
+from vqgnn.errors import ConfigError, ConfigTypeError, DivergenceError
+from vqgnn.train.checkpoint import (
+    CheckpointError,
+    differences,
+    graph_fingerprint,
+    load_state,
+    model_signature,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes, reset_peak_rss
 from vqgnn.train.methods import (
     METHODS,
@@ -33,6 +43,12 @@ from vqgnn.train.methods import (
 )
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+#: Steps between the progress bar's loss updates (each is a host synchronisation).
+PROGRESS_EVERY = 20
+
+#: Shared options a resumed run may change (every other option must match the checkpoint's).
+RESUMABLE = ("epochs", "checkpoint", "progress", "device", "patience", "measure_memory")
 
 _COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "eval_every", "patience",
                    "inference", "eval_batch_size", "seed", "device", "checkpoint", "progress",
@@ -58,9 +74,9 @@ class TrainConfig:
         optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'`` (momentum 0.9).
         eval_every: evaluate every this many epochs (and after the last).
         patience: stop after this many evaluations without a better validation metric.
-        inference: the inference mode of model selection, one of the method's
-            (``'exact'``; VQ-GNN also ``'vq'``); every mode is reported for the selected
-            model.
+        inference: the inference mode of model selection, one of the method's (default:
+            its first, ``'exact'`` for the built-in methods; VQ-GNN also has ``'vq'``);
+            every mode is reported for the selected model.
         eval_batch_size: nodes per inference chunk.
         seed: seed of weights, batches and dropout.
         device: ``'cpu'`` or ``'cuda'`` (or ``'cuda:1'``...).
@@ -81,7 +97,7 @@ class TrainConfig:
     optimizer: str = "adam"
     eval_every: int = 1
     patience: Optional[int] = None
-    inference: str = "exact"
+    inference: Optional[str] = None
     eval_batch_size: int = 4096
     seed: int = 0
     device: str = "cpu"
@@ -100,6 +116,8 @@ class TrainConfig:
             raise ConfigTypeError(f"'TrainConfig': method {self.method!r} takes "
                                   f"{cls.Options.__name__}, received "
                                   f"{type(self.options).__name__}")
+        if self.inference is None:
+            self.inference = cls.inference_modes[0]
         self.validate()
 
     @classmethod
@@ -135,6 +153,11 @@ class TrainConfig:
         return out
 
     @property
+    def selection(self) -> str:
+        """The inference mode of model selection (``inference``, resolved)."""
+        return self.inference or method_class(self.method).inference_modes[0]
+
+    @property
     def batch_size(self) -> Optional[int]:
         """The method's batch size (None for full-graph training)."""
         return getattr(self.options, "batch_size", None)
@@ -167,10 +190,33 @@ class TrainConfig:
             raise ConfigError(f"'{name}': 'inference' {self.inference!r} needs method "
                               f"{' or '.join(owners)} (received method {self.method!r}, whose "
                               f"modes are {modes})")
+        check_device(self.device, name)
         if self.patience is not None and (not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ConfigError(f"'{name}': 'patience' must be >= 1 or None, "
                               f"received {self.patience!r}")
+
+
+def check_device(device: str, owner: str = "TrainConfig") -> torch.device:
+    """``device`` parsed; :class:`~vqgnn.errors.ConfigError` for a malformed name or a
+    device this machine does not have."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"'{owner}': 'device' must be 'cpu', 'cuda' or 'cuda:N', received "
+                          f"{device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"'{owner}': 'device' {device!r} needs CUDA, which this "
+                              f"machine's torch does not have (torch.cuda.is_available() is "
+                              f"False; torch {torch.__version__})")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"'{owner}': 'device' {device!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"'{owner}': 'device' must be 'cpu', 'cuda' or 'cuda:N', received "
+                          f"{device!r}")
+    return parsed
 
 
 @dataclass
@@ -206,11 +252,11 @@ class TrainResult:
     method: str
     metric: str
     best_epoch: int
-    best_val: float
-    test: float
+    best_val: Optional[float]
+    test: Optional[float]
     selection_inference: str
-    val_exact: float
-    test_exact: float
+    val_exact: Optional[float]
+    test_exact: Optional[float]
     val_vq: Optional[float]
     test_vq: Optional[float]
     epochs_run: int
@@ -221,9 +267,15 @@ class TrainResult:
     peak_rss_bytes: int
     rss_measure: str
     setup_seconds: float
-    inference_seconds_exact: float
+    inference_seconds_exact: Optional[float]
     inference_seconds_vq: Optional[float]
     history: list[EpochLog] = field(default_factory=list)
+    #: ``'ok'``, or ``'diverged'`` (non-finite loss or parameters at ``diverged_epoch``:
+    #: the figures are the best model's before it, None when there was none).
+    status: str = "ok"
+    diverged_epoch: Optional[int] = None
+    #: The epoch a resumed run continued from (None: trained from the start here).
+    resumed_at_epoch: Optional[int] = None
 
     def record(self) -> dict[str, Any]:
         """A flat JSON-serialisable dict (history as a list of dicts)."""
@@ -237,22 +289,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:
@@ -272,6 +308,13 @@ class Trainer:
         log: called with one line per epoch (default: silent).
         optimizer: an optimizer over ``model``'s parameters, in place of the one
             ``config.optimizer`` names (any ``torch.optim.Optimizer``).
+        identity: more of what identifies the run (e.g. the model's configuration),
+            stored in checkpoints and compared on resume with the configuration, the
+            model's parameter shapes and the graph's fingerprint.
+
+    Raises:
+        ConfigError: bad configuration, a model the method cannot train, a graph without
+            training, validation or test nodes, or non-finite features.
 
     Example:
         >>> trainer = Trainer(model, data, TrainConfig.create("vq", epochs=50, batch_size=512))
@@ -280,11 +323,14 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, data: Data, config: TrainConfig,
                  log: Optional[Callable[[str], None]] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+                 optimizer: Optional[torch.optim.Optimizer] = None,
+                 identity: Optional[dict[str, Any]] = None) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigTypeError(f"'Trainer': 'config' must be a TrainConfig, received "
                                   f"{type(config).__name__}")
         config.validate()
+        check_finite_features(data, "Trainer")  # before the peak RSS is reset: not the run's
+        self.fingerprint = graph_fingerprint(data)
         # The peak RSS counts from here: samplers' set-up (METIS, GraphSAINT's
         # pre-sampling) and k-means belong to the run.
         self.rss_reset = reset_peak_rss()
@@ -300,6 +346,11 @@ class Trainer:
         train_idx = masks["train"].nonzero().view(-1)
         if train_idx.numel() == 0:
             raise ConfigError("'Trainer': the graph has no training nodes (train_mask is empty)")
+        for split in ("val", "test"):  # once per graph: model selection and the result
+            if not bool(masks[split].any()):
+                raise ConfigError(f"'Trainer': the graph has no {split} nodes ({split}_mask "
+                                  f"is empty); model selection and the result need them")
+        self.extra_identity = dict(identity or {})
         self.ctx = TrainContext(
             model=self.model, data=data, x=data.x.to(self.device), y=data.y.to(self.device),
             masks=masks, train_idx=train_idx,
@@ -321,6 +372,9 @@ class Trainer:
         self.time_to_best = 0.0
         self.peak_bytes = 0
         self.prepared = False
+        self.diverged_epoch: Optional[int] = None
+        self.resumed_at_epoch: Optional[int] = None
+        self.last_steps = 0
 
     @property
     def graph(self) -> VQGraph:
@@ -366,7 +420,8 @@ class Trainer:
         return step.loss.detach()
 
     def train_epoch(self) -> float:
-        """One epoch; returns the mean batch loss (one host synchronisation, at the end)."""
+        """One epoch; returns the mean batch loss (one host synchronisation, at the end;
+        with progress bars, also one every ``PROGRESS_EVERY`` steps for the bar's loss)."""
         self.model.train()
         losses: list[Tensor] = []
         progress = self.config.progress
@@ -377,10 +432,11 @@ class Trainer:
             if loss is None:
                 continue
             losses.append(loss)
-            if progress:
+            if progress and len(losses) % PROGRESS_EVERY == 1:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
+        self.last_steps = len(losses)
         if not losses:
-            return float("nan")
+            return float("nan")  # no batch had a loss (no training node in any)
         return float(torch.stack(losses).mean())
 
     # -------------------------------------------------------------- evaluation
@@ -419,8 +475,17 @@ class Trainer:
             self.epoch += 1
             self.elapsed += timer.seconds
             entry = EpochLog(self.epoch, loss, timer.seconds)
+            problem = self._divergence(loss)
+            if problem is not None:
+                self.history.append(entry)
+                self.diverged_epoch = self.epoch
+                message = (f"training diverged at epoch {self.epoch}: {problem}; the run is "
+                           f"stopped (try a lower learning rate)")
+                if self.log is not None:
+                    self.log(f"epoch {self.epoch:>3}/{cfg.epochs} | {message}")
+                raise DivergenceError(message, self.epoch, self.result())
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                scores = self.evaluate(cfg.inference)
+                scores = self.evaluate(cfg.selection)
                 entry.train, entry.val, entry.test = scores["train"], scores["val"], scores["test"]
                 if scores["val"] > self.best_val:
                     self.best_val, self.best_epoch = scores["val"], self.epoch
@@ -441,6 +506,21 @@ class Trainer:
                 self.save_checkpoint(cfg.checkpoint)
         return self.result()
 
+    def _divergence(self, loss: float) -> Optional[str]:
+        """What is non-finite after an epoch (one host synchronisation), or None."""
+        if self.last_steps and not math.isfinite(loss):
+            return f"the mean training loss is {loss}"
+        # Parameters and floating buffers (codewords, EMA statistics, standardisers, norm
+        # statistics); a codebook's ``last_error`` is NaN until its first update.
+        named = [(n, t.detach()) for n, t in [*self.model.named_parameters(),
+                                              *self.model.named_buffers()]
+                 if t.is_floating_point() and not n.endswith("last_error") and t.numel()]
+        if named and not bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+            bad = [n for n, t in named if not bool(t.isfinite().all())]
+            more = ", ..." if len(bad) > 3 else ""
+            return f"non-finite parameters or statistics ({', '.join(bad[:3])}{more})"
+        return None
+
     def _stopped(self) -> bool:
         patience = self.config.patience
         return patience is not None and self.bad_evals >= patience
@@ -450,13 +530,17 @@ class Trainer:
         cfg = self.config
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        scores: dict[str, dict[str, float]] = {}
-        seconds: dict[str, float] = {}
+        none = {"train": None, "val": None, "test": None}
+        scores: dict[str, dict[str, Optional[float]]] = {}
+        seconds: dict[str, Optional[float]] = {}
         for mode in self.method.inference_modes:
+            if self.diverged_epoch is not None and self.best_state is None:
+                scores[mode], seconds[mode] = dict(none), None  # no model worth measuring
+                continue
             with Timer(self.device) as timer:
-                scores[mode] = self.evaluate(mode)
+                scores[mode] = dict(self.evaluate(mode))
             seconds[mode] = timer.seconds
-        chosen = scores[cfg.inference]
+        chosen = scores[cfg.selection]
         vq = scores.get(VQ_INFERENCE)
         measure = ("torch.cuda.max_memory_allocated per training step"
                    if self.device.type == "cuda" else
@@ -464,8 +548,9 @@ class Trainer:
         times = [h.seconds for h in self.history]
         return TrainResult(
             method=cfg.method, metric=str(self.data.metric), best_epoch=self.best_epoch,
-            best_val=chosen["val"], test=chosen["test"], selection_inference=cfg.inference,
-            val_exact=scores["exact"]["val"], test_exact=scores["exact"]["test"],
+            best_val=chosen["val"], test=chosen["test"], selection_inference=cfg.selection,
+            val_exact=scores.get("exact", none)["val"],
+            test_exact=scores.get("exact", none)["test"],
             val_vq=None if vq is None else vq["val"], test_vq=None if vq is None else vq["test"],
             epochs_run=self.epoch,
             median_epoch_seconds=statistics.median(times) if times else float("nan"),
@@ -476,18 +561,30 @@ class Trainer:
             rss_measure=("process peak RSS since the Trainer was built (Linux VmHWM, reset)"
                          if self.rss_reset else
                          "process peak RSS over its lifetime"),
-            inference_seconds_exact=seconds["exact"],
+            inference_seconds_exact=seconds.get("exact"),
             inference_seconds_vq=seconds.get(VQ_INFERENCE),
-            history=list(self.history))
+            history=list(self.history),
+            status="ok" if self.diverged_epoch is None else "diverged",
+            diverged_epoch=self.diverged_epoch, resumed_at_epoch=self.resumed_at_epoch)
 
     # ------------------------------------------------------------- checkpoints
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with the run that resumes it: the configuration
+        (but for :data:`RESUMABLE` options), the model and the graph."""
+        config = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE}
+        return {"train_config": config,
+                **({"run": self.extra_identity} if self.extra_identity else {}),
+                "model": model_signature(self.model), "graph": self.fingerprint}
+
     def save_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        """Everything needed to resume exactly, written atomically."""
-        state = {
+        """Everything needed to resume exactly, with the run's identity, written
+        atomically (see :mod:`vqgnn.train.checkpoint`)."""
+        save_state({
+            "identity": self.identity(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "epoch": self.epoch,
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
@@ -496,32 +593,50 @@ class Trainer:
             "elapsed": self.elapsed,
             "time_to_best": self.time_to_best,
             "peak_bytes": self.peak_bytes,
+            "setup_seconds": self.setup_seconds,
             "history": [asdict(h) for h in self.history],
             "config": self.config.to_dict(),
-        }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        }, path)
+
+    def differences(self, state: dict[str, Any]) -> list[str]:
+        """How a loaded checkpoint's identity differs from this run's (empty: the same)."""
+        return differences(state.get("identity", {}), self.identity())
+
+    def check_checkpoint(self, state: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+        """Raise :class:`~vqgnn.train.checkpoint.CheckpointError` unless ``state`` (a
+        loaded checkpoint) belongs to this run: the same configuration but for
+        :data:`RESUMABLE` options, the same model and graph, and no more epochs than
+        ``config.epochs``."""
+        changed = self.differences(state)
+        if changed:
+            shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
+            raise CheckpointError(f"the checkpoint {os.fspath(path)!r} belongs to another run "
+                                  f"({len(changed)} difference(s): {shown}); resume with the "
+                                  f"same options, or start without resuming")
+        if state["epoch"] > self.config.epochs:
+            raise CheckpointError(f"the checkpoint {os.fspath(path)!r} has trained "
+                                  f"{state['epoch']} epochs, more than 'epochs' "
+                                  f"({self.config.epochs}); give at least {state['epoch']}")
 
     def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        """Restore a :meth:`save_checkpoint` state (the model must have the same shape)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"'Trainer.load_checkpoint': no checkpoint at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        """Restore a :meth:`save_checkpoint` state after :meth:`check_checkpoint`."""
+        # On the CPU: load_state_dict moves weights and optimizer state to the parameters'
+        # device; generator states must stay CPU tensors.
+        state = load_state(path, "cpu")
+        self.check_checkpoint(state, path)
         self.prepare(init_codebooks=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.best_state = state["best_state"]
         self.bad_evals = state["bad_evals"]
         self.elapsed, self.time_to_best = state["elapsed"], state["time_to_best"]
         self.peak_bytes = state["peak_bytes"]
+        self.setup_seconds = state["setup_seconds"]
+        self.resumed_at_epoch = self.epoch
         self.history = [EpochLog(**h) for h in state["history"]]
 
 
