@@ -162,3 +162,13 @@ def test_scaling_records_sizes_and_failures(tmp_path, capsys):
     (1, "MemoryError", "oom"), (1, "ValueError: bad", "error")])
 def test_failure_status(code, tail, status):
     assert scaling.failure_status(code, tail) == status
+
+
+def test_inference_speed_script_checks_the_paths_agree(capsys):
+    from benchmarks import inference_speed
+
+    inference_speed.main(["--nodes", "600", "--repeat", "1", "--features", "8",
+                          "--hidden", "16", "--chunk", "128"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "600" and float(cells[-1]) < 1e-4  # the same outputs

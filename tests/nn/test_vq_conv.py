@@ -576,3 +576,36 @@ def test_target_to_source_flow_is_rejected() -> None:
     with pytest.raises(ValueError, match="flow='source_to_target' only, received GCNConv with "
                                          "flow='target_to_source'"):
         VQConv(GCNConv(4, 6, flow="target_to_source"), num_codewords=4, num_nodes=10)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "graphconv", "gin", "gat", "user"])
+def test_inference_all_equals_the_full_graph_forward(kind: str) -> None:
+    torch.manual_seed(0)
+    n = 37
+    graph = VQGraph(random_graph(n, 150), n)
+    conv = {"gcn": GCNConv(5, 6), "sage": SAGEConv(5, 6), "graphconv": GraphConv(5, 6),
+            "gin": GINConv(torch.nn.Linear(5, 6)), "gat": GATConv(5, 3, heads=2),
+            "user": LinearUserConv(5, 6)}[kind]
+    layer = VQConv(conv, num_codewords=4, num_nodes=n)
+    x = torch.randn(n, 5)
+    expected = conv(x, graph.edge_index)
+    for chunk in (8, 37, 100):  # chunks that do not divide N, one chunk, larger than N
+        torch.testing.assert_close(layer.inference_all(x, graph, chunk), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_inference_all_reuses_the_constant_aggregation(monkeypatch) -> None:
+    torch.manual_seed(0)
+    n = 30
+    graph = VQGraph(random_graph(n, 100), n)
+    layer = VQConv(GCNConv(4, 6), num_nodes=n, constant_input=True)
+    x = torch.randn(n, 4)
+    layer.set_constant_input(x, graph)
+    import vqgnn.nn.vq_conv as module
+
+    def no_product(*args, **kwargs):
+        raise AssertionError("re-aggregated the constant input")
+
+    monkeypatch.setattr(module, "csr_matmul", no_product)
+    torch.testing.assert_close(layer.inference_all(x, graph, 7), layer.conv(x, graph.edge_index),
+                               rtol=1e-5, atol=1e-5)

@@ -281,16 +281,17 @@ class VQGNN(torch.nn.Module):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"'{type(self).__name__}': 'batch_size' must be an int >= 1, "
                               f"received {batch_size!r}")
-        chunks = torch.arange(graph.num_nodes, device=x.device).split(batch_size)
-        h = torch.cat([self._input(x[c]) for c in chunks])
-        for i, conv in enumerate(self.layers):
+        n = graph.num_nodes
+        h = x if self.lin_in is None else torch.cat(
+            [self._input(x[s:s + batch_size]) for s in range(0, n, batch_size)])
+        bar = tqdm(self.layers, desc="layer-wise inference", disable=not progress, leave=False)
+        for i, conv in enumerate(bar):
             conv_in = self._conv_input(i, h)  # (N, D)
             if before_layer is not None:
                 before_layer(i, conv_in)
-            bar = tqdm(chunks, desc=f"layer {i + 1}/{self.num_layers}", disable=not progress,
-                       leave=False)
-            h = torch.cat([self._after_conv(i, h[c], conv.inference(conv_in, graph, c))
-                           for c in bar])
+            z = conv.inference_all(conv_in, graph, batch_size)  # (N, D_out), exact
+            h = torch.cat([self._after_conv(i, h[s:s + batch_size], z[s:s + batch_size])
+                           for s in range(0, n, batch_size)])
         return self._output(h)
 
     @torch.no_grad()
@@ -298,8 +299,10 @@ class VQGNN(torch.nn.Module):
                   progress: bool = False) -> Tensor:
         """Exact layer-wise inference of all nodes in chunks of ``batch_size`` nodes.
 
-        Memory is O(N * hidden) for one layer's outputs plus one chunk's 1-hop
-        neighbourhood, never the full graph's messages.
+        Each layer is one sparse product per chunk of rows over all nodes' messages
+        (:meth:`VQConv.inference_all`; the first layer's cached aggregation is reused when
+        its input is constant). Memory is O(N * hidden) for a layer's inputs, messages and
+        outputs, never the full graph's (E, D) per-edge messages.
         """
         return self._layerwise(x, graph, batch_size, progress)
 

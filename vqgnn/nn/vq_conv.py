@@ -444,6 +444,52 @@ class VQConv(torch.nn.Module):
                               f"{self.in_channels}), received {tuple(x.shape)}")
         return self._exact(x, graph, batch, x[batch])
 
+    @torch.no_grad()
+    def inference_all(self, x: Tensor, graph: VQGraph, chunk_size: int = 4096) -> Tensor:
+        """Exact outputs of all nodes, in contiguous chunks of ``chunk_size`` rows.
+
+        For layers whose messages are linear (GCN, SAGE, GraphConv, GIN), the messages of
+        all nodes are computed once and each chunk is one sparse product with a slice of
+        the CSR operator (no gather of neighbours' inputs); a constant-input layer reuses
+        its cached aggregation :math:`C X`. Other layers run :meth:`inference` per chunk.
+        Memory: the (N, D_agg) messages plus one chunk's aggregation.
+
+        Args:
+            x: (N, D_in) inputs of all nodes.
+            graph: the full graph.
+            chunk_size: rows per chunk.
+
+        Returns:
+            (N, D_out).
+        """
+        if x.shape != (graph.num_nodes, self.in_channels):
+            raise ConfigError(f"'VQConv.inference_all': 'x' must have shape "
+                              f"({graph.num_nodes}, {self.in_channels}), received "
+                              f"{tuple(x.shape)}")
+        n = graph.num_nodes
+        starts = range(0, n, chunk_size)
+        adapter = self.adapter
+        if not isinstance(adapter, LinearAdapter):
+            nodes = torch.arange(n, device=x.device)
+            return torch.cat([self.inference(x, graph, nodes[s:s + chunk_size]) for s in starts])
+        constant = self._constant
+        if (constant is not None and constant[0] is graph and constant[2] is not None
+                and constant[1] is x):
+            aggregated = constant[2]  # C X of the raw inputs, computed once
+            return torch.cat([adapter.update(self.conv, adapter.message(
+                self.conv, aggregated[s:s + chunk_size].to(x.dtype)), x[s:s + chunk_size])
+                for s in starts])
+        op = self.operator(graph)
+        msg = torch.cat([adapter.message(self.conv, x[s:s + chunk_size])
+                         for s in starts])  # (N, D_agg)
+        outs = []
+        for s in starts:
+            e = min(s + chunk_size, n)
+            lo, hi = int(op.rowptr[s]), int(op.rowptr[e])
+            agg = csr_matmul(op.rowptr[s:e + 1] - lo, op.col[lo:hi], op.value[lo:hi], msg)
+            outs.append(adapter.update(self.conv, agg, x[s:e]))
+        return torch.cat(outs)
+
     def _exact(self, x_all: Tensor, graph: VQGraph, batch: Tensor, x_dst: Tensor) -> Tensor:
         op = self.operator(graph)
         b = batch.numel()

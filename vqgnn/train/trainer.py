@@ -225,13 +225,14 @@ class EpochLog:
 
     epoch: int
     loss: float
-    seconds: float
+    seconds: float  # training only
     train: Optional[float] = None
     val: Optional[float] = None
     test: Optional[float] = None
     usage: Optional[float] = None
     perplexity: Optional[float] = None
     quantization_error: Optional[float] = None
+    eval_seconds: Optional[float] = None  # the evaluation after the epoch, if any
 
     def line(self, epochs: int, metric: str) -> str:
         parts = [f"epoch {self.epoch:>3}/{epochs}", f"loss {self.loss:.4f}"]
@@ -262,6 +263,8 @@ class TrainResult:
     epochs_run: int
     median_epoch_seconds: float
     time_to_best_seconds: float
+    #: Seconds of every evaluation during training (not in the epoch times).
+    eval_seconds_total: float
     peak_memory_bytes: Optional[int]
     memory_measure: str
     peak_rss_bytes: int
@@ -485,7 +488,9 @@ class Trainer:
                     self.log(f"epoch {self.epoch:>3}/{cfg.epochs} | {message}")
                 raise DivergenceError(message, self.epoch, self.result())
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                scores = self.evaluate(cfg.selection)
+                with Timer(self.device) as eval_timer:
+                    scores = self.evaluate(cfg.selection)
+                entry.eval_seconds = eval_timer.seconds
                 entry.train, entry.val, entry.test = scores["train"], scores["val"], scores["test"]
                 if scores["val"] > self.best_val:
                     self.best_val, self.best_epoch = scores["val"], self.epoch
@@ -555,6 +560,7 @@ class Trainer:
             epochs_run=self.epoch,
             median_epoch_seconds=statistics.median(times) if times else float("nan"),
             time_to_best_seconds=self.time_to_best,
+            eval_seconds_total=sum(h.eval_seconds or 0.0 for h in self.history),
             peak_memory_bytes=self.peak_bytes if cfg.measure_memory else None,
             memory_measure=measure, peak_rss_bytes=peak_rss_bytes(),
             setup_seconds=self.setup_seconds,
