@@ -1,7 +1,7 @@
 """vqgnn: scale PyTorch Geometric GNNs to large graphs with vector quantization (VQ-GNN)."""
 from vqgnn.batching import VQGraph
 from vqgnn.errors import ConfigError, ConfigTypeError
-from vqgnn.nn import VQGNN, VQConv, init_codebooks, register_adapter
+from vqgnn.nn import VQGNN, ResidualFFNGNN, VQConv, init_codebooks, register_adapter
 from vqgnn.quantize import Codebook, CodebookHealth, CodebookOptions, FeatureGradientQuantizer
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ __all__ = [
     "VQGraph",
     "VQConv",
     "VQGNN",
+    "ResidualFFNGNN",
     "init_codebooks",
     "register_adapter",
     "Codebook",

@@ -131,7 +131,8 @@ def model_config(args: argparse.Namespace):
     return ModelConfig(
         conv=args.conv, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
         norm=args.norm, residual=args.residual,
-        exact_first_layer=not args.no_exact_first_layer, codebook=codebook)
+        exact_first_layer=not args.no_exact_first_layer, codebook=codebook, act=args.act,
+        ffn=args.ffn)
 
 
 def method_checkpoint(args: argparse.Namespace, method: str) -> Optional[str]:
@@ -259,7 +260,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vqgnn.nn.models import BACKBONES, NORMS
+    from vqgnn.nn.models import ACTIVATIONS, BACKBONES, NORMS
     from vqgnn.quantize import CodebookOptions
     from vqgnn.quantize.options import KMEANS_BACKENDS
     from vqgnn.train import METHODS, ModelConfig, TrainConfig
@@ -328,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="normalisation between layers")
     train.add_argument("--residual", action="store_true",
                        help="input/output linear layers and residual conv blocks")
+    train.add_argument("--ffn", action="store_true",
+                       help="residual blocks with a feed-forward module and a final norm "
+                            "(the heterophilous benchmark's architecture; every layer "
+                            "quantized): use with --norm layer --act gelu --dropout 0.2")
+    train.add_argument("--act", default=m.act, choices=list(ACTIVATIONS),
+                       help="activation")
     train.add_argument("--no-exact-first-layer", action="store_true",
                        help="quantize the first layer's inputs too")
     train.add_argument("--lr", type=float, default=t.lr, help="learning rate")

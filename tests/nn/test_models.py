@@ -210,3 +210,59 @@ def test_codebook_options_reach_every_codebook():
     with pytest.raises(ValueError, match="'num_codewords' \\(4\\) differs from "
                                          "'codebook.num_codewords' \\(8\\)"):
         VQGNN(8, 16, 3, 3, num_nodes=10, codebook=opts, num_codewords=4)
+
+
+# ------------------------------------------------------------------ the benchmark's architecture
+def test_residual_ffn_quantizes_every_layer_and_has_the_benchmark_layout(data):
+    from vqgnn import ResidualFFNGNN
+
+    model = ResidualFFNGNN(8, 16, 3, 3, num_nodes=data.num_nodes, conv="sage",
+                           num_codewords=16, ffn_multiplier=2)
+    assert all(layer.has_codebook for layer in model.layers)  # no constant-input layer
+    assert isinstance(model.final_norm, torch.nn.LayerNorm) and len(model.ffns) == 3
+    assert model.ffns[0][0].out_features == 32 and isinstance(model.act, torch.nn.GELU)
+    assert all(isinstance(n, torch.nn.LayerNorm) for n in model.norms)
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model.prepare(data.x, graph)
+    assert all(layer.initialized for layer in model.layers)
+    model.eval()
+    with torch.no_grad():
+        full = model(data.x, graph)
+        torch.testing.assert_close(model(data.x, data.edge_index), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.inference(data.x, graph, 7), full, rtol=1e-5,
+                                   atol=1e-5)
+    # The block by hand: h + FFN(conv(LN(h))), then LN and the output linear.
+    with torch.no_grad():
+        h = model.act(model.lin_in(data.x))
+        for i, layer in enumerate(model.layers):
+            z = layer.conv(model.norms[i](h), data.edge_index)
+            first, second = model.ffns[i]
+            h = h + second(model.act(first(z)))
+        torch.testing.assert_close(model.lin_out(model.final_norm(h)), full, rtol=1e-5,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="'ffn_multiplier' must be an int >= 1"):
+        ResidualFFNGNN(8, 16, 2, 3, num_nodes=10, ffn_multiplier=0)
+
+
+def test_residual_ffn_trains_by_vq_and_from_the_command_line(tmp_path):
+    from vqgnn.cli import main
+    from vqgnn.train import TrainConfig, Trainer, seed_everything
+
+    data = load_dataset("synthetic:n=300,deg=6,features=8,classes=3")
+    from vqgnn import ResidualFFNGNN
+
+    seed_everything(0)
+    model = ResidualFFNGNN(8, 16, 2, 3, num_nodes=300, num_codewords=16)
+    result = Trainer(model, data, TrainConfig.create("vq", epochs=10, batch_size=64,
+                                                     lr=0.01)).fit()
+    assert result.test > 1 / 3 + 0.2
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "synthetic:n=300,deg=6,features=8,classes=3", "--ffn",
+              "--norm", "layer", "--act", "gelu", "--hidden", "16", "--num-codewords", "16",
+              "--batch-size", "64", "--epochs", "2", "--quiet", "--json", str(path)])
+    assert exit_info.value.code == 0
+    import json
+
+    record = json.loads(path.read_text().splitlines()[0])
+    assert record["model_config"]["ffn"] is True and record["model_config"]["act"] == "gelu"

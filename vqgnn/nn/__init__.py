@@ -7,10 +7,11 @@ from vqgnn.nn.adapters import (
     adapter_for,
     register_adapter,
 )
-from vqgnn.nn.models import VQGNN, backbone_factory
+from vqgnn.nn.models import VQGNN, ResidualFFNGNN, backbone_factory
 from vqgnn.nn.vq_conv import VQConv, init_codebooks
 
 __all__ = [
-    "VQConv", "VQGNN", "backbone_factory", "ConvAdapter", "LinearAdapter", "AttentionAdapter",
+    "VQConv", "VQGNN", "ResidualFFNGNN", "backbone_factory", "ConvAdapter", "LinearAdapter",
+    "AttentionAdapter",
     "GenericAdapter", "adapter_for", "register_adapter", "init_codebooks",
 ]

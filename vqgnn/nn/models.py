@@ -350,3 +350,70 @@ class VQGNN(torch.nn.Module):
                 f"num_layers={self.num_layers}, out_channels={self.out_channels}, conv={conv}, "
                 f"num_codewords={self.codebook_options.num_codewords}, "
                 f"residual={self.residual})")
+
+
+class ResidualFFNGNN(VQGNN):
+    r"""The architecture of the heterophilous-graph benchmark (Platonov et al., ICLR 2023),
+    with every convolution a :class:`VQConv` with its own codebook.
+
+    .. math::
+        h^{(0)} = \mathrm{drop}(\mathrm{GELU}(W_\mathrm{in} x)), \qquad
+        h^{(l)} = h^{(l-1)} + \mathrm{FFN}_l\big(\mathrm{conv}_l(\mathrm{LN}_l(h^{(l-1)}))\big),
+        \qquad y = W_\mathrm{out}\, \mathrm{LN}(h^{(L)}),
+
+    with :math:`\mathrm{FFN}(z) = \mathrm{drop}(W_2\, \mathrm{GELU}(\mathrm{drop}(W_1 z)))`
+    (hidden width ``ffn_multiplier * hidden_channels``). No layer reads constant inputs, so
+    every layer is quantized.
+
+    Args:
+        in_channels, hidden_channels, num_layers, out_channels: as :class:`VQGNN`
+            (``num_layers`` residual blocks).
+        ffn_multiplier: the feed-forward module's width over ``hidden_channels``.
+        dropout: dropout probability (default 0.2, the benchmark's).
+        act: activation (default ``'gelu'``).
+        norm: the blocks' and the final normalisation (default ``'layer'``).
+        **kwargs: the other :class:`VQGNN` options (``num_nodes``, ``conv``,
+            ``num_codewords``, ``codebook``, ...).
+
+    Example:
+        >>> model = ResidualFFNGNN(data.num_features, 512, 3, 2, num_nodes=data.num_nodes,
+        ...                        conv="sage", num_codewords=1024)
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int,
+                 out_channels: int, *, ffn_multiplier: int = 1, dropout: float = 0.2,
+                 act: Union[str, Callable[[Tensor], Tensor]] = "gelu", norm: NormSpec = "layer",
+                 **kwargs: Any) -> None:
+        if kwargs.get("residual") is False:
+            raise ConfigError("'ResidualFFNGNN' is residual; received residual=False")
+        kwargs.pop("residual", None)
+        super().__init__(in_channels, hidden_channels, num_layers, out_channels,
+                         dropout=dropout, act=act, norm=norm, residual=True, **kwargs)
+        if not isinstance(ffn_multiplier, int) or ffn_multiplier < 1:
+            raise ConfigError(f"'ResidualFFNGNN': 'ffn_multiplier' must be an int >= 1, "
+                              f"received {ffn_multiplier!r}")
+        self.ffn_multiplier = ffn_multiplier
+        width = ffn_multiplier * hidden_channels
+        self.ffns = torch.nn.ModuleList(
+            torch.nn.ModuleList([torch.nn.Linear(hidden_channels, width),
+                                 torch.nn.Linear(width, hidden_channels)])
+            for _ in range(num_layers))
+        self.final_norm = norm_factory(norm, "ResidualFFNGNN")(hidden_channels)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for module in [*self.ffns.modules(), self.final_norm]:
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
+    def _after_conv(self, i: int, h: Tensor, z: Tensor) -> Tensor:
+        block = self.ffns[i]
+        first: torch.nn.Module = block[0]  # type: ignore[index]
+        second: torch.nn.Module = block[1]  # type: ignore[index]
+        u = self.act(F.dropout(first(z), self.dropout, self.training))
+        return h + F.dropout(second(u), self.dropout, self.training)
+
+    def _output(self, h: Tensor) -> Tensor:
+        assert self.lin_out is not None
+        return self.lin_out(self.final_norm(h))

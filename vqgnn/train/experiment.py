@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 from torch_geometric.data import Data
 
 from vqgnn.errors import DivergenceError
-from vqgnn.nn.models import VQGNN
+from vqgnn.nn.models import VQGNN, ResidualFFNGNN
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.train.checkpoint import CheckpointError, load_state
 from vqgnn.train.methods import VQ_INFERENCE
@@ -28,6 +28,10 @@ class ModelConfig:
         residual: the residual layout.
         exact_first_layer: the first layer reads raw features exactly (no codebook).
         codebook: the codebook options of every quantized layer.
+        act: the activation.
+        ffn: residual blocks with a feed-forward module and a final normalisation, the
+            heterophilous-graph benchmark's architecture (:class:`~vqgnn.nn.ResidualFFNGNN`;
+            implies the residual layout).
     """
 
     conv: str = "gcn"
@@ -38,6 +42,8 @@ class ModelConfig:
     residual: bool = False
     exact_first_layer: bool = True
     codebook: CodebookOptions = field(default_factory=CodebookOptions)
+    act: str = "relu"
+    ffn: bool = False
 
     @property
     def num_codewords(self) -> int:
@@ -45,10 +51,14 @@ class ModelConfig:
 
     def build(self, data: Data) -> VQGNN:
         """The model for ``data`` (its features, classes and nodes)."""
+        common = {"num_nodes": data.num_nodes, "conv": self.conv, "codebook": self.codebook,
+                  "dropout": self.dropout, "norm": self.norm, "act": self.act}
+        if self.ffn:
+            return ResidualFFNGNN(data.num_features, self.hidden, self.layers,
+                                  data.num_classes, **common)
         return VQGNN(data.num_features, self.hidden, self.layers, data.num_classes,
-                     num_nodes=data.num_nodes, conv=self.conv, codebook=self.codebook,
-                     dropout=self.dropout, norm=self.norm, residual=self.residual,
-                     exact_first_layer=self.exact_first_layer)
+                     residual=self.residual, exact_first_layer=self.exact_first_layer,
+                     **common)
 
 
 def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
