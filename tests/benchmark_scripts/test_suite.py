@@ -172,3 +172,14 @@ def test_inference_speed_script_checks_the_paths_agree(capsys):
     row = capsys.readouterr().out.strip().splitlines()[-1]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "600" and float(cells[-1]) < 1e-4  # the same outputs
+
+
+def test_stability_curve_figures():
+    from benchmarks.stability import curve_figures
+
+    history = [{"epoch": e, "val": v} for e, v in
+               [(10, 0.50), (20, 0.80), (25, 0.60), (30, 0.85), (35, 0.84)]]
+    history.append({"epoch": 36, "val": None})  # an epoch without evaluation
+    drop, gap = curve_figures(history, after=20)
+    assert drop == pytest.approx(20.0)  # 0.80 best, 0.60 at epoch 25
+    assert gap == pytest.approx(100 * (0.85 - (0.50 + 0.80 + 0.60 + 0.85 + 0.84) / 5))

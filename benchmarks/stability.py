@@ -1,0 +1,109 @@
+"""How stable VQ-GNN's validation curve is, and what moves it: one dataset of the suite
+(its preset's model and training options), VQ-GNN under codebook and optimiser variants
+beside full-graph training, a few seeds each.
+
+For every run, from its per-epoch validation metric:
+
+* ``max drop``: the largest fall below the running best after epoch ``--after``;
+* ``last-20 gap``: the best minus the mean of the last 20 evaluations;
+
+both in points, averaged over the seeds. Records go to ``--out`` (JSON lines; a run
+already there is skipped), the table is printed.
+
+Usage:
+    python benchmarks/stability.py --data-root DIR                      # Cora, 3 seeds
+    python benchmarks/stability.py --data-root DIR --dataset citeseer --variants default,no-restarts
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import grid  # noqa: E402
+from vqgnn.datasets import load_dataset  # noqa: E402
+from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
+from vqgnn.train.records import append_record, read_records  # noqa: E402
+
+#: name -> (method, codebook changes, training changes)
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "full": ("full", {}, {}),
+    "default": ("vq", {}, {}),
+    "no-restarts": ("vq", {"dead_threshold": 0.0}, {}),
+    "decay-0.9": ("vq", {"decay": 0.9}, {}),
+    "decay-0.999": ("vq", {"decay": 0.999}, {}),
+    "lr-0.005": ("vq", {}, {"lr": 0.005}),
+    "K-1024": ("vq", {"num_codewords": 1024}, {}),
+    "batch-1024": ("vq", {}, {"batch_size": 1024}),
+}
+
+
+def curve_figures(history: list[dict[str, Any]], after: int) -> tuple[float, float]:
+    """(max drop below the running best after epoch ``after``, best - mean of the last 20
+    evaluations), in points."""
+    evals = [(h["epoch"], h["val"]) for h in history if h.get("val") is not None]
+    best, drop = -float("inf"), 0.0
+    for epoch, val in evals:
+        best = max(best, val)
+        if epoch > after:
+            drop = max(drop, best - val)
+    last = [v for _, v in evals[-20:]]
+    return 100 * drop, 100 * (max(v for _, v in evals) - statistics.mean(last))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="cora", choices=sorted(grid.PRESETS["suite"]))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--after", type=int, default=20)
+    parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
+    parser.add_argument("--out", default=str(grid.RESULTS / "stability.jsonl"))
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
+    preset = grid.PRESETS["suite"][args.dataset]
+    root = grid.prepare_root(preset, args.data_root, None)
+    out = Path(args.out)
+    done = {(r["variant"], r["dataset"], r["seed"]) for r in read_records(out)}
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    for name in names:
+        method, codebook, training = VARIANTS[name]
+        model = replace(preset.model, codebook=replace(preset.model.codebook, **codebook))
+        for index in range(args.seeds):
+            run = grid.Run(preset, method, "gcn", index)
+            seed, split = run.train.seed, run.split
+            data = load_dataset(preset.name, root=root, split=split, seed=seed)
+            key = (name, str(data.name), seed + 100 * split)
+            if key not in done:
+                config: TrainConfig = run.train.replace(**training) if training else run.train
+                record = run_experiment(data, model, config)
+                record.update(variant=name, seed=key[2])
+                append_record(out, record)
+            record = next(r for r in read_records(out) if (r["variant"], r["dataset"],
+                                                            r["seed"]) == key)
+            drop, gap = curve_figures(record["history"], args.after)
+            rows.setdefault(name, []).append((drop, gap, 100 * record["test"]))
+            print(f"{name} seed/split {key[2]}: max drop {drop:.1f}, last-20 gap {gap:.1f}, "
+                  f"test {100 * record['test']:.2f}", flush=True)
+    print(f"\n{preset.name}, GCN, the suite's options, {args.seeds} seeds/splits; points; "
+          f"command: python benchmarks/stability.py {' '.join(argv or sys.argv[1:])}\n")
+    print(f"| variant | max drop after epoch {args.after} | last-20 gap | test |")
+    print("|---|---|---|---|")
+    for name, values in rows.items():
+        drop, gap, test = (statistics.mean(v[i] for v in values) for i in range(3))
+        worst = max(v[0] for v in values)
+        print(f"| {name} | {drop:.1f} (worst {worst:.1f}) | {gap:.1f} | {test:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
