@@ -32,16 +32,19 @@ from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
 
-#: name -> (method, codebook changes, training changes)
-VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "full": ("full", {}, {}),
-    "default": ("vq", {}, {}),
-    "no-restarts": ("vq", {"dead_threshold": 0.0}, {}),
-    "decay-0.9": ("vq", {"decay": 0.9}, {}),
-    "decay-0.999": ("vq", {"decay": 0.999}, {}),
-    "lr-0.005": ("vq", {}, {"lr": 0.005}),
-    "K-1024": ("vq", {"num_codewords": 1024}, {}),
-    "batch-1024": ("vq", {}, {"batch_size": 1024}),
+#: name -> (method, codebook changes, training changes, model changes)
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "full": ("full", {}, {}, {}),
+    "default": ("vq", {}, {}, {}),
+    "no-restarts": ("vq", {"dead_threshold": 0.0}, {}, {}),
+    "decay-0.9": ("vq", {"decay": 0.9}, {}, {}),
+    "decay-0.999": ("vq", {"decay": 0.999}, {}, {}),
+    "lr-0.005": ("vq", {}, {"lr": 0.005}, {}),
+    "K-1024": ("vq", {"num_codewords": 1024}, {}, {}),
+    "batch-1024": ("vq", {}, {"batch_size": 1024}, {}),
+    "no-backward": ("vq", {}, {}, {"backward_approx": False}),
+    "batch-train": ("vq", {}, {"batch_nodes": "train"}, {}),
+    "cluster": ("cluster", {}, {}, {}),
 }
 
 
@@ -77,8 +80,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     done = {(r["variant"], r["dataset"], r["seed"]) for r in read_records(out)}
     rows: dict[str, list[tuple[float, float, float]]] = {}
     for name in names:
-        method, codebook, training = VARIANTS[name]
-        model = replace(preset.model, codebook=replace(preset.model.codebook, **codebook))
+        method, codebook, training, changes = VARIANTS[name]
+        model = replace(preset.model, codebook=replace(preset.model.codebook, **codebook),
+                        **changes)
         for index in range(args.seeds):
             run = grid.Run(preset, method, "gcn", index)
             seed, split = run.train.seed, run.split

@@ -32,6 +32,8 @@ class ModelConfig:
         ffn: residual blocks with a feed-forward module and a final normalisation, the
             heterophilous-graph benchmark's architecture (:class:`~vqgnn.nn.ResidualFFNGNN`;
             implies the residual layout).
+        backward_approx: add the out-of-batch neighbours' approximated gradient messages
+            in backward (VQ-GNN's backward term; off only to measure what it does).
     """
 
     conv: str = "gcn"
@@ -44,6 +46,7 @@ class ModelConfig:
     codebook: CodebookOptions = field(default_factory=CodebookOptions)
     act: str = "relu"
     ffn: bool = False
+    backward_approx: bool = True
 
     @property
     def num_codewords(self) -> int:
@@ -52,7 +55,8 @@ class ModelConfig:
     def build(self, data: Data) -> VQGNN:
         """The model for ``data`` (its features, classes and nodes)."""
         common = {"num_nodes": data.num_nodes, "conv": self.conv, "codebook": self.codebook,
-                  "dropout": self.dropout, "norm": self.norm, "act": self.act}
+                  "dropout": self.dropout, "norm": self.norm, "act": self.act,
+                  "backward_approx": self.backward_approx}
         if self.ffn:
             return ResidualFFNGNN(data.num_features, self.hidden, self.layers,
                                   data.num_classes, **common)
