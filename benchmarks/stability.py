@@ -45,6 +45,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     "no-backward": ("vq", {}, {}, {"backward_approx": False}),
     "batch-train": ("vq", {}, {"batch_nodes": "train"}, {}),
     "cluster": ("cluster", {}, {}, {}),
+    "loss-aware": ("vq", {}, {"loss_aware_backward": True}, {}),
 }
 
 

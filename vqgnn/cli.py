@@ -74,7 +74,7 @@ EXIT_OK, EXIT_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 #: Command-line flags of the methods' own options (dest = option name); a flag is passed
 #: only when given, to the listed methods that take it.
 METHOD_FLAGS = ("batch_size", "sampler", "num_parts", "num_neighbors", "walk_length",
-                "saint_coverage", "batch_nodes")
+                "saint_coverage", "batch_nodes", "loss_aware_backward")
 #: Codebook flags (dest -> CodebookOptions field).
 CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
                   "dead_threshold": "dead_threshold", "standardizer_momentum": "momentum",
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--batch-nodes", default=None, choices=list(BATCH_NODES),
                          help=f"vq: batches partition all nodes or only the training nodes "
                               f"(default {vq.batch_nodes})")
+    methods.add_argument("--loss-aware-backward", action="store_true", default=None,
+                         help="vq: no backward messages from out-of-batch nodes whose "
+                              "gradient is zero (experimental)")
     codebook = train.add_argument_group("codebook options (VQ-GNN layers)")
     codebook.add_argument("--num-codewords", type=int, default=cb.num_codewords,
                           help="codewords K per layer")

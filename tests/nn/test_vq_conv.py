@@ -609,3 +609,51 @@ def test_inference_all_reuses_the_constant_aggregation(monkeypatch) -> None:
     monkeypatch.setattr(module, "csr_matmul", no_product)
     torch.testing.assert_close(layer.inference_all(x, graph, 7), layer.conv(x, graph.edge_index),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_nodes_mask_the_backward_messages() -> None:
+    """With no node allowed a gradient, the backward term sends nothing (the plain
+    mini-batch gradient); with every node allowed, it is unchanged."""
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 160), n)
+    x = torch.randn(n, 4)
+    batch = torch.arange(12)
+
+    def input_grad(layer: VQConv) -> Tensor:
+        xb = x[batch].clone().requires_grad_()
+        layer(xb, graph, batch).pow(2).sum().backward()
+        layer.take_captured()
+        return xb.grad
+
+    def fresh(**kwargs) -> VQConv:
+        torch.manual_seed(1)
+        layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n, **kwargs)
+        layer.init_codebook(x)
+        layer.set_codewords(layer.quantizer.features(), torch.randn(5, 6))
+        return layer
+
+    with_term, without = input_grad(fresh()), input_grad(fresh(backward_approx=False))
+    assert not torch.allclose(with_term, without)
+    masked = fresh()
+    masked.set_gradient_nodes(torch.zeros(n, dtype=torch.bool))
+    torch.testing.assert_close(input_grad(masked), without)
+    everyone = fresh()
+    everyone.set_gradient_nodes(torch.ones(n, dtype=torch.bool))
+    torch.testing.assert_close(input_grad(everyone), with_term)
+    with pytest.raises(ValueError, match=r"'mask' must be a bool tensor of shape \(40,\)"):
+        masked.set_gradient_nodes(torch.ones(3, dtype=torch.bool))
+
+
+def test_loss_nodes_reach_one_hop_further_per_layer_down() -> None:
+    from vqgnn.nn.models import VQGNN
+
+    # A path 0 - 1 - 2 - 3 - 4 (both directions); node 4 has the loss.
+    edge_index = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+    graph = VQGraph(edge_index, 5)
+    model = VQGNN(3, 4, 3, 2, num_nodes=5, num_codewords=2, exact_first_layer=False)
+    model.set_loss_nodes(torch.tensor([False, False, False, False, True]), graph)
+    reached = [layer._gradient_nodes.nonzero().view(-1).tolist() for layer in model.layers]
+    assert reached == [[2, 3, 4], [3, 4], [4]]
+    model.set_loss_nodes(None, graph)
+    assert all(layer._gradient_nodes is None for layer in model.layers)

@@ -263,3 +263,15 @@ def test_register_method_checks_the_class():
 
     with pytest.raises(ConfigError, match="'Nameless.name' must be a non-empty str"):
         register_method(Nameless)
+
+
+def test_loss_aware_backward_sets_the_gradient_nodes(data):
+    seed_everything(0)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16)
+    trainer = Trainer(model, data, _config("vq", epochs=2, loss_aware_backward=True))
+    result = trainer.fit()
+    assert torch.equal(model.layers[-1]._gradient_nodes, data.train_mask)
+    assert result.epochs_run == 2
+    with pytest.raises(ConfigError, match="option 'loss_aware_backward' does not apply to "
+                                          "method 'full'"):
+        TrainConfig.create("full", loss_aware_backward=True)

@@ -329,6 +329,29 @@ class VQGNN(torch.nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def set_loss_nodes(self, mask: Optional[Tensor], graph: VQGraph) -> None:
+        """Tell every quantized layer which nodes can have a non-zero gradient, from the
+        nodes with a loss: at the last layer those nodes, one layer down also their
+        neighbours (the sources of their messages), and so on (see
+        :meth:`VQConv.set_gradient_nodes`). None: every node (the default).
+
+        Args:
+            mask: (N,) booleans of the nodes with a loss (e.g. ``train_mask``), or None.
+            graph: the full graph.
+        """
+        if mask is None:
+            for layer in self.layers:
+                layer.set_gradient_nodes(None)
+            return
+        reach = mask.to(graph.device).bool()
+        src, dst = graph.edge_index
+        for layer in reversed(self.layers):
+            layer.set_gradient_nodes(reach)
+            grown = reach.clone()
+            grown[src[reach[dst]]] = True  # j -> i with i reached: j's output matters
+            reach = grown
+
     def update_codebooks(self) -> int:
         """Apply every layer's captured (input, gradient) pairs; returns how many updated."""
         return sum(int(conv.update_codebook()) for conv in self.layers)

@@ -216,6 +216,7 @@ class VQConv(torch.nn.Module):
         self._operator: Optional[tuple[VQGraph, SparseOperator]] = None
         self._pending: Optional[_Pending] = None
         self._constant: Optional[tuple[VQGraph, Tensor, Optional[Tensor]]] = None
+        self._gradient_nodes: Optional[Tensor] = None
 
     @property
     def num_codewords(self) -> int:
@@ -501,9 +502,31 @@ class VQConv(torch.nn.Module):
         x_src = torch.cat([x_dst, x_all[sources].to(x_dst.dtype)], dim=0)
         return self.adapter.forward(self.conv, x_src, x_dst, edges)[0]
 
+    def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
+        """Declare which nodes can have a non-zero gradient at this layer's aggregated
+        output (e.g. at an output layer, the nodes with a loss); None: every node.
+
+        The backward term then sends no gradient message from an out-of-batch neighbour
+        outside ``mask``: its true gradient is zero, while its codeword's gradient half
+        averages the gradients of the nodes assigned to it.
+
+        Args:
+            mask: (N,) booleans, or None.
+        """
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool
+                                 or mask.shape != (self.num_nodes,)):
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ConfigError(f"'VQConv.set_gradient_nodes': 'mask' must be a bool tensor of "
+                              f"shape ({self.num_nodes},), received {shape}")
+        self._gradient_nodes = mask
+
     def _inject_backward(self, out: Tensor, x: Tensor, graph: VQGraph,
                          edges: BackwardEdges) -> Tensor:
         grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
+        mask = self._gradient_nodes
+        if mask is not None:  # no message from out-of-batch nodes whose gradient is zero
+            keep = mask.to(edges.value.device)[edges.target].to(edges.value.dtype)
+            edges = BackwardEdges(edges.row, edges.target, edges.code, edges.value * keep)
         if isinstance(self.adapter, GenericAdapter):
             target, extra = self._generic_backward_message(x, graph, edges, grads)
         else:

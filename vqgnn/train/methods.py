@@ -115,12 +115,17 @@ class VQOptions(MethodOptions):
             ``'train'``: batches partition the training nodes only (assignments of the
             other nodes then stay as k-means left them, and accuracy suffers: on Tolokers,
             split 0, GCN, 71.1 against 72.3 ROC-AUC).
+        loss_aware_backward: the backward term sends no gradient message from out-of-batch
+            nodes whose gradient is exactly zero: at the last layer the nodes without a
+            loss (:meth:`~vqgnn.nn.VQGNN.set_loss_nodes`). Experimental (see the README's
+            stability section).
     """
 
     batch_size: int = 1024
     sampler: str = "random"
     num_parts: Optional[int] = None
     batch_nodes: str = "all"
+    loss_aware_backward: bool = False
 
     @classmethod
     def accepts(cls, key: str, values: dict[str, Any]) -> bool:
@@ -495,6 +500,8 @@ class VQMethod(TrainingMethod):
                           progress=ctx.progress)
         elif model.exact_first_layer:
             model.layers[0].set_constant_input(ctx.x, ctx.graph)
+        if self.options.loss_aware_backward:
+            model.set_loss_nodes(ctx.masks["train"], ctx.graph)
 
     def batches(self) -> Iterable[Tensor]:
         device = self.ctx.device
