@@ -48,7 +48,7 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["vqgnn", "vqgnn.*"]),
     install_requires=install_requires,
     extras_require=extras_require,
