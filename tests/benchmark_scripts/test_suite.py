@@ -183,3 +183,14 @@ def test_stability_curve_figures():
     drop, gap = curve_figures(history, after=20)
     assert drop == pytest.approx(20.0)  # 0.80 best, 0.60 at epoch 25
     assert gap == pytest.approx(100 * (0.85 - (0.50 + 0.80 + 0.60 + 0.85 + 0.84) / 5))
+
+
+def test_host_syncs_script_counts_the_step(capsys):
+    from benchmarks import host_syncs
+
+    host_syncs.main(["--nodes", "400", "--layers", "2", "--batch-size", "64",
+                     "--num-codewords", "8"])
+    out = capsys.readouterr().out
+    assert "| calls | call | where |" in out and "| vqgnn/batching/lowrank.py:" in out
+    counted = int(out.split("syncing calls per step: ")[1].split()[0])
+    assert counted > 0  # the step's syncs are found (issue 12 wants them cut to 3)
