@@ -66,6 +66,15 @@ def metis_cache() -> str:
     return default_root("metis")
 
 
+def metis_parts(owner: str, num_nodes: int, batch_size: int, num_parts: Optional[int]) -> int:
+    """METIS parts: ``num_parts``, or about 4 per batch; at most ``num_nodes``."""
+    parts = num_parts or min(num_nodes, max(1, 4 * num_nodes // batch_size))
+    if parts > num_nodes:
+        raise ConfigError(f"'{owner}': 'num_parts' must be at most the number of nodes "
+                          f"({num_nodes}), received {parts}")
+    return parts
+
+
 # ------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
 class MethodOptions:
@@ -482,10 +491,7 @@ class VQMethod(TrainingMethod):
             warnings.warn(f"'VQMethod': num_codewords K={k} exceeds the graph's {n} nodes: "
                           f"at most {n} codewords can ever be used", stacklevel=3)
         if opts.sampler == "metis":
-            num_parts = opts.num_parts or min(n, max(1, 4 * n // opts.batch_size))
-            if num_parts > n:
-                raise ConfigError(f"'VQOptions': 'num_parts' must be at most the number of "
-                                  f"nodes ({n}), received {num_parts}")
+            num_parts = metis_parts("VQOptions", n, opts.batch_size, opts.num_parts)
             parts = metis_partition(ctx.graph.edge_index.cpu(), n, num_parts, seed=ctx.seed,
                                     cache_dir=metis_cache())
             self.sampler: Union[NodeBatchSampler, ClusterBatchSampler] = ClusterBatchSampler(
@@ -644,10 +650,7 @@ class ClusterGCN(SubgraphMethod):
 
     def make_loader(self, ctx: TrainContext) -> ClusterBatches:
         n, opts = ctx.num_nodes, self.options
-        num_parts = opts.num_parts or min(n, max(1, 4 * n // opts.batch_size))
-        if num_parts > n:
-            raise ConfigError(f"'ClusterOptions': 'num_parts' must be at most the number of "
-                              f"nodes ({n}), received {num_parts}")
+        num_parts = metis_parts("ClusterOptions", n, opts.batch_size, opts.num_parts)
         parts_per_batch = min(num_parts, max(1, round(num_parts * opts.batch_size / n)))
         return ClusterBatches(ctx.graph.edge_index.cpu(), n, ctx.masks["train"].cpu(),
                               num_parts, parts_per_batch, seed=ctx.seed,
