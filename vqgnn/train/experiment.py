@@ -12,6 +12,7 @@ from vqgnn.nn.models import VQGNN, ResidualFFNGNN
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.train.checkpoint import CheckpointError, load_state
 from vqgnn.train.methods import VQ_INFERENCE
+from vqgnn.train.records import strict_json
 from vqgnn.train.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 
 
@@ -47,10 +48,6 @@ class ModelConfig:
     act: str = "relu"
     ffn: bool = False
     backward_approx: bool = True
-
-    @property
-    def num_codewords(self) -> int:
-        return self.codebook.num_codewords
 
     def build(self, data: Data) -> VQGNN:
         """The model for ``data`` (its features, classes and nodes)."""
@@ -134,4 +131,4 @@ def _record(data: Data, model: ModelConfig, train: TrainConfig, trainer: Trainer
 
 def config_values(train: TrainConfig) -> dict[str, Any]:
     """The shared and method options of ``train`` as JSON values (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in train.flat().items()}
+    return strict_json(train.flat())

@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
 import torch
@@ -442,12 +442,6 @@ def make_options(method: str, **options: Any) -> MethodOptions:
     return cls(**options)
 
 
-def options_dict(options: MethodOptions) -> dict[str, Any]:
-    """A JSON-friendly dict of ``options``."""
-    out = asdict(options)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
 # ------------------------------------------------------------------------------ methods
 @register_method
 class VQMethod(TrainingMethod):
@@ -677,6 +671,6 @@ __all__ = [
     "MethodOptions", "VQOptions", "FullGraphOptions", "NeighborOptions", "ClusterOptions",
     "SaintOptions", "TrainContext", "Step", "TrainingMethod", "VQMethod", "FullGraphMethod",
     "SubgraphMethod", "NeighborSampling", "ClusterGCN", "GraphSAINT", "METHODS",
-    "register_method", "method_class", "make_options", "options_dict", "exact_predict",
+    "register_method", "method_class", "make_options", "exact_predict",
     "metis_cache", "VQ_INFERENCE",
 ]

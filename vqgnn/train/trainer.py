@@ -39,8 +39,8 @@ from vqgnn.train.methods import (
     TrainingMethod,
     make_options,
     method_class,
-    options_dict,
 )
+from vqgnn.train.records import strict_json
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -148,7 +148,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: ``method``, ``options`` (a dict) and the shared options."""
         out: dict[str, Any] = {"method": self.method,
-                               "options": options_dict(self.options)}  # type: ignore[arg-type]
+                               "options": strict_json(asdict(self.options))}  # type: ignore[arg-type]
         out.update({k: getattr(self, k) for k in _COMMON_OPTIONS})
         return out
 
