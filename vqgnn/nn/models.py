@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from vqgnn.batching.graph import VQGraph
 from vqgnn.errors import ConfigError, ConfigTypeError
-from vqgnn.nn.vq_conv import VQConv, resolve_codebook
+from vqgnn.nn.quantized import resolve_codebook
+from vqgnn.nn.vq_conv import VQConv
 from vqgnn.quantize.codebook import CodebookHealth
 from vqgnn.quantize.options import CodebookOptions
 

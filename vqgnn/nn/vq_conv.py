@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import inspect
-import warnings
-from dataclasses import replace
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -32,68 +30,11 @@ from vqgnn.nn.adapters import (
     adapter_for,
     run_capturing_aggregate,
 )
-from vqgnn.quantize.codebook import CodebookHealth
+from vqgnn.nn.quantized import QuantizedLayer, _InjectGradient, resolve_codebook
 from vqgnn.quantize.options import CodebookOptions
-from vqgnn.quantize.quantizer import FeatureGradientQuantizer
 
 
-class _InjectGradient(torch.autograd.Function):
-    """Identity on ``out``; in backward, adds the constant ``extra`` as ``target``'s gradient.
-
-    This is the gradient of the surrogate :math:`\\langle target, stopgrad(extra) \\rangle`
-    without adding its value to the loss.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, out: Tensor, target: Tensor, extra: Tensor) -> Tensor:
-        ctx.save_for_backward(extra)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None]:
-        (extra,) = ctx.saved_tensors
-        return grad_out, extra, None
-
-
-class Captured(NamedTuple):
-    """A training batch's node ids, layer inputs, and gradients at the aggregated output."""
-
-    batch: Tensor
-    x: Tensor
-    grad: Tensor
-
-
-class _Pending:
-    """A batch's (nodes, inputs) waiting for the gradient at its aggregated output."""
-
-    def __init__(self, batch: Tensor, x: Tensor) -> None:
-        self.batch = batch
-        self.x = x
-        self.grad: Optional[Tensor] = None
-
-    def capture(self, grad: Tensor) -> None:
-        self.grad = grad.detach()
-
-
-def resolve_codebook(owner: str, num_codewords: Optional[int],
-                     codebook: Optional[CodebookOptions]) -> CodebookOptions:
-    """The codebook options from ``num_codewords`` (a shortcut) and ``codebook``."""
-    if codebook is not None and not isinstance(codebook, CodebookOptions):
-        raise ConfigTypeError(f"'{owner}': 'codebook' must be a CodebookOptions, received "
-                              f"{type(codebook).__name__}")
-    if num_codewords is None:
-        return codebook if codebook is not None else CodebookOptions()
-    if codebook is not None and codebook.num_codewords != num_codewords:
-        raise ConfigError(f"'{owner}': 'num_codewords' ({num_codewords!r}) differs from "
-                          f"'codebook.num_codewords' ({codebook.num_codewords}); give one")
-    if not isinstance(num_codewords, int) or isinstance(num_codewords, bool) or num_codewords < 1:
-        raise ConfigError(f"'{owner}': 'num_codewords' must be an int >= 1, "
-                          f"received {num_codewords!r}")
-    return replace(codebook if codebook is not None else CodebookOptions(),
-                   num_codewords=num_codewords)
-
-
-class VQConv(torch.nn.Module):
+class VQConv(QuantizedLayer):
     r"""Wraps a PyG ``MessagePassing`` layer for VQ-GNN mini-batch training.
 
     For a batch ``B`` of nodes with layer inputs :math:`X_B`:
@@ -176,13 +117,10 @@ class VQConv(torch.nn.Module):
         auto_update: bool = False,
         validate: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(num_nodes, auto_update=auto_update, validate=validate)
         if not isinstance(conv, MessagePassing):
             raise ConfigTypeError(f"'VQConv' wraps a torch_geometric MessagePassing layer, "
                                   f"received {type(conv).__name__}")
-        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
-            raise ConfigError(f"'VQConv': 'num_nodes' must be an int >= 1, "
-                              f"received {num_nodes!r}")
         codebook = resolve_codebook("VQConv", num_codewords, codebook)
         if getattr(conv, "flow", "source_to_target") != "source_to_target":
             raise ConfigError(f"'VQConv' supports flow='source_to_target' only, received "
@@ -205,43 +143,13 @@ class VQConv(torch.nn.Module):
         self.merge = merge and self.adapter.mergeable
         self.backward_approx = backward_approx
         self.codebook_options = codebook
-        self.auto_update = auto_update
-        self.validate = validate
-        self._num_nodes = num_nodes
         self._edge_weight_arg = "edge_weight" in inspect.signature(conv.forward).parameters
         # A constant-input layer holds no codebook (and no (N,) assignment table).
-        self.quantizer: Optional[FeatureGradientQuantizer] = None if constant_input else (
-            FeatureGradientQuantizer.from_options(
-                num_nodes, in_channels, self.adapter.agg_channels(conv, in_channels), codebook))
+        if not constant_input:
+            self.quantizer = self._make_quantizer(
+                in_channels, self.adapter.agg_channels(conv, in_channels), codebook)
         self._operator: Optional[tuple[VQGraph, SparseOperator]] = None
-        self._pending: Optional[_Pending] = None
         self._constant: Optional[tuple[VQGraph, Tensor, Optional[Tensor]]] = None
-        self._gradient_nodes: Optional[Tensor] = None
-
-    @property
-    def num_codewords(self) -> int:
-        """K (0 for a constant-input layer, which holds no codebook)."""
-        return 0 if self.quantizer is None else self.quantizer.num_codewords
-
-    @property
-    def num_nodes(self) -> int:
-        return self._num_nodes
-
-    @property
-    def has_codebook(self) -> bool:
-        """Whether the layer holds a codebook (False for ``constant_input=True``)."""
-        return self.quantizer is not None
-
-    @property
-    def initialized(self) -> bool:
-        """Whether the codebook holds codewords (False without a codebook)."""
-        return self.quantizer is not None and self.quantizer.initialized
-
-    def _require_codebook(self, what: str) -> FeatureGradientQuantizer:
-        if self.quantizer is None:
-            raise ConfigError(f"'VQConv.{what}': the layer was built with constant_input=True "
-                              f"and holds no codebook")
-        return self.quantizer
 
     def reset_parameters(self) -> None:
         """Reset the wrapped layer and forget the codebook."""
@@ -256,49 +164,6 @@ class VQConv(torch.nn.Module):
         if self._operator is None or self._operator[0] is not graph:
             self._operator = (graph, self.adapter.operator(self.conv, graph))
         return self._operator[1]
-
-    @torch.no_grad()
-    def init_codebook(self, x: Tensor, node_idx: Optional[Tensor] = None, seed: int = 0) -> None:
-        """k-means initialisation from the layer inputs of ``node_idx`` (default: all nodes).
-
-        The gradient halves start at their running mean (no gradient is known yet).
-        """
-        quantizer = self._require_codebook("init_codebook")
-        if node_idx is None:
-            node_idx = torch.arange(x.size(0), device=x.device)
-        quantizer.initialize(node_idx, x, None, seed=seed)
-
-    def set_codewords(self, features: Tensor, gradients: Tensor,
-                      assignment: Optional[Tensor] = None) -> None:
-        """Set the codewords' feature and gradient halves (original scales) and
-        optionally every node's assignment (an oracle codebook, or an external one).
-
-        Args:
-            features: (K, D_in).
-            gradients: (K, D_agg), ``D_agg`` the channels of :meth:`aggregated`.
-            assignment: (N,) codeword of every node.
-        """
-        self._require_codebook("set_codewords").set_codewords(features, gradients, assignment)
-
-    def set_assignment(self, assignment: Tensor) -> None:
-        """Set the (N,) codeword of every node (values in [0, K))."""
-        quantizer = self._require_codebook("set_assignment")
-        k = quantizer.num_codewords
-        if (not isinstance(assignment, Tensor) or assignment.shape != (self.num_nodes,)
-                or assignment.is_floating_point()):
-            shape = (tuple(assignment.shape) if isinstance(assignment, Tensor)
-                     else type(assignment).__name__)
-            raise ConfigError(f"'VQConv.set_assignment': 'assignment' must be an integer "
-                              f"tensor of shape ({self.num_nodes},), received {shape}")
-        lo, hi = int(assignment.min()), int(assignment.max())
-        if lo < 0 or hi >= k:
-            raise ConfigError(f"'VQConv.set_assignment': 'assignment' holds codewords in "
-                              f"[{lo}, {hi}], outside [0, {k})")
-        quantizer.assignment.copy_(assignment.to(quantizer.assignment))
-
-    def health(self) -> CodebookHealth:
-        """Codebook usage, perplexity and relative quantisation error."""
-        return self._require_codebook("health").health()
 
     def forward(self, x: Tensor, graph: Union[VQGraph, Tensor], batch: Optional[Tensor] = None,
                 edge_weight: Optional[Tensor] = None) -> Tensor:
@@ -389,10 +254,8 @@ class VQConv(torch.nn.Module):
                                             backward_edges(op, batch, local, quantizer.assignment))
         finally:
             local[batch] = -1
-        if training and agg.requires_grad:
-            pending = _Pending(batch, x.detach())
-            agg.register_hook(pending.capture)
-            self._pending = pending
+        if training:
+            self._capture(batch, x, agg)
         return out
 
     def set_constant_input(self, x: Optional[Tensor], graph: Optional[VQGraph] = None) -> None:
@@ -502,24 +365,6 @@ class VQConv(torch.nn.Module):
         x_src = torch.cat([x_dst, x_all[sources].to(x_dst.dtype)], dim=0)
         return self.adapter.forward(self.conv, x_src, x_dst, edges)[0]
 
-    def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
-        """Declare which nodes can have a non-zero gradient at this layer's aggregated
-        output (e.g. at an output layer, the nodes with a loss); None: every node.
-
-        The backward term then sends no gradient message from an out-of-batch neighbour
-        outside ``mask``: its true gradient is zero, while its codeword's gradient half
-        averages the gradients of the nodes assigned to it.
-
-        Args:
-            mask: (N,) booleans, or None.
-        """
-        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool
-                                 or mask.shape != (self.num_nodes,)):
-            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-            raise ConfigError(f"'VQConv.set_gradient_nodes': 'mask' must be a bool tensor of "
-                              f"shape ({self.num_nodes},), received {shape}")
-        self._gradient_nodes = mask
-
     def _inject_backward(self, out: Tensor, x: Tensor, graph: VQGraph,
                          edges: BackwardEdges) -> Tensor:
         grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
@@ -556,44 +401,6 @@ class VQConv(torch.nn.Module):
             agg = agg * (count / graph.in_degree[targets].clamp_min(1).to(agg.dtype)).unsqueeze(1)
         return agg, grads[codes]
 
-    def _settle_pending(self) -> None:
-        """At a training forward: the previous batch's pair, if never applied."""
-        pending = self._pending
-        if pending is None or pending.grad is None:
-            return
-        if self.auto_update:
-            self.update_codebook()
-            return
-        self._pending = None
-        warnings.warn("'VQConv': the previous training batch's captured (input, gradient) "
-                      "pair was never applied and is dropped; call update_codebook() after "
-                      "backward(), or build the layer with auto_update=True", stacklevel=3)
-
-    @torch.no_grad()
-    def update_codebook(self) -> bool:
-        """Apply the last training batch's (input, gradient) pairs to the codebook: one
-        EMA k-means step, and the batch nodes' assignments refreshed. Call it after
-        ``backward()`` (and the optimizer step) of every training step.
-
-        Returns:
-            Whether an update was applied (False when no gradient was captured, or
-            the layer holds no codebook).
-        """
-        captured = self.take_captured()
-        if captured is None or self.quantizer is None:
-            return False
-        self.quantizer.update(captured.batch, captured.x, captured.grad.float())
-        return True
-
-    @property
-    def captured(self) -> Optional[Captured]:
-        """The last training batch's (nodes, inputs, gradients at :meth:`aggregated`),
-        without removing it; None before its backward."""
-        pending = self._pending
-        if pending is None or pending.grad is None:
-            return None
-        return Captured(pending.batch, pending.x, pending.grad)
-
     def aggregated(self, x: Tensor, graph: VQGraph) -> Tensor:
         """The aggregated output of all nodes, exactly: the point whose gradient is
         captured and quantized with each node's input (the codewords' gradient half).
@@ -611,15 +418,6 @@ class VQConv(torch.nn.Module):
         if isinstance(self.adapter, GenericAdapter):
             return run_capturing_aggregate(self.conv, x, graph.edge_index, self.conv.__call__)[1]
         return self._full_pair(x, graph)[1]
-
-    def take_captured(self) -> Optional[Captured]:
-        """The last training batch's (nodes, inputs, gradients), removed from the queue.
-
-        None when no gradient reached the layer's aggregated output since its last
-        training forward.
-        """
-        captured, self._pending = self.captured, None
-        return captured
 
     def __repr__(self) -> str:
         codebook = ("constant_input=True" if self.quantizer is None

@@ -1,0 +1,268 @@
+"""What every quantized layer shares: its codebook, the captured (input, gradient) pair, updates.
+
+:class:`QuantizedLayer` is the base of :class:`~vqgnn.nn.VQConv` (a wrapped PyG convolution)
+and :class:`~vqgnn.nn.GlobalAttention` (attention over all nodes). A subclass builds its
+quantizer with :meth:`QuantizedLayer._make_quantizer` and, in a training forward, calls
+:meth:`QuantizedLayer._capture` on the tensor whose gradient is quantized (its aggregated
+output); the rest of the life cycle (k-means initialisation, EMA updates, oracle codewords,
+health) is here.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from vqgnn.errors import ConfigError, ConfigTypeError
+from vqgnn.quantize.codebook import CodebookHealth
+from vqgnn.quantize.options import CodebookOptions
+from vqgnn.quantize.quantizer import FeatureGradientQuantizer
+
+
+class _InjectGradient(torch.autograd.Function):
+    """Identity on ``out``; in backward, adds the constant ``extra`` as ``target``'s gradient.
+
+    This is the gradient of the surrogate :math:`\\langle target, stopgrad(extra) \\rangle`
+    without adding its value to the loss.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: Tensor, target: Tensor, extra: Tensor) -> Tensor:
+        ctx.save_for_backward(extra)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None]:
+        (extra,) = ctx.saved_tensors
+        return grad_out, extra, None
+
+
+class Captured(NamedTuple):
+    """A training batch's node ids, layer inputs, and gradients at the aggregated output."""
+
+    batch: Tensor
+    x: Tensor
+    grad: Tensor
+
+
+class _Pending:
+    """A batch's (nodes, inputs) waiting for the gradient at its aggregated output."""
+
+    def __init__(self, batch: Tensor, x: Tensor) -> None:
+        self.batch = batch
+        self.x = x
+        self.grad: Optional[Tensor] = None
+
+    def capture(self, grad: Tensor) -> None:
+        self.grad = grad.detach()
+
+
+def resolve_codebook(owner: str, num_codewords: Optional[int],
+                     codebook: Optional[CodebookOptions]) -> CodebookOptions:
+    """The codebook options from ``num_codewords`` (a shortcut) and ``codebook``."""
+    if codebook is not None and not isinstance(codebook, CodebookOptions):
+        raise ConfigTypeError(f"'{owner}': 'codebook' must be a CodebookOptions, received "
+                              f"{type(codebook).__name__}")
+    if num_codewords is None:
+        return codebook if codebook is not None else CodebookOptions()
+    if codebook is not None and codebook.num_codewords != num_codewords:
+        raise ConfigError(f"'{owner}': 'num_codewords' ({num_codewords!r}) differs from "
+                          f"'codebook.num_codewords' ({codebook.num_codewords}); give one")
+    if not isinstance(num_codewords, int) or isinstance(num_codewords, bool) or num_codewords < 1:
+        raise ConfigError(f"'{owner}': 'num_codewords' must be an int >= 1, "
+                          f"received {num_codewords!r}")
+    return replace(codebook if codebook is not None else CodebookOptions(),
+                   num_codewords=num_codewords)
+
+
+
+
+class QuantizedLayer(torch.nn.Module):
+    """A layer with one codebook over (layer input, gradient at its aggregated output) pairs.
+
+    Subclasses set :attr:`quantizer` (or None for a layer without codebook), call
+    :meth:`_capture` on the aggregated output of a training forward, and define
+    :meth:`aggregated`, :meth:`inference_all` and ``forward``.
+
+    Args:
+        num_nodes: N, nodes of the graph (size of the assignment table).
+        auto_update: apply a captured pair left pending at the next training forward,
+            instead of dropping it with a warning.
+        validate: check the values of every ``batch`` (ids in range, distinct).
+    """
+
+    quantizer: Optional[FeatureGradientQuantizer]
+
+    def __init__(self, num_nodes: Optional[int], auto_update: bool = False,
+                 validate: bool = False) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+            raise ConfigError(f"'{name}': 'num_nodes' must be an int >= 1, "
+                              f"received {num_nodes!r}")
+        self._num_nodes = num_nodes
+        self.auto_update = auto_update
+        self.validate = validate
+        self.quantizer = None
+        self._pending: Optional[_Pending] = None
+        self._gradient_nodes: Optional[Tensor] = None
+
+    def _make_quantizer(self, in_channels: int, agg_channels: int,
+                        codebook: CodebookOptions) -> FeatureGradientQuantizer:
+        return FeatureGradientQuantizer.from_options(self._num_nodes, in_channels, agg_channels,
+                                                     codebook)
+
+    @property
+    def num_codewords(self) -> int:
+        """K (0 for a layer that holds no codebook)."""
+        return 0 if self.quantizer is None else self.quantizer.num_codewords
+
+    @property
+    def num_nodes(self) -> int:
+        return self._num_nodes
+
+    @property
+    def has_codebook(self) -> bool:
+        """Whether the layer holds a codebook."""
+        return self.quantizer is not None
+
+    @property
+    def initialized(self) -> bool:
+        """Whether the codebook holds codewords (False without a codebook)."""
+        return self.quantizer is not None and self.quantizer.initialized
+
+    def _require_codebook(self, what: str) -> FeatureGradientQuantizer:
+        if self.quantizer is None:
+            raise ConfigError(f"'{type(self).__name__}.{what}': the layer was built with "
+                              f"constant_input=True and holds no codebook")
+        return self.quantizer
+
+    @torch.no_grad()
+    def init_codebook(self, x: Tensor, node_idx: Optional[Tensor] = None, seed: int = 0) -> None:
+        """k-means initialisation from the layer inputs of ``node_idx`` (default: all nodes).
+
+        The gradient halves start at their running mean (no gradient is known yet).
+        """
+        quantizer = self._require_codebook("init_codebook")
+        if node_idx is None:
+            node_idx = torch.arange(x.size(0), device=x.device)
+        quantizer.initialize(node_idx, x, None, seed=seed)
+
+    def set_codewords(self, features: Tensor, gradients: Tensor,
+                      assignment: Optional[Tensor] = None) -> None:
+        """Set the codewords' feature and gradient halves (original scales) and
+        optionally every node's assignment (an oracle codebook, or an external one).
+
+        Args:
+            features: (K, D_in).
+            gradients: (K, D_agg), ``D_agg`` the channels of :meth:`aggregated`.
+            assignment: (N,) codeword of every node.
+        """
+        self._require_codebook("set_codewords").set_codewords(features, gradients, assignment)
+
+    def set_assignment(self, assignment: Tensor) -> None:
+        """Set the (N,) codeword of every node (values in [0, K))."""
+        name = type(self).__name__
+        quantizer = self._require_codebook("set_assignment")
+        k = quantizer.num_codewords
+        if (not isinstance(assignment, Tensor) or assignment.shape != (self.num_nodes,)
+                or assignment.is_floating_point()):
+            shape = (tuple(assignment.shape) if isinstance(assignment, Tensor)
+                     else type(assignment).__name__)
+            raise ConfigError(f"'{name}.set_assignment': 'assignment' must be an integer "
+                              f"tensor of shape ({self.num_nodes},), received {shape}")
+        lo, hi = int(assignment.min()), int(assignment.max())
+        if lo < 0 or hi >= k:
+            raise ConfigError(f"'{name}.set_assignment': 'assignment' holds codewords in "
+                              f"[{lo}, {hi}], outside [0, {k})")
+        quantizer.assignment.copy_(assignment.to(quantizer.assignment))
+
+    def health(self) -> CodebookHealth:
+        """Codebook usage, perplexity and relative quantisation error."""
+        return self._require_codebook("health").health()
+
+    def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
+        """Declare which nodes can have a non-zero gradient at this layer's aggregated
+        output (e.g. at an output layer, the nodes with a loss); None: every node.
+
+        The backward term then sends no gradient message from an out-of-batch node
+        outside ``mask``: its true gradient is zero, while its codeword's gradient half
+        averages the gradients of the nodes assigned to it.
+
+        Args:
+            mask: (N,) booleans, or None.
+        """
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool
+                                 or mask.shape != (self.num_nodes,)):
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ConfigError(f"'{type(self).__name__}.set_gradient_nodes': 'mask' must be a "
+                              f"bool tensor of shape ({self.num_nodes},), received {shape}")
+        self._gradient_nodes = mask
+
+    def _capture(self, batch: Tensor, x: Tensor, agg: Tensor) -> None:
+        """In a training forward: record the batch's inputs and, at backward, the
+        gradient at its aggregated output ``agg``."""
+        if agg.requires_grad:
+            pending = _Pending(batch, x.detach())
+            agg.register_hook(pending.capture)
+            self._pending = pending
+
+    def _settle_pending(self) -> None:
+        """At a training forward: the previous batch's pair, if never applied."""
+        pending = self._pending
+        if pending is None or pending.grad is None:
+            return
+        if self.auto_update:
+            self.update_codebook()
+            return
+        self._pending = None
+        name = type(self).__name__
+        warnings.warn(f"'{name}': the previous training batch's captured (input, gradient) "
+                      f"pair was never applied and is dropped; call update_codebook() after "
+                      f"backward(), or build the layer with auto_update=True", stacklevel=3)
+
+    @torch.no_grad()
+    def update_codebook(self) -> bool:
+        """Apply the last training batch's (input, gradient) pairs to the codebook: one
+        EMA k-means step, and the batch nodes' assignments refreshed. Call it after
+        ``backward()`` (and the optimizer step) of every training step.
+
+        Returns:
+            Whether an update was applied (False when no gradient was captured, or
+            the layer holds no codebook).
+        """
+        captured = self.take_captured()
+        if captured is None or self.quantizer is None:
+            return False
+        self.quantizer.update(captured.batch, captured.x, captured.grad.float())
+        return True
+
+    @property
+    def captured(self) -> Optional[Captured]:
+        """The last training batch's (nodes, inputs, gradients at :meth:`aggregated`),
+        without removing it; None before its backward."""
+        pending = self._pending
+        if pending is None or pending.grad is None:
+            return None
+        return Captured(pending.batch, pending.x, pending.grad)
+
+    def take_captured(self) -> Optional[Captured]:
+        """The last training batch's (nodes, inputs, gradients), removed from the queue.
+
+        None when no gradient reached the layer's aggregated output since its last
+        training forward.
+        """
+        captured, self._pending = self.captured, None
+        return captured
+
+    def aggregated(self, x: Tensor, graph: Any) -> Tensor:
+        """The aggregated output of all nodes, exactly: the point whose gradient is
+        captured and quantized with each node's input (the codewords' gradient half)."""
+        raise NotImplementedError
+
+    def inference_all(self, x: Tensor, graph: Any, chunk_size: int = 4096) -> Tensor:
+        """Exact outputs of all nodes from the inputs ``x`` of all nodes, in chunks."""
+        raise NotImplementedError
