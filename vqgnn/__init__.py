@@ -1,7 +1,14 @@
 """vqgnn: scale PyTorch Geometric GNNs to large graphs with vector quantization (VQ-GNN)."""
 from vqgnn.batching import VQGraph
 from vqgnn.errors import ConfigError, ConfigTypeError
-from vqgnn.nn import VQGNN, ResidualFFNGNN, VQConv, init_codebooks, register_adapter
+from vqgnn.nn import (
+    VQGNN,
+    GlobalAttention,
+    ResidualFFNGNN,
+    VQConv,
+    init_codebooks,
+    register_adapter,
+)
 from vqgnn.quantize import Codebook, CodebookHealth, CodebookOptions, FeatureGradientQuantizer
 
 __version__ = "0.1.0"
@@ -12,6 +19,7 @@ __all__ = [
     "ConfigTypeError",
     "VQGraph",
     "VQConv",
+    "GlobalAttention",
     "VQGNN",
     "ResidualFFNGNN",
     "init_codebooks",

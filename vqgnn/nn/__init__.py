@@ -1,4 +1,5 @@
-"""VQ-GNN layers: ``VQConv`` wraps any PyG ``MessagePassing`` layer."""
+"""VQ-GNN layers: ``VQConv`` wraps any PyG ``MessagePassing`` layer; ``GlobalAttention``
+attends to all nodes through its codebook."""
 from vqgnn.nn.adapters import (
     AttentionAdapter,
     ConvAdapter,
@@ -7,11 +8,13 @@ from vqgnn.nn.adapters import (
     adapter_for,
     register_adapter,
 )
+from vqgnn.nn.attention import GlobalAttention
 from vqgnn.nn.models import VQGNN, ResidualFFNGNN, backbone_factory
+from vqgnn.nn.quantized import QuantizedLayer
 from vqgnn.nn.vq_conv import VQConv, init_codebooks
 
 __all__ = [
-    "VQConv", "VQGNN", "ResidualFFNGNN", "backbone_factory", "ConvAdapter", "LinearAdapter",
-    "AttentionAdapter",
-    "GenericAdapter", "adapter_for", "register_adapter", "init_codebooks",
+    "VQConv", "GlobalAttention", "QuantizedLayer", "VQGNN", "ResidualFFNGNN", "backbone_factory",
+    "ConvAdapter", "LinearAdapter", "AttentionAdapter", "GenericAdapter", "adapter_for",
+    "register_adapter", "init_codebooks",
 ]
