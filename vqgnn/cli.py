@@ -132,7 +132,8 @@ def model_config(args: argparse.Namespace):
         conv=args.conv, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
         norm=args.norm, residual=args.residual,
         exact_first_layer=not args.no_exact_first_layer, codebook=codebook, act=args.act,
-        ffn=args.ffn)
+        ffn=args.ffn, global_attention=args.global_attention,
+        attention_heads=args.attention_heads)
 
 
 def method_checkpoint(args: argparse.Namespace, method: str) -> Optional[str]:
@@ -336,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="residual blocks with a feed-forward module and a final norm "
                             "(the heterophilous benchmark's architecture; every layer "
                             "quantized): use with --norm layer --act gelu --dropout 0.2")
+    train.add_argument("--global-attention", action="store_true",
+                       help="a global attention layer over all nodes beside every convolution "
+                            "(hybrid blocks; needs --residual or --ffn; methods vq and full)")
+    train.add_argument("--attention-heads", type=int, default=m.attention_heads,
+                       help="heads of the global attention layers")
     train.add_argument("--act", default=m.act, choices=list(ACTIVATIONS),
                        help="activation")
     train.add_argument("--no-exact-first-layer", action="store_true",

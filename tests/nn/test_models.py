@@ -266,3 +266,87 @@ def test_residual_ffn_trains_by_vq_and_from_the_command_line(tmp_path):
 
     record = json.loads(path.read_text().splitlines()[0])
     assert record["model_config"]["ffn"] is True and record["model_config"]["act"] == "gelu"
+
+
+# ------------------------------------------------------------------ hybrid blocks
+def test_global_attention_blocks_are_exact_layerwise_and_on_a_full_batch(data):
+    from vqgnn import ResidualFFNGNN
+    from vqgnn.nn import GlobalAttention
+
+    torch.manual_seed(0)
+    model = ResidualFFNGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16,
+                           global_attention=True, attention_heads=2)
+    assert [type(layer).__name__ for layer in model.quantized_layers] == [
+        "VQConv", "VQConv", "GlobalAttention", "GlobalAttention"]
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model.prepare(data.x, graph)
+    assert all(layer.initialized for layer in model.quantized_layers)
+    model.eval()
+    with torch.no_grad():
+        full = model(data.x, graph)
+        torch.testing.assert_close(model.inference(data.x, graph, 37), full, rtol=1e-5,
+                                   atol=1e-5)
+        # The block by hand: h + FFN(conv(LN(h)) + attention(LN(h))).
+        h = model.act(model.lin_in(data.x))
+        for i, layer in enumerate(model.layers):
+            u = model.norms[i](h)
+            attention = model.attentions[i]
+            assert isinstance(attention, GlobalAttention)
+            z = layer.conv(u, data.edge_index) + attention(u)
+            first, second = model.ffns[i]
+            h = h + second(model.act(first(z)))
+        torch.testing.assert_close(model.lin_out(model.final_norm(h)), full, rtol=1e-5,
+                                   atol=1e-5)
+        # A batch of every node reads no codeword: exact.
+        batch = torch.randperm(data.num_nodes)
+        torch.testing.assert_close(model(data.x[batch], graph, batch), full[batch],
+                                   rtol=1e-5, atol=1e-5)
+    model.train()
+    batch = torch.arange(0, 300, 3)
+    model(data.x[batch], graph, batch).sum().backward()
+    assert model.update_codebooks() == 4  # two convolutions and two attention layers
+
+
+def test_global_attention_loss_nodes_reach_every_node_below_an_attention_block(data):
+    from vqgnn import ResidualFFNGNN
+
+    model = ResidualFFNGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16,
+                           global_attention=True)
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    mask = torch.zeros(data.num_nodes, dtype=torch.bool)
+    mask[:5] = True
+    model.set_loss_nodes(mask, graph)
+    last, first = model.attention(1), model.attention(0)
+    assert last is not None and first is not None
+    assert torch.equal(last._gradient_nodes, mask)
+    assert bool(first._gradient_nodes.all()) and bool(model.layers[0]._gradient_nodes.all())
+
+
+def test_global_attention_needs_the_residual_layout_and_no_sampling(data):
+    from vqgnn.train import TrainConfig, Trainer
+
+    with pytest.raises(ValueError, match="'global_attention' needs the residual layout"):
+        VQGNN(8, 16, 2, 3, num_nodes=10, global_attention=True)
+    model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, residual=True, num_codewords=16,
+                  global_attention=True)
+    for method in ("sage", "cluster", "saint"):
+        with pytest.raises(ValueError, match="drops the global context"):
+            Trainer(model, data, TrainConfig.create(method, epochs=1))
+
+
+def test_global_attention_trains_by_vq_and_full_from_the_command_line(tmp_path):
+    import json
+
+    from vqgnn.cli import main
+
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "synthetic:n=300,deg=6,features=8,classes=3", "--ffn",
+              "--global-attention", "--attention-heads", "2", "--hidden", "16",
+              "--num-codewords", "16", "--batch-size", "64", "--epochs", "2", "--quiet",
+              "--method", "vq,full", "--json", str(path)])
+    assert exit_info.value.code == 0
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["method"] for r in records] == ["vq", "full"]
+    assert all(r["model_config"]["global_attention"] is True for r in records)
+    assert all(r["model_config"]["attention_heads"] == 2 for r in records)

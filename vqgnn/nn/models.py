@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from vqgnn.batching.graph import VQGraph
 from vqgnn.errors import ConfigError, ConfigTypeError
-from vqgnn.nn.quantized import resolve_codebook
+from vqgnn.nn.attention import GlobalAttention
+from vqgnn.nn.quantized import QuantizedLayer, resolve_codebook
 from vqgnn.nn.vq_conv import VQConv
 from vqgnn.quantize.codebook import CodebookHealth
 from vqgnn.quantize.options import CodebookOptions
@@ -117,6 +118,12 @@ class VQGNN(torch.nn.Module):
     the raw input features of every neighbour exactly
     (:meth:`VQConv.set_constant_input`): it holds no codebook.
 
+    With ``global_attention`` (residual layouts only) each block is a hybrid, GraphGPS /
+    GOAT style: a :class:`~vqgnn.nn.GlobalAttention` over all N nodes reads the same
+    normalised input as the convolution and the two outputs are summed,
+    :math:`z = \mathrm{conv}(\mathrm{norm}(h)) + \mathrm{attn}(\mathrm{norm}(h))`; each
+    attention layer holds its own codebook with the same options.
+
     Called with a plain ``edge_index`` tensor in place of a :class:`VQGraph`
     (``model(x, edge_index)``), the model runs PyG's own convolutions on that graph, like
     a PyG ``BasicGNN``: the sampling baselines train it this way.
@@ -141,6 +148,8 @@ class VQGNN(torch.nn.Module):
         merge: merge messages sharing a codeword where the layer allows it.
         backward_approx: add the approximated gradient messages in backward.
         validate: check the values of every mini-batch's node ids (host syncs).
+        global_attention: a global attention layer beside every convolution (see above).
+        attention_heads: heads of the global attention layers.
 
     Example:
         >>> model = VQGNN(data.num_features, 64, 2, 7, num_nodes=data.num_nodes)
@@ -169,6 +178,8 @@ class VQGNN(torch.nn.Module):
         merge: bool = True,
         backward_approx: bool = True,
         validate: bool = False,
+        global_attention: bool = False,
+        attention_heads: int = 4,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -218,11 +229,35 @@ class VQGNN(torch.nn.Module):
         num_norms = num_layers if residual else num_layers - 1
         norm_dims = [cin if residual else cout for cin, cout in sizes][:num_norms]
         self.norms = torch.nn.ModuleList(make_norm(d) for d in norm_dims)
+        self.global_attention = global_attention
+        self.attentions: Optional[torch.nn.ModuleList] = None
+        if global_attention:
+            if not residual:
+                raise ConfigError(f"'{name}': 'global_attention' needs the residual layout "
+                                  f"(blocks of width hidden_channels); received residual=False")
+            self.attentions = torch.nn.ModuleList(
+                GlobalAttention(hidden_channels, hidden_channels, attention_heads,
+                                num_nodes=num_nodes, codebook=codebook,
+                                backward_approx=backward_approx, validate=validate)
+                for _ in range(num_layers))
 
     @property
     def layers(self) -> list[VQConv]:
         """The :class:`VQConv` layers, in order."""
         return list(self.convs)  # type: ignore[arg-type]
+
+    def attention(self, i: int) -> Optional[GlobalAttention]:
+        """Block ``i``'s global attention layer (None without ``global_attention``)."""
+        if self.attentions is None:
+            return None
+        layer = self.attentions[i]
+        assert isinstance(layer, GlobalAttention)
+        return layer
+
+    @property
+    def quantized_layers(self) -> list[QuantizedLayer]:
+        """Every layer with a codebook slot: the convolutions, then the attention layers."""
+        return [*self.layers, *(self.attentions or [])]  # type: ignore[list-item]
 
     @property
     def num_nodes(self) -> int:
@@ -230,7 +265,8 @@ class VQGNN(torch.nn.Module):
         return self.layers[0].num_nodes
 
     def reset_parameters(self) -> None:
-        for module in [*self.convs, *self.norms, self.lin_in, self.lin_out]:
+        for module in [*self.convs, *self.norms, *(self.attentions or []), self.lin_in,
+                       self.lin_out]:
             if module is not None and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
@@ -272,7 +308,11 @@ class VQGNN(torch.nn.Module):
         """
         h = self._input(x)
         for i, conv in enumerate(self.layers):
-            z = conv(self._conv_input(i, h), graph, batch, edge_weight=edge_weight)
+            conv_in = self._conv_input(i, h)
+            z = conv(conv_in, graph, batch, edge_weight=edge_weight)
+            attention = self.attention(i)
+            if attention is not None:
+                z = z + attention(conv_in, graph, batch)
             h = self._after_conv(i, h, z)
         return self._output(h)
 
@@ -291,6 +331,9 @@ class VQGNN(torch.nn.Module):
             if before_layer is not None:
                 before_layer(i, conv_in)
             z = conv.inference_all(conv_in, graph, batch_size)  # (N, D_out), exact
+            attention = self.attention(i)
+            if attention is not None:
+                z = z + attention.inference_all(conv_in, graph, batch_size)
             h = torch.cat([self._after_conv(i, h[s:s + batch_size], z[s:s + batch_size])
                            for s in range(0, n, batch_size)])
         return self._output(h)
@@ -322,6 +365,9 @@ class VQGNN(torch.nn.Module):
         def init(i: int, conv_in: Tensor) -> None:
             if self.layers[i].has_codebook:
                 self.layers[i].init_codebook(conv_in, seed=seed + i)
+            attention = self.attention(i)
+            if attention is not None:
+                attention.init_codebook(conv_in, seed=seed + self.num_layers + i)
 
         was_training = self.training
         self.eval()
@@ -342,24 +388,29 @@ class VQGNN(torch.nn.Module):
             graph: the full graph.
         """
         if mask is None:
-            for layer in self.layers:
+            for layer in self.quantized_layers:
                 layer.set_gradient_nodes(None)
             return
         reach = mask.to(graph.device).bool()
         src, dst = graph.edge_index
-        for layer in reversed(self.layers):
-            layer.set_gradient_nodes(reach)
+        for i in reversed(range(self.num_layers)):
+            self.layers[i].set_gradient_nodes(reach)
             grown = reach.clone()
             grown[src[reach[dst]]] = True  # j -> i with i reached: j's output matters
+            attention = self.attention(i)
+            if attention is not None:
+                attention.set_gradient_nodes(reach)
+                if bool(reach.any()):  # every node's input is a key of every query
+                    grown = torch.ones_like(reach)
             reach = grown
 
     def update_codebooks(self) -> int:
         """Apply every layer's captured (input, gradient) pairs; returns how many updated."""
-        return sum(int(conv.update_codebook()) for conv in self.layers)
+        return sum(int(layer.update_codebook()) for layer in self.quantized_layers)
 
     def codebook_health(self) -> Optional[CodebookHealth]:
         """Mean usage, perplexity and quantisation error over the quantized layers."""
-        healths = [c.health() for c in self.layers if c.initialized]
+        healths = [c.health() for c in self.quantized_layers if c.initialized]
         if not healths:
             return None
         return CodebookHealth(
@@ -373,7 +424,8 @@ class VQGNN(torch.nn.Module):
         return (f"{type(self).__name__}({self.in_channels}, {self.hidden_channels}, "
                 f"num_layers={self.num_layers}, out_channels={self.out_channels}, conv={conv}, "
                 f"num_codewords={self.codebook_options.num_codewords}, "
-                f"residual={self.residual})")
+                f"residual={self.residual}"
+                + (", global_attention=True)" if self.global_attention else ")"))
 
 
 class ResidualFFNGNN(VQGNN):

@@ -35,6 +35,9 @@ class ModelConfig:
             implies the residual layout).
         backward_approx: add the out-of-batch neighbours' approximated gradient messages
             in backward (VQ-GNN's backward term; off only to measure what it does).
+        global_attention: a :class:`~vqgnn.nn.GlobalAttention` beside every convolution
+            (hybrid blocks; needs ``residual`` or ``ffn``).
+        attention_heads: heads of the global attention layers.
     """
 
     conv: str = "gcn"
@@ -48,12 +51,16 @@ class ModelConfig:
     act: str = "relu"
     ffn: bool = False
     backward_approx: bool = True
+    global_attention: bool = False
+    attention_heads: int = 4
 
     def build(self, data: Data) -> VQGNN:
         """The model for ``data`` (its features, classes and nodes)."""
         common = {"num_nodes": data.num_nodes, "conv": self.conv, "codebook": self.codebook,
                   "dropout": self.dropout, "norm": self.norm, "act": self.act,
-                  "backward_approx": self.backward_approx}
+                  "backward_approx": self.backward_approx,
+                  "global_attention": self.global_attention,
+                  "attention_heads": self.attention_heads}
         if self.ffn:
             return ResidualFFNGNN(data.num_features, self.hidden, self.layers,
                                   data.num_classes, **common)

@@ -579,6 +579,14 @@ class SubgraphMethod(TrainingMethod):
         """The loader: yields :class:`~vqgnn.baselines.SubgraphBatch` es."""
         raise NotImplementedError
 
+    def check_model(self, model: torch.nn.Module, data: Data) -> None:
+        super().check_model(model, data)
+        if getattr(model, "global_attention", False):
+            raise ConfigError(f"'{type(self).__name__}': the model has global attention, "
+                              f"which attends to all N nodes; on a sampled subgraph it would "
+                              f"attend to the subgraph's nodes only, which drops the global "
+                              f"context it exists for: train it with method 'vq' or 'full'")
+
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         self.loader = self.make_loader(ctx)
