@@ -194,3 +194,23 @@ def test_host_syncs_script_counts_the_step(capsys):
     assert "| calls | call | where |" in out and "| vqgnn/batching/lowrank.py:" in out
     counted = int(out.split("syncing calls per step: ")[1].split()[0])
     assert counted > 0  # the step's syncs are found (issue 12 wants them cut to 3)
+
+
+def test_attention_scaling_records_skips_and_resumes(tmp_path, capsys):
+    from benchmarks import attention_scaling
+
+    out = tmp_path / "a.jsonl"
+    args = ["--sizes", "200,400,4000", "--channels", "8", "--heads", "2", "--batch-size", "64",
+            "--num-codewords", "8", "--exact-limit", "0.0001", "--out", str(out)]
+    attention_scaling.main(args)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    status = {(r["n"], r["mode"]): r["status"] for r in records}
+    assert status[(200, "exact")] == "ok" and status[(4000, "exact")] == "skipped"
+    assert all(status[(n, "vq")] == "ok" for n in (200, 400, 4000))
+    vq = {r["n"]: r for r in records if r["mode"] == "vq"}
+    assert vq[4000]["steps"] == 63 and vq[400]["saved_bytes"] == vq[4000]["saved_bytes"]
+    text = capsys.readouterr().out
+    assert "exact at 4,000 nodes not run: projected epoch" in text
+    attention_scaling.main(args)  # every size recorded: nothing runs again
+    assert len(out.read_text().splitlines()) == len(records)
+    assert (tmp_path / "a.png").exists()
