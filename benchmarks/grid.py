@@ -311,6 +311,42 @@ def plan(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def execute(run: Run, counter: str, out: Path, done: set[str], args: argparse.Namespace,
+            start: float) -> Optional[dict[str, Any]]:
+    """Run one configuration unless ``done`` holds its key; append its record to ``out``.
+
+    ``args`` gives ``device``, ``data_root``, ``ogb_root`` and ``verbose``. A diverged run
+    is recorded (status ``'diverged'``) and the caller goes on. Returns the record, or None
+    when the run was done before.
+    """
+    run.train = run.train.replace(device=args.device)
+    probe = {"dataset": record_name(run.preset.name), "split": run.split,
+             "seed": run.train.seed, "method": run.method,
+             "model_config": asdict(run.model),
+             "train_config": {"method": run.method, **config_values(run.train)}}
+    label = (f"{counter} {probe['dataset']} split {run.split} seed "
+             f"{run.train.seed} {run.method} {run.conv} batch {run.train.batch_size}")
+    if run_key(probe) in done:  # before loading anything
+        print(f"{label}: done before, skipped", flush=True)
+        return None
+    root = prepare_root(run.preset, args.data_root, args.ogb_root)
+    data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
+    log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
+    try:
+        record = run_experiment(data, run.model, run.train, log=log)
+    except DivergenceError as err:  # recorded (status 'diverged'), and the grid goes on
+        record = err.record  # type: ignore[assignment]
+        print(f"{label}: {err}", flush=True)
+    record["threads"] = torch.get_num_threads()
+    append_record(out, record)
+    done.add(run_key(record))
+    if record.get("status", "ok") == "ok":
+        print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
+              f"{record['median_epoch_seconds']:.3f} s/epoch "
+              f"({time.time() - start:.0f} s so far)", flush=True)
+    return record
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     out = Path(args.out) if args.out else RESULTS / f"{args.preset}.jsonl"
@@ -319,30 +355,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     runs = plan(args)
     start = time.time()
     for n, run in enumerate([] if args.table_only else runs, 1):
-        run.train = run.train.replace(device=args.device)
-        probe = {"dataset": record_name(run.preset.name), "split": run.split,
-                 "seed": run.train.seed, "method": run.method,
-                 "model_config": asdict(run.model),
-                 "train_config": {"method": run.method, **config_values(run.train)}}
-        label = (f"[{n}/{len(runs)}] {probe['dataset']} split {run.split} seed "
-                 f"{run.train.seed} {run.method} {run.conv} batch {run.train.batch_size}")
-        if run_key(probe) in done:  # before loading anything
-            print(f"{label}: done before, skipped", flush=True)
-            continue
-        root = prepare_root(run.preset, args.data_root, args.ogb_root)
-        data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
-        log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
-        try:
-            record = run_experiment(data, run.model, run.train, log=log)
-        except DivergenceError as err:  # recorded (status 'diverged'), and the grid goes on
-            record = err.record  # type: ignore[assignment]
-            print(f"{label}: {err}", flush=True)
-        record["threads"] = torch.get_num_threads()
-        append_record(out, record)
-        if record.get("status", "ok") == "ok":
-            print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
-                  f"{record['median_epoch_seconds']:.3f} s/epoch "
-                  f"({time.time() - start:.0f} s so far)", flush=True)
+        execute(run, f"[{n}/{len(runs)}]", out, done, args, start)
 
     presets = PRESETS[args.preset]
     names = {record_name(presets[k].name) for k in args.keys}

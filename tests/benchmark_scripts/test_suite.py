@@ -214,3 +214,24 @@ def test_attention_scaling_records_skips_and_resumes(tmp_path, capsys):
     attention_scaling.main(args)  # every size recorded: nothing runs again
     assert len(out.read_text().splitlines()) == len(records)
     assert (tmp_path / "a.png").exists()
+
+
+def test_attention_benchmark_runs_three_variants_and_resumes(tmp_path, monkeypatch, capsys):
+    from benchmarks import attention
+    from benchmarks.grid import DatasetPreset, _cfg
+
+    preset = DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3", None, "seed",
+                           attention._ffn(16), _cfg(epochs=2, batch_size=64, lr=0.01),
+                           runs=1, source=None)
+    monkeypatch.setattr(attention, "DATASETS", {"syn": preset})
+    out = tmp_path / "att.jsonl"
+    attention.main(["--datasets", "syn", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [attention.variant_of(r) for r in records] == list(attention.VARIANTS)
+    assert [r["method"] for r in records] == ["vq", "vq", "full"]
+    row = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith("| synthetic")][0]
+    assert "| 1/1/1 |" in row
+    attention.main(["--datasets", "syn", "--out", str(out)])  # all done: nothing runs
+    assert len(out.read_text().splitlines()) == 3
+    assert "done before, skipped" in capsys.readouterr().out

@@ -1,0 +1,177 @@
+"""Global attention on real graphs: local-only VQ-GNN, local + VQ global attention, and
+local + exact global attention (full-graph training), same architecture, resumably.
+
+The architecture is the heterophilous-graph benchmark's residual blocks
+(:class:`~vqgnn.nn.ResidualFFNGNN`: input linear, ``h + FFN(conv(LN(h)))``, final LN and
+linear), with GCN convolutions; ``--global-attention`` blocks add a
+:class:`~vqgnn.nn.GlobalAttention` beside each convolution,
+``h + FFN(conv(LN(h)) + attn(LN(h)))``. Three variants per dataset and run:
+
+* ``local VQ``: VQ-GNN, no global attention;
+* ``VQ global``: VQ-GNN with global attention, every layer (convolution and attention) with
+  its own codebook;
+* ``exact global``: full-graph training of the same model (exact attention over all N).
+
+Every run appends one record to ``--out`` (a run already there is skipped), so an interrupted
+benchmark continues where it stopped; the table compares VQ global with exact global (target:
+within 1 point) and says whether global attention helps over the local model, beside the
+published Graph Transformer figures (Platonov et al., ICLR 2023).
+
+Usage:
+    python benchmarks/attention.py --data-root ../data        # all six datasets, 3 runs
+    python benchmarks/attention.py --datasets cora --runs 1 --epochs 20
+    python benchmarks/attention.py --table-only
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.grid import (  # noqa: E402
+    RESULTS,
+    DatasetPreset,
+    Run,
+    _cfg,
+    _model,
+    execute,
+    record_name,
+    run_key,
+)
+
+# (method, global attention) of each variant, in the table's order.
+VARIANTS = {"local VQ": ("vq", False), "VQ global": ("vq", True),
+            "exact global": ("full", True)}
+# Graph Transformer test figures of Platonov et al. (ICLR 2023), not measured here.
+PUBLISHED = {"Tolokers": "83.23 ± 0.64", "Minesweeper": "91.85 ± 0.76"}
+
+
+def _ffn(num_codewords: int) -> Any:
+    return _model(num_codewords, hidden=64, layers=2, dropout=0.2, norm="layer", act="gelu",
+                  ffn=True)
+
+
+_PLANETOID = _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4, eval_every=5)
+_HETERO = _cfg(epochs=100, batch_size=1024, lr=0.01, eval_every=5)
+# Small graphs first: an interrupted run has their rows complete.
+DATASETS: dict[str, DatasetPreset] = {
+    "cora": DatasetPreset("Cora", "planetoid", "seed", _ffn(256), _PLANETOID, runs=3),
+    "citeseer": DatasetPreset("CiteSeer", "planetoid", "seed", _ffn(256), _PLANETOID, runs=3),
+    "amherst41": DatasetPreset("amherst41", "linkx", "seed", _ffn(256),
+                               _cfg(epochs=100, batch_size=512, lr=0.01, eval_every=5), runs=3),
+    "actor": DatasetPreset("Actor", "actor", "split", _ffn(512),
+                           _cfg(epochs=100, batch_size=1024, lr=0.01, weight_decay=5e-4,
+                                eval_every=5), runs=3),
+    "minesweeper": DatasetPreset("Minesweeper", "heterophilous", "split", _ffn(1024), _HETERO,
+                                 runs=3),
+    "tolokers": DatasetPreset("Tolokers", "heterophilous", "split", _ffn(1024), _HETERO,
+                              runs=3),
+}
+
+
+def plan(keys: list[str], runs: Optional[int], epochs: Optional[int]) -> list[Run]:
+    out = []
+    for key in keys:
+        preset = DATASETS[key]
+        for index in range(runs or preset.runs):
+            for method, attention in VARIANTS.values():
+                variant = replace(preset, model=replace(preset.model,
+                                                        global_attention=attention))
+                out.append(Run(variant, method, "gcn", index, None, epochs))
+    return out
+
+
+def variant_of(record: dict[str, Any]) -> Optional[str]:
+    for name, (method, attention) in VARIANTS.items():
+        if (record["method"] == method
+                and bool(record["model_config"].get("global_attention")) == attention):
+            return name
+    return None
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
+
+
+def table(records: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    names = list(VARIANTS)
+    lines = ["| dataset | metric | runs | " + " | ".join(names) + " | VQ − exact global | "
+             "within 1 pt | global − local (VQ) | epoch s (" + " / ".join(names) + ") | "
+             "published GT |", "|" + "---|" * 11]
+    for key in keys:
+        dataset = record_name(DATASETS[key].name)
+        rows = [r for r in records if r["dataset"] == dataset and r.get("status", "ok") == "ok"]
+        by = {name: [r for r in rows if variant_of(r) == name] for name in names}
+        if not any(by.values()):
+            continue
+        tests = {name: [r["test"] for r in by[name]] for name in names}
+        counts = "/".join(str(len(tests[n])) for n in names)
+        vq, exact, local = (tests["VQ global"], tests["exact global"], tests["local VQ"])
+        gap = (100 * (statistics.mean(vq) - statistics.mean(exact))) if vq and exact else None
+        helps = (100 * (statistics.mean(vq) - statistics.mean(local))) if vq and local else None
+        times = " / ".join(f"{statistics.median(r['median_epoch_seconds'] for r in by[n]):.2f}"
+                           if by[n] else "-" for n in names)
+        metric = rows[0]["metric"]
+        lines.append(
+            f"| {dataset} | {metric} | {counts} | "
+            + " | ".join(_mean_std(tests[n]) for n in names)
+            + f" | {'-' if gap is None else f'{gap:+.2f}'} | "
+            + f"{'-' if gap is None else ('yes' if abs(gap) <= 1.0 else 'NO')} | "
+            + f"{'-' if helps is None else f'{helps:+.2f}'} | {times} | "
+            + f"{PUBLISHED.get(dataset, '-')} |")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[1:]))
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help=f"comma-separated, of {', '.join(DATASETS)}")
+    parser.add_argument("--runs", type=int, default=None, help="seeds or given splits (3)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the presets'")
+    parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"),
+                        help="folder of planetoid/, heterophilous/, actor/, linkx/")
+    parser.add_argument("--out", type=Path, default=RESULTS / "attention.jsonl")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--verbose", action="store_true", help="per-epoch logs")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.ogb_root = None
+    keys = args.datasets.split(",")
+    unknown = [k for k in keys if k not in DATASETS]
+    if unknown:
+        parser.error(f"unknown datasets {unknown}; valid: {list(DATASETS)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {run_key(r) for r in report.load_records(args.out)}
+    runs = [] if args.table_only else plan(keys, args.runs, args.epochs)
+    start = time.time()
+    for n, run in enumerate(runs, 1):
+        execute(run, f"[{n}/{len(runs)}]", args.out, done, args, start)
+    records = report.load_records(args.out)
+    threads = sorted({r.get("threads", torch.get_num_threads()) for r in records})
+    title = (f"Global attention ({len(records)} runs, device "
+             f"{records[0]['device'] if records else args.device}, torch threads "
+             f"{'/'.join(map(str, threads))}); command: python benchmarks/attention.py "
+             f"{' '.join(sys.argv[1:] if argv is None else argv)}")
+    text = title + "\n\n" + "\n".join(table(records, keys)) + "\n"
+    print("\n" + text)
+    args.out.with_suffix(".md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
