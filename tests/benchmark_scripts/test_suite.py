@@ -220,7 +220,7 @@ def test_attention_benchmark_runs_three_variants_and_resumes(tmp_path, monkeypat
     from benchmarks import attention
     from benchmarks.grid import DatasetPreset, _cfg
 
-    preset = DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3", None, "seed",
+    preset = DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3,seed=0", None, "seed",
                            attention._ffn(16), _cfg(epochs=2, batch_size=64, lr=0.01),
                            runs=1, source=None)
     monkeypatch.setattr(attention, "DATASETS", {"syn": preset})
