@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -123,9 +123,22 @@ class Codebook(torch.nn.Module):
         self.register_buffer("embed_sum", torch.zeros(num_codewords, dim))
         self.register_buffer("embed", torch.zeros(num_codewords, dim))
         self.register_buffer("last_error", torch.tensor(float("nan")))
+        # A host copy of ``initialized``: the training step reads it without a device sync.
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the codebook holds codewords (the host copy of ``initialized``)."""
+        return self._ready
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = bool(self.initialized)  # once per load, not per step
 
     def reset_parameters(self) -> None:
         """Forget everything: the codebook is uninitialised again."""
+        self._ready = False
         self.initialized.fill_(False)
         self.cluster_size.zero_()
         self.embed_sum.zero_()
@@ -185,6 +198,7 @@ class Codebook(torch.nn.Module):
         self.cluster_size.copy_(counts.float())
         self.embed_sum.copy_(self.embed * self.cluster_size.unsqueeze(1))
         self.initialized.fill_(True)
+        self._ready = True
 
     @fp32
     def assign(self, x: Tensor) -> Tensor:
@@ -205,7 +219,7 @@ class Codebook(torch.nn.Module):
         """
         self._check_vectors(x)
         x = x.detach().float()
-        if not bool(self.initialized):
+        if not self._ready:
             codes = self.init_(x)
         elif codes is None:
             codes = self.assign(x)
@@ -224,22 +238,24 @@ class Codebook(torch.nn.Module):
         return codes
 
     def _restart_dead(self, x: Tensor) -> None:
-        dead = self.cluster_size < self.dead_threshold  # (K,)
-        num_dead = int(dead.sum())
-        if num_dead == 0:
+        """Replace the codewords whose EMA count fell under the threshold by random batch
+        vectors, with count 1. Branch-free (no device sync): every codeword draws a
+        candidate and only the dead ones take it."""
+        if self.dead_threshold <= 0:
             return
+        dead = (self.cluster_size < self.dead_threshold).unsqueeze(1)  # (K, 1)
         # Random batch vectors (global RNG: reproducible under torch.manual_seed).
         # Under data parallelism each worker picks from its own batch; summing the
         # picks and the ones below averages them, so that all workers agree.
-        pick = torch.randint(x.size(0), (num_dead,), device=x.device)
+        pick = torch.randint(x.size(0), (self.num_codewords,), device=x.device)
         new = x[pick]
         self.all_reduce_fn(new)
-        counts = torch.ones(num_dead, device=x.device)
+        counts = torch.ones(self.num_codewords, 1, device=x.device)
         self.all_reduce_fn(counts)
-        new = new / counts.unsqueeze(1)
-        self.embed[dead] = new
-        self.cluster_size[dead] = 1.0
-        self.embed_sum[dead] = new
+        new = new / counts
+        self.embed.copy_(torch.where(dead, new, self.embed))
+        self.embed_sum.copy_(torch.where(dead, new, self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead.squeeze(1), 1.0, self.cluster_size))
 
     @fp32
     def health(self) -> CodebookHealth:

@@ -58,9 +58,10 @@ class RunningStandardizer(torch.nn.Module):
         mean_z = stats[: self.dim] / n
         var = (stats[self.dim : 2 * self.dim] / n - mean_z.pow(2)).clamp_min(0.0).float()
         mean = (mean_z + shift).float()
-        m = 1.0 if not bool(self.initialized) else self.momentum
-        self.mean.mul_(1 - m).add_(mean, alpha=m)
-        self.var.mul_(1 - m).add_(var, alpha=m)
+        # Weight of the batch: 1 at the first update, ``momentum`` after (no device sync).
+        m = torch.where(self.initialized, self.momentum, 1.0)
+        self.mean.mul_(1 - m).add_(mean * m)
+        self.var.mul_(1 - m).add_(var * m)
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -156,7 +157,8 @@ class FeatureGradientQuantizer(torch.nn.Module):
 
     @property
     def initialized(self) -> bool:
-        return bool(self.codebook.initialized)
+        """Whether the codebook holds codewords (a host flag: no device sync)."""
+        return self.codebook.ready
 
     def reset_parameters(self) -> None:
         self.codebook.reset_parameters()
