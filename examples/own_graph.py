@@ -87,7 +87,7 @@ def main():
         print(f"| {r['method']} | {100 * r['best_val']:.2f} | {100 * r['test']:.2f} | "
               f"{r['median_epoch_seconds']:.3f} | {r['peak_memory_bytes'] / 2**20:.1f} |")
     print(f"\nThe same from the command line:\n  vqgnn train --dataset {args.out} "
-          f"--method vq,full --epochs {args.epochs} --hidden {args.hidden} "
+          f"--method vq,full --epochs {args.epochs} --hidden {args.hidden} --weight-decay 5e-4 "
           f"--batch-size {args.batch_size} --num-codewords {args.num_codewords}")
 
 

@@ -657,3 +657,60 @@ def test_loss_nodes_reach_one_hop_further_per_layer_down() -> None:
     assert reached == [[2, 3, 4], [3, 4], [4]]
     model.set_loss_nodes(None, graph)
     assert all(layer._gradient_nodes is None for layer in model.layers)
+
+
+@pytest.mark.parametrize("directed", [False, True])
+@pytest.mark.parametrize("kind", ["gcn", "sage", "graph", "gin"])
+def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
+                                                 monkeypatch) -> None:
+    """The lean step (in-batch CSR + dense (b, K) low-rank part, the backward weights from
+    the same gather) gives the outputs and gradients of the merged sparse operator, on an
+    undirected graph (one shared pattern) and a directed one (a second gather)."""
+    import vqgnn.nn.vq_conv as vq_conv_module
+
+    torch.manual_seed(0)
+    n = 60
+    edge_index = (coalesce(torch.randint(n, (2, 500)), num_nodes=n) if directed
+                  else random_graph(n, 400))
+    x = torch.randn(n, 6)
+    batch = torch.randperm(n)[:15]
+    mask = torch.rand(n) < 0.6
+    results = []
+    for limit in (vq_conv_module.DENSE_LOWRANK_MAX, 0):  # lean, then the merged sparse path
+        monkeypatch.setattr(vq_conv_module, "DENSE_LOWRANK_MAX", limit)
+        torch.manual_seed(1)
+        layer = VQConv(make_conv(kind, 6, 8), num_codewords=4, num_nodes=n)
+        layer.init_codebook(x)
+        layer.quantizer.codebook.embed[:, 6:] = torch.randn(4, layer.quantizer.grad_dim)
+        layer.set_gradient_nodes(mask)
+        graph = VQGraph(edge_index, n)
+        assert layer._lean(15) == (limit > 0)
+        xb = x[batch].clone().requires_grad_()
+        out = layer(xb, graph, batch)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), xb.grad, [p.grad for p in layer.conv.parameters()]))
+        layer.take_captured()
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_of_one_step_share_the_batch_gather(monkeypatch) -> None:
+    import vqgnn.batching.lowrank as lowrank
+
+    calls = []
+    original = lowrank.batch_rows
+    monkeypatch.setattr(lowrank, "batch_rows", lambda *a: calls.append(1) or original(*a))
+    n = 40
+    graph = VQGraph(random_graph(n), n)
+    layers = [VQConv(GCNConv(4, 4), num_codewords=4, num_nodes=n) for _ in range(2)]
+    x = torch.randn(n, 4)
+    for layer in layers:
+        layer.init_codebook(x)
+    batch = torch.randperm(n)[:10]
+    h = layers[1](torch.tanh(layers[0](x[batch], graph, batch)), graph, batch)
+    assert len(calls) == 1  # two layers, one operator, one batch: one gather
+    batch2 = torch.randperm(n)[:10]
+    layers[0](h.detach(), graph, batch2)
+    assert len(calls) == 2  # a new batch gathers again

@@ -79,6 +79,8 @@ class VQGraph:
         self.out_degree = torch.bincount(self.edge_index[0], minlength=num_nodes)
         self.local = torch.full((num_nodes,), -1, dtype=torch.long, device=edge_index.device)
         self._cache: dict[Hashable, Any] = {}
+        # The last step's batch rows (vqgnn.batching.lowrank.step_rows), shared by layers.
+        self.step_cache: Optional[tuple[Any, Tensor, int, Any]] = None
 
     def cached(self, key: Hashable, build: Callable[[], T]) -> T:
         """``build()`` once per ``key``: convolution matrices shared by the layers that

@@ -9,12 +9,12 @@ Letter code: ``N`` nodes, ``B``/``b`` batch nodes, ``K`` codewords, ``M`` entrie
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from vqgnn.batching.graph import sorted_csr
+from vqgnn.batching.graph import VQGraph, sorted_csr
 
 
 class SparseOperator(NamedTuple):
@@ -180,3 +180,112 @@ def csr_matmul(rowptr: Tensor, col: Tensor, value: Tensor, dense: Tensor) -> Ten
         matrix = torch.sparse_csr_tensor(rowptr, col, value.to(dense.dtype),
                                          (num_rows, dense.size(0)), check_invariants=False)
     return matrix @ dense
+
+
+# Largest b * K for which a layer's out-of-batch part is a dense (b, K) matrix (the lean
+# path); above it, the merged sparse operator (one ``unique`` per layer) keeps memory down.
+DENSE_LOWRANK_MAX = 1 << 24
+
+
+class BatchRows(NamedTuple):
+    r"""A batch's rows of one operator, gathered once per step and shared by every layer
+    that uses the operator (their codebooks differ; the gather does not).
+
+    The in-batch part :math:`C_{B,B}` is a (b, b) CSR matrix (``inner``). The entries from
+    out-of-batch sources keep their place in the flat lists below with weight ``outer``
+    (0 for in-batch sources): a layer turns them into its dense (b, K) low-rank part with
+    its own assignment (:func:`lowrank_forward`), without sorting or merging. The backward
+    term's entries (batch node ``i`` -> out-of-batch ``j``, weight :math:`C_{ji}`) come from
+    the same gather when the operator's pattern is symmetric, else from one more.
+
+    Device syncs: one to size the gather, one to select the in-batch entries.
+    """
+
+    row: Tensor  # (M,) batch position of the target
+    col: Tensor  # (M,) global id of the source
+    outer: Tensor  # (M,) C_ij where the source is outside the batch, else 0
+    num_inner: int  # entries with in-batch sources
+    inner: Tensor  # (b, b) sparse CSR C_BB
+    t_row: Tensor  # (M',) batch position of the sender i
+    t_target: Tensor  # (M',) global id of the receiver j
+    t_outer: Tensor  # (M',) C_ji where j is outside the batch, else 0
+
+
+def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool) -> BatchRows:
+    """:class:`BatchRows` of ``op`` for ``batch``.
+
+    Args:
+        op: the full-graph operator.
+        batch: (b,) batch node ids.
+        local: (N,) batch position of every node, -1 outside the batch.
+        symmetric: whether ``op``'s two CSR layouts have the same pattern (then the
+            backward entries reuse the forward gather).
+    """
+    b = batch.numel()
+    row, idx = row_positions(op.rowptr, batch)
+    col = op.col[idx]
+    pos = local[col]
+    inside = pos >= 0
+    outer = torch.where(inside, 0.0, op.value[idx])
+    sel = inside.nonzero().view(-1)
+    # In-batch entries sorted by (row, batch position): a valid CSR, no duplicates.
+    order = torch.argsort(row[sel] * b + pos[sel])
+    sel = sel[order]
+    inner_row = row[sel]
+    crow = torch.searchsorted(inner_row, torch.arange(b + 1, device=row.device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        inner = torch.sparse_csr_tensor(crow, pos[sel], op.value[idx[sel]], (b, b),
+                                        check_invariants=False)
+    if symmetric:
+        t_row, t_target, t_value = row, col, op.t_value[idx]
+    else:
+        t_row, t_idx = row_positions(op.t_rowptr, batch)
+        t_target, t_value = op.t_col[t_idx], op.t_value[t_idx]
+    t_outer = torch.where(local[t_target] < 0, t_value, 0.0)
+    return BatchRows(row, col, outer, sel.numel(), inner, t_row, t_target, t_outer)
+
+
+def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int) -> Tensor:
+    r"""Dense (b, K) matrix :math:`C_{B,\bar B} R`: the weight each batch node receives
+    through each codeword, for one layer's assignment."""
+    b = rows.inner.size(0)
+    out = torch.zeros(b * num_codewords, dtype=rows.outer.dtype, device=rows.outer.device)
+    out.index_add_(0, rows.row * num_codewords + assignment[rows.col].long(), rows.outer)
+    return out.view(b, num_codewords)
+
+
+def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: int,
+                          mask: Optional[Tensor] = None) -> Tensor:
+    r"""Dense (b, K) matrix :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}` of the
+    backward term, from :class:`BatchRows`; ``mask`` (N,) drops receivers without a
+    gradient."""
+    b = rows.inner.size(0)
+    value = rows.t_outer
+    if mask is not None:
+        value = value * mask[rows.t_target].to(value.dtype)
+    out = torch.zeros(b * num_codewords, dtype=value.dtype, device=value.device)
+    out.index_add_(0, rows.t_row * num_codewords + assignment[rows.t_target].long(), value)
+    return out.view(b, num_codewords)
+
+
+def step_rows(graph: VQGraph, op: SparseOperator, batch: Tensor) -> BatchRows:
+    """:func:`batch_rows` of ``op`` for ``batch``, computed once per step: the layers of
+    one forward that share the operator and the batch tensor share the gather.
+
+    The graph keeps the last result (for the same operator, the same ``batch`` object and
+    its unchanged contents); the operator's symmetry is checked once per operator.
+    """
+    last = graph.step_cache
+    if last is not None and last[0] is op and last[1] is batch and last[2] == batch._version:
+        return last[3]
+    symmetric = graph.cached(("symmetric", id(op)), lambda: bool(
+        torch.equal(op.rowptr, op.t_rowptr) and torch.equal(op.col, op.t_col)))
+    local = graph.local
+    local[batch] = torch.arange(batch.numel(), device=batch.device)
+    try:
+        rows = batch_rows(op, batch, local, symmetric)
+    finally:
+        local[batch] = -1
+    graph.step_cache = (op, batch, batch._version, rows)
+    return rows

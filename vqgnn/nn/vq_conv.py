@@ -11,6 +11,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.lowrank import (
+    DENSE_LOWRANK_MAX,
     BackwardEdges,
     BatchEdges,
     SparseOperator,
@@ -19,6 +20,9 @@ from vqgnn.batching.lowrank import (
     csr_matmul,
     gather_rows,
     lowrank_backward,
+    lowrank_backward_rows,
+    lowrank_forward,
+    step_rows,
 )
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.adapters import (
@@ -239,6 +243,11 @@ class VQConv(QuantizedLayer):
             if not x.requires_grad:  # the gradient at the aggregated output is needed
                 x = x.detach().requires_grad_()
         op = self.operator(graph)
+        if self._lean(b):
+            out, agg = self._forward_lowrank(x, graph, op, batch, training)
+            if training:
+                self._capture(batch, x, agg)
+            return out
         local = graph.local
         local[batch] = torch.arange(b, device=batch.device)
         try:
@@ -257,6 +266,35 @@ class VQConv(QuantizedLayer):
         if training:
             self._capture(batch, x, agg)
         return out
+
+    def _lean(self, b: int) -> bool:
+        """Whether a batch of ``b`` nodes takes the lean path: a linear layer with merged
+        messages, whose dense (b, K) low-rank part stays under ``DENSE_LOWRANK_MAX``."""
+        return (isinstance(self.adapter, LinearAdapter) and self.merge
+                and b * self.num_codewords <= DENSE_LOWRANK_MAX)
+
+    def _forward_lowrank(self, x: Tensor, graph: VQGraph, op: SparseOperator, batch: Tensor,
+                         training: bool) -> tuple[Tensor, Tensor]:
+        r"""The lean step of a linear layer: :math:`\mathrm{agg}_B = C_{B,B}\, m(X_B) +
+        (C_{B,ar B} R)\, m(V^x)`, the sparse in-batch part shared with the other layers
+        of the step (:func:`~vqgnn.batching.lowrank.step_rows`), the low-rank part a dense
+        (b, K) matrix built without sorting; the backward term's (b, K) matrix from the same
+        gather. No device sync beyond the shared gather's two."""
+        quantizer = self.quantizer
+        assert quantizer is not None and isinstance(self.adapter, LinearAdapter)
+        rows = step_rows(graph, op, batch)
+        if not quantizer.initialized and rows.num_inner < rows.row.numel():
+            raise RuntimeError("'VQConv': the codebook is not initialised; call "
+                               "init_codebook() (or the model's) before mini-batch steps")
+        k = self.num_codewords
+        dense = lowrank_forward(rows, quantizer.assignment, k)  # (b, K)
+        out, agg = self.adapter.forward_lowrank(self.conv, x, quantizer.features().to(x.dtype),
+                                                rows.inner, dense)
+        if training and self.backward_approx and quantizer.initialized:
+            weights = lowrank_backward_rows(rows, quantizer.assignment, k,
+                                            self._gradient_nodes)
+            out = self._inject_weights(out, x, weights)
+        return out, agg
 
     def set_constant_input(self, x: Optional[Tensor], graph: Optional[VQGraph] = None) -> None:
         """Declare the inputs of all nodes constant (e.g. the raw features of a first layer).
@@ -367,17 +405,23 @@ class VQConv(QuantizedLayer):
 
     def _inject_backward(self, out: Tensor, x: Tensor, graph: VQGraph,
                          edges: BackwardEdges) -> Tensor:
-        grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
         mask = self._gradient_nodes
         if mask is not None:  # no message from out-of-batch nodes whose gradient is zero
             keep = mask.to(edges.value.device)[edges.target].to(edges.value.dtype)
             edges = BackwardEdges(edges.row, edges.target, edges.code, edges.value * keep)
-        if isinstance(self.adapter, GenericAdapter):
-            target, extra = self._generic_backward_message(x, graph, edges, grads)
-        else:
-            weights = lowrank_backward(edges, x.size(0), self.num_codewords)  # (b, K)
-            target = self.adapter.backward_message(self.conv, x)  # (b, D_agg)
-            extra = weights.to(x.dtype) @ grads  # (b, D_agg)
+        if not isinstance(self.adapter, GenericAdapter):
+            return self._inject_weights(
+                out, x, lowrank_backward(edges, x.size(0), self.num_codewords))
+        grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
+        target, extra = self._generic_backward_message(x, graph, edges, grads)
+        return _InjectGradient.apply(out, target, extra)
+
+    def _inject_weights(self, out: Tensor, x: Tensor, weights: Tensor) -> Tensor:
+        r"""The backward term of a layer with a ``backward_message``, from its (b, K) weights
+        :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}`."""
+        grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
+        target = self.adapter.backward_message(self.conv, x)  # (b, D_agg)
+        extra = weights.to(x.dtype) @ grads  # (b, D_agg)
         return _InjectGradient.apply(out, target, extra)
 
     def _generic_backward_message(self, x: Tensor, graph: VQGraph, edges: BackwardEdges,
