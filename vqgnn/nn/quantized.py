@@ -112,8 +112,11 @@ class QuantizedLayer(torch.nn.Module):
 
     def _make_quantizer(self, in_channels: int, agg_channels: int,
                         codebook: CodebookOptions) -> FeatureGradientQuantizer:
+        """The layer's quantizer; assignments (codeword ids < K) stored as int32: 4 bytes
+        per node and layer."""
+        index_dtype = torch.int32 if codebook.num_codewords < 2**31 else torch.int64
         return FeatureGradientQuantizer.from_options(self._num_nodes, in_channels, agg_channels,
-                                                     codebook)
+                                                     codebook, index_dtype=index_dtype)
 
     @property
     def num_codewords(self) -> int:
