@@ -51,15 +51,16 @@ def _graph(n: int) -> VQGraph:
 def epoch(mode: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measured epoch of ``mode`` on ``n`` nodes."""
     torch.manual_seed(0)
-    x = torch.randn(n, args.channels)
-    readout = torch.randn(n, args.channels) / args.channels
+    device = torch.device(args.device)
+    x = torch.randn(n, args.channels, device=device)
+    readout = torch.randn(n, args.channels, device=device) / args.channels
     layer = GlobalAttention(args.channels, args.channels, args.heads, num_nodes=n,
-                            num_codewords=args.num_codewords)
+                            num_codewords=args.num_codewords).to(device)
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
-    graph = _graph(n)
+    graph = _graph(n).to(device)
     if mode == "vq":
         layer.init_codebook(x, seed=0)
-        batches = torch.randperm(n).split(args.batch_size)
+        batches = torch.randperm(n, device=device).split(args.batch_size)
     else:
         batches = (None,)
 
@@ -80,13 +81,16 @@ def epoch(mode: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         return meter.bytes
 
     step(batches[0])  # warm-up, untimed
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     saved = max(step(batch) for batch in batches)
+    sync()
     seconds = time.perf_counter() - start
     return {"n": n, "mode": mode, "status": "ok", "epoch_seconds": seconds,
             "steps": len(batches), "saved_bytes": saved, "batch_size": args.batch_size,
             "num_codewords": args.num_codewords, "channels": args.channels,
-            "heads": args.heads, "threads": torch.get_num_threads()}
+            "heads": args.heads, "threads": torch.get_num_threads(), "device": str(device)}
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
@@ -144,6 +148,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--num-codewords", type=int, default=256)
     parser.add_argument("--exact-limit", type=float, default=300.0,
                         help="skip exact epochs projected to take longer (seconds)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "attention_scaling.jsonl")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)

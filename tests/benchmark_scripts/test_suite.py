@@ -239,3 +239,19 @@ def test_attention_benchmark_runs_three_variants_and_resumes(tmp_path, monkeypat
     attention.main(["--datasets", "syn", "--out", str(out)])  # all done: nothing runs
     assert len(out.read_text().splitlines()) == 3
     assert "done before, skipped" in capsys.readouterr().out
+
+
+def test_gpu_device_checks_run_as_one_command_on_the_cpu(tmp_path, capsys):
+    """benchmarks/gpu.py: the scaling and attention steps under their time shares, records
+    and a summary naming the device (the CUDA run waits for a lent GPU machine)."""
+    from benchmarks import gpu
+
+    gpu.main(["--device", "cpu", "--sizes", "1000", "--attention-sizes", "300",
+              "--budget", "200", "--skip-tests", "--out", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# Device checks on cpu")
+    assert "scaling: exit 0" in summary and "global attention: exit 0" in summary
+    scaling = [json.loads(line) for line in (tmp_path / "scaling.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in scaling} == {"vq", "full", "cluster", "saint", "sage"}
+    attention = (tmp_path / "attention_scaling.jsonl").read_text().splitlines()
+    assert len(attention) == 2
