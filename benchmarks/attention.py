@@ -62,7 +62,7 @@ def _ffn(num_codewords: int) -> Any:
                   ffn=True)
 
 
-_PLANETOID = _cfg(epochs=200, batch_size=512, lr=0.01, weight_decay=5e-4, eval_every=5)
+_PLANETOID = _cfg(epochs=100, batch_size=512, lr=0.01, weight_decay=5e-4, eval_every=5)
 _HETERO = _cfg(epochs=100, batch_size=1024, lr=0.01, eval_every=5)
 # Small graphs first: an interrupted run has their rows complete.
 DATASETS: dict[str, DatasetPreset] = {
