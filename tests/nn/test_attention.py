@@ -224,3 +224,23 @@ def test_errors_name_the_argument():
         layer(torch.randn(2, 4), ring(5), torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="'batch' needs the full graph as a VQGraph"):
         layer(torch.randn(2, 4), None, torch.tensor([0, 1]))
+
+
+def test_a_vq_attention_step_makes_no_device_sync():
+    """Forward, backward and codebook update of a merged VQ attention step: no
+    item/bool/int, nonzero, unique, bincount (the codeword counts follow by index_add)."""
+    from benchmarks.host_syncs import count_syncs
+
+    layer = GlobalAttention(D_IN, D_OUT, HEADS, num_nodes=N, num_codewords=8)
+    graph = ring(N)
+    x = torch.randn(N, D_IN)
+    layer.init_codebook(x)
+
+    def step() -> None:
+        batch = torch.randperm(N)[:16]
+        layer(x[batch], graph, batch).pow(2).sum().backward()
+        layer.update_codebook()
+
+    step()  # the first step counts the codewords once
+    counts = count_syncs(step)
+    assert sum(counts.values()) == 0, counts

@@ -230,11 +230,15 @@ class GlobalAttention(QuantizedLayer):
         mask = self._gradient_nodes
         if self.merge:
             counts, grad_counts = self._codeword_counts()
-            mult = counts - torch.bincount(in_batch, minlength=k)
-            weight = grad_counts - (torch.bincount(in_batch, minlength=k) if mask is None else
-                                    torch.bincount(in_batch, mask[batch].to(dtype), minlength=k))
+            ones = torch.ones(batch.numel(), dtype=dtype, device=features.device)
+            # Batch nodes per codeword (index_add: a fixed size, no device sync, unlike
+            # bincount), taken off the counts over all nodes.
+            on_code = torch.zeros(k, dtype=dtype, device=features.device)
+            mult = counts.to(dtype) - on_code.index_add(0, in_batch, ones)
+            grad_ones = ones if mask is None else mask[batch].to(dtype)
+            weight = grad_counts.to(dtype) - on_code.index_add(0, in_batch, grad_ones)
             codes = torch.arange(k, device=features.device)
-            return (features, mult.to(dtype).log(), features, weight.to(dtype), codes)
+            return features, mult.log(), features, weight, codes
         outside = torch.ones(self.num_nodes, dtype=torch.bool, device=batch.device)
         outside[batch] = False
         nodes = outside.nonzero().squeeze(1)
