@@ -204,9 +204,10 @@ class GlobalAttention(QuantizedLayer):
                            torch.cat([self.lin_v(x), v_src]), bias)
         out = self.lin_out(agg)
         if training and self.backward_approx and initialized:
-            grads = quantizer.gradients().to(x.dtype)[codes]  # (S', D_agg)
+            grads = quantizer.gradients()[codes]  # (S', D_agg), fp32
+            extra = (weight.unsqueeze(1) * grads).to(x.dtype)
             out = self._inject_backward(out, x, queries, k_src.detach(), v_src.detach(), bias,
-                                        weight.unsqueeze(1) * grads)
+                                        extra)
         if training:
             self._capture(batch, x, agg)
         return out
@@ -230,13 +231,15 @@ class GlobalAttention(QuantizedLayer):
         mask = self._gradient_nodes
         if self.merge:
             counts, grad_counts = self._codeword_counts()
-            ones = torch.ones(batch.numel(), dtype=dtype, device=features.device)
+            # Counts in at least fp32 (fp16 tops out at 65,504).
+            cdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+            ones = torch.ones(batch.numel(), dtype=cdtype, device=features.device)
             # Batch nodes per codeword (index_add: a fixed size, no device sync, unlike
             # bincount), taken off the counts over all nodes.
-            on_code = torch.zeros(k, dtype=dtype, device=features.device)
-            mult = counts.to(dtype) - on_code.index_add(0, in_batch, ones)
-            grad_ones = ones if mask is None else mask[batch].to(dtype)
-            weight = grad_counts.to(dtype) - on_code.index_add(0, in_batch, grad_ones)
+            on_code = torch.zeros(k, dtype=cdtype, device=features.device)
+            mult = counts.to(cdtype) - on_code.index_add(0, in_batch, ones)
+            grad_ones = ones if mask is None else mask[batch].to(cdtype)
+            weight = grad_counts.to(cdtype) - on_code.index_add(0, in_batch, grad_ones)
             codes = torch.arange(k, device=features.device)
             return features, mult.log(), features, weight, codes
         outside = torch.ones(self.num_nodes, dtype=torch.bool, device=batch.device)
