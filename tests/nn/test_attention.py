@@ -244,3 +244,14 @@ def test_a_vq_attention_step_makes_no_device_sync():
     step()  # the first step counts the codewords once
     counts = count_syncs(step)
     assert sum(counts.values()) == 0, counts
+
+
+def test_message_error_of_global_attention():
+    layer = make_layer()
+    x = torch.randn(N, D_IN, dtype=torch.float64)
+    oracle(layer, x, torch.zeros(N, D_OUT, dtype=torch.float64))
+    batch = torch.randperm(N)[:17]
+    assert layer.message_error(x, ring(N), batch) < 1e-6  # codewords are stored in fp32
+    coarse = make_layer(num_codewords=2)
+    coarse.init_codebook(x)
+    assert coarse.message_error(x, ring(N), batch) > 1e-3

@@ -714,3 +714,23 @@ def test_layers_of_one_step_share_the_batch_gather(monkeypatch) -> None:
     batch2 = torch.randperm(n)[:10]
     layers[0](h.detach(), graph, batch2)
     assert len(calls) == 2  # a new batch gathers again
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gat"])
+def test_message_error_is_zero_with_an_oracle_codebook_and_grows_as_k_shrinks(kind: str):
+    torch.manual_seed(0)
+    n = 60
+    graph = VQGraph(random_graph(n, 400), n)
+    x = torch.randn(n, 6)
+    batch = torch.randperm(n)[:15]
+    errors = {}
+    for k in (n, 16, 2):
+        torch.manual_seed(1)
+        layer = VQConv(make_conv(kind, 6, 8), num_codewords=k, num_nodes=n).eval()
+        if k == n:
+            layer.set_codewords(x, torch.zeros(n, layer.quantizer.grad_dim), torch.arange(n))
+        else:
+            layer.init_codebook(x)
+        errors[k] = layer.message_error(x, graph, batch)
+    assert errors[n] < 1e-5
+    assert 0.0 < errors[16] < errors[2] <= 1.5, errors

@@ -481,3 +481,20 @@ def test_saint_steps_carry_the_edge_weights(data, monkeypatch):
     sub = next(iter(trainer.method.batches()))
     trainer._step(sub)
     assert weights and torch.equal(weights[0], sub.edge_weight)
+
+
+def test_epoch_logs_carry_each_codebooks_message_error(data):
+    """VQ-GNN measures, at each exact evaluation, every codebook's relative error of the
+    quantized out-of-batch messages on a fixed batch; epochs without one carry none."""
+    lines: list[str] = []
+    trainer, _ = train(data, log=lines.append, epochs=4, eval_every=2)
+    evaluated = [h for h in trainer.history if h.val is not None]
+    skipped = [h for h in trainer.history if h.val is None]
+    assert evaluated and skipped
+    for h in evaluated:  # layer 0 reads raw features exactly: no codebook, no figure
+        assert h.message_errors is not None and h.message_errors[0] is None
+        assert 0.0 < h.message_errors[1] < 2.0 and h.message_error == h.message_errors[1]
+    assert all(h.message_errors is None for h in skipped)
+    assert "message error - " in lines[1]  # epoch 2: evaluated
+    full, _ = train(data, method="full", epochs=2)
+    assert all(h.message_errors is None for h in full.history)

@@ -197,6 +197,17 @@ class GlobalAttention(QuantizedLayer):
             self._settle_pending()
             if not x.requires_grad:  # the gradient at the aggregated output is needed
                 x = x.detach().requires_grad_()
+        out, agg = self._batch_pair(x, batch, training, initialized)
+        if training:
+            self._capture(batch, x, agg)
+        return out
+
+    def _batch_pair(self, x: Tensor, batch: Tensor, training: bool,
+                    initialized: bool) -> tuple[Tensor, Tensor]:
+        """(out, agg) of a batch; with ``training``, the backward term added."""
+        quantizer = self.quantizer
+        assert quantizer is not None
+        b = batch.numel()
         sources, log_m, queries, weight, codes = self._out_of_batch(batch, x.dtype)
         k_src, v_src = self.lin_k(sources), self.lin_v(sources)
         bias = torch.cat([log_m.new_zeros(b), log_m])  # (b + S,)
@@ -208,9 +219,28 @@ class GlobalAttention(QuantizedLayer):
             extra = (weight.unsqueeze(1) * grads).to(x.dtype)
             out = self._inject_backward(out, x, queries, k_src.detach(), v_src.detach(), bias,
                                         extra)
-        if training:
-            self._capture(batch, x, agg)
-        return out
+        return out, agg
+
+    @torch.no_grad()
+    def message_error(self, x: Tensor, graph: VQGraph, batch: Tensor) -> float:
+        """Relative error of the batch's attention outputs (before the output projection)
+        through the codebook against exact attention over all N nodes.
+
+        Args:
+            x: (N, D_in) exact inputs of all nodes at this layer.
+            graph: the full graph (checks the batch).
+            batch: (b,) node ids.
+        """
+        quantizer = self.quantizer
+        assert quantizer is not None
+        if not quantizer.initialized:
+            raise ConfigError(f"'{type(self).__name__}.message_error': the codebook is not "
+                              f"initialised")
+        graph.check_batch(batch, type(self).__name__, values=self.validate)
+        x_b = x[batch]
+        agg_vq = self._batch_pair(x_b, batch, False, True)[1]
+        agg_exact = self._attend(self.lin_q(x_b), self.lin_k(x), self.lin_v(x), None)
+        return float((agg_vq - agg_exact).norm() / agg_exact.norm().clamp_min(1e-12))
 
     def _out_of_batch(self, batch: Tensor,
                       dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

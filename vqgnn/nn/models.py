@@ -231,6 +231,8 @@ class VQGNN(torch.nn.Module):
         self.norms = torch.nn.ModuleList(make_norm(d) for d in norm_dims)
         self.global_attention = global_attention
         self.attentions: Optional[torch.nn.ModuleList] = None
+        # Per quantized layer, the last measured message error (see inference()).
+        self.message_errors: list[Optional[float]] = []
         if global_attention:
             if not residual:
                 raise ConfigError(f"'{name}': 'global_attention' needs the residual layout "
@@ -340,15 +342,34 @@ class VQGNN(torch.nn.Module):
 
     @torch.no_grad()
     def inference(self, x: Tensor, graph: VQGraph, batch_size: int = 4096,
-                  progress: bool = False) -> Tensor:
+                  progress: bool = False, message_error_nodes: Optional[Tensor] = None
+                  ) -> Tensor:
         """Exact layer-wise inference of all nodes in chunks of ``batch_size`` nodes.
 
         Each layer is one sparse product per chunk of rows over all nodes' messages
         (:meth:`VQConv.inference_all`; the first layer's cached aggregation is reused when
         its input is constant). Memory is O(N * hidden) for a layer's inputs, messages and
         outputs, never the full graph's (E, D) per-edge messages.
+
+        With ``message_error_nodes`` (a batch of node ids), the same pass also measures
+        every initialised codebook's :meth:`VQConv.message_error` on that batch from the
+        exact layer inputs, into :attr:`message_errors` (one entry per
+        :attr:`quantized_layers` layer, None where there is no codebook).
         """
-        return self._layerwise(x, graph, batch_size, progress)
+        if message_error_nodes is None:
+            return self._layerwise(x, graph, batch_size, progress)
+        errors: list[Optional[float]] = [None] * len(self.quantized_layers)
+        index = {id(layer): i for i, layer in enumerate(self.quantized_layers)}
+
+        def measure(i: int, conv_in: Tensor) -> None:
+            for layer in (self.layers[i], self.attention(i)):
+                if layer is not None and layer.initialized:
+                    errors[index[id(layer)]] = layer.message_error(conv_in, graph,
+                                                                   message_error_nodes)
+
+        out = self._layerwise(x, graph, batch_size, progress, before_layer=measure)
+        self.message_errors = errors
+        return out
 
     @torch.no_grad()
     def prepare(self, x: Tensor, graph: VQGraph, batch_size: int = 4096, seed: int = 0,

@@ -236,18 +236,25 @@ class VQConv(QuantizedLayer):
             raise ConfigError("'VQConv': this layer has constant inputs (constant_input=True) "
                               "and no codebook; call set_constant_input(x, graph) before "
                               "mini-batch steps")
-        b = batch.numel()
         training = self.training and torch.is_grad_enabled()
         if training:
             self._settle_pending()
             if not x.requires_grad:  # the gradient at the aggregated output is needed
                 x = x.detach().requires_grad_()
+        out, agg = self._batch_pair(x, graph, batch, training)
+        if training:
+            self._capture(batch, x, agg)
+        return out
+
+    def _batch_pair(self, x: Tensor, graph: VQGraph, batch: Tensor,
+                    training: bool) -> tuple[Tensor, Tensor]:
+        """(out, agg) of a quantized batch; with ``training``, the backward term added."""
+        quantizer = self.quantizer
+        assert quantizer is not None
+        b = batch.numel()
         op = self.operator(graph)
         if self._lean(b):
-            out, agg = self._forward_lowrank(x, graph, op, batch, training)
-            if training:
-                self._capture(batch, x, agg)
-            return out
+            return self._forward_lowrank(x, graph, op, batch, training)
         local = graph.local
         local[batch] = torch.arange(b, device=batch.device)
         try:
@@ -263,9 +270,37 @@ class VQConv(QuantizedLayer):
                                             backward_edges(op, batch, local, quantizer.assignment))
         finally:
             local[batch] = -1
-        if training:
-            self._capture(batch, x, agg)
-        return out
+        return out, agg
+
+    @torch.no_grad()
+    def message_error(self, x: Tensor, graph: VQGraph, batch: Tensor) -> float:
+        r"""How well the codebook stands for the batch's out-of-batch neighbours.
+
+        For layers with linear messages (GCN, SAGE, GraphConv, GIN) the relative error
+        of the quantized out-of-batch messages against the exact ones,
+        :math:`\lVert (C_{B,\bar B} R) m(V^x) - C_{B,\bar B}\, m(X_{\bar B}) \rVert /
+        \lVert C_{B,\bar B}\, m(X_{\bar B}) \rVert`; for other layers the relative error of
+        the batch's whole aggregation. Exact inputs ``x`` of all nodes are needed (e.g. from
+        layer-wise inference); the assignments are the codebook's.
+
+        Args:
+            x: (N, D_in) exact inputs of all nodes at this layer.
+            graph: the full graph.
+            batch: (b,) node ids.
+        """
+        quantizer = self._require_codebook("message_error")
+        if not quantizer.initialized:
+            raise ConfigError("'VQConv.message_error': the codebook is not initialised")
+        self._check_batch(None, graph, batch)
+        x_b = x[batch]
+        agg_vq = self._batch_pair(x_b, graph, batch, training=False)[1]
+        agg_exact = self._exact_pair(x, graph, batch, x_b)[1]
+        reference = agg_exact
+        if isinstance(self.adapter, LinearAdapter):  # m(0) = 0: the in-batch part alone
+            inside = torch.zeros_like(x)
+            inside[batch] = x_b
+            reference = agg_exact - self._exact_pair(inside, graph, batch, x_b)[1]
+        return float((agg_vq - agg_exact).norm() / reference.norm().clamp_min(1e-12))
 
     def _lean(self, b: int) -> bool:
         """Whether a batch of ``b`` nodes takes the lean path: a linear layer with merged
@@ -393,6 +428,10 @@ class VQConv(QuantizedLayer):
         return torch.cat(outs)
 
     def _exact(self, x_all: Tensor, graph: VQGraph, batch: Tensor, x_dst: Tensor) -> Tensor:
+        return self._exact_pair(x_all, graph, batch, x_dst)[0]
+
+    def _exact_pair(self, x_all: Tensor, graph: VQGraph, batch: Tensor,
+                    x_dst: Tensor) -> tuple[Tensor, Tensor]:
         op = self.operator(graph)
         b = batch.numel()
         row, col, value = gather_rows(op.rowptr, op.col, op.value, batch)
@@ -401,7 +440,7 @@ class VQConv(QuantizedLayer):
         edges = BatchEdges(row, b + inverse, value, torch.ones_like(value), b,
                            b + sources.numel(), merged=True)
         x_src = torch.cat([x_dst, x_all[sources].to(x_dst.dtype)], dim=0)
-        return self.adapter.forward(self.conv, x_src, x_dst, edges)[0]
+        return self.adapter.forward(self.conv, x_src, x_dst, edges)
 
     def _inject_backward(self, out: Tensor, x: Tensor, graph: VQGraph,
                          edges: BackwardEdges) -> Tensor:

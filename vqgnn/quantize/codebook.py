@@ -34,11 +34,17 @@ class CodebookHealth:
         perplexity: ``exp(entropy)`` of the EMA count distribution (K at most).
         quantization_error: relative error ``||x - v_c(x)||^2 / ||x||^2`` of the last
             update's batch (NaN before any update).
+        message_error: a model's mean, over its quantized layers, of the relative error of
+            the quantized out-of-batch messages against exact ones on a fixed batch
+            (:meth:`~vqgnn.nn.VQConv.message_error`); None where not measured.
+        message_errors: the same per quantized layer (None for a layer without codebook).
     """
 
     usage: float
     perplexity: float
     quantization_error: float
+    message_error: Optional[float] = None
+    message_errors: Optional[list[Optional[float]]] = None
 
 
 class Codebook(torch.nn.Module):

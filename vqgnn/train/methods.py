@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
 import torch
@@ -492,6 +492,12 @@ class VQMethod(TrainingMethod):
                 pool.cpu(), opts.batch_size, parts, seed=ctx.seed)
         else:
             self.sampler = NodeBatchSampler(pool.cpu(), opts.batch_size, seed=ctx.seed)
+        # A fixed batch (seeded) on which every exact evaluation measures the codebooks'
+        # message errors (VQConv.message_error).
+        generator = torch.Generator().manual_seed(ctx.seed)
+        self.error_nodes = torch.randperm(n, generator=generator)[:min(opts.batch_size, n)].to(
+            ctx.device)
+        self._errors_fresh = False
 
     def prepare(self, init: bool) -> None:
         ctx, model = self.ctx, self.model
@@ -522,15 +528,29 @@ class VQMethod(TrainingMethod):
     @torch.no_grad()
     def predict(self, mode: str) -> Tensor:
         self.check_mode(mode)
-        if mode == "exact":
-            return exact_predict(self.ctx)
         ctx = self.ctx
+        if mode == "exact":
+            # The exact pass also measures each codebook's message error on a fixed batch.
+            out = self.model.inference(ctx.x, ctx.graph, ctx.eval_batch_size,
+                                       progress=ctx.progress,
+                                       message_error_nodes=self.error_nodes)
+            self._errors_fresh = True
+            return out
         nodes = torch.arange(ctx.num_nodes, device=ctx.device)
         return torch.cat([self.model(ctx.x[b], ctx.graph, b)
                           for b in nodes.split(self.options.batch_size)])
 
     def health(self) -> Optional[CodebookHealth]:
-        return self.model.codebook_health()
+        """The codebooks' figures, with the message errors of this epoch's exact
+        evaluation (none in an epoch without one)."""
+        health = self.model.codebook_health()
+        if health is not None and self._errors_fresh:
+            errors = self.model.message_errors
+            measured = [e for e in errors if e is not None]
+            health = replace(health, message_errors=list(errors),
+                             message_error=sum(measured) / len(measured) if measured else None)
+        self._errors_fresh = False
+        return health
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}

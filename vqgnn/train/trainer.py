@@ -233,6 +233,10 @@ class EpochLog:
     perplexity: Optional[float] = None
     quantization_error: Optional[float] = None
     eval_seconds: Optional[float] = None  # the evaluation after the epoch, if any
+    # Relative error of the quantized out-of-batch messages, per quantized layer, measured
+    # at the epoch's exact evaluation (VQ-GNN); the mean over layers.
+    message_error: Optional[float] = None
+    message_errors: Optional[list[Optional[float]]] = None
 
     def line(self, epochs: int, metric: str) -> str:
         parts = [f"epoch {self.epoch:>3}/{epochs}", f"loss {self.loss:.4f}"]
@@ -243,6 +247,9 @@ class EpochLog:
         if self.usage is not None:
             parts.append(f"codebook use {self.usage:.2f} ppl {self.perplexity:.1f} "
                          f"qerr {self.quantization_error:.3f}")
+        if self.message_errors:
+            parts.append("message error " + " ".join(
+                "-" if e is None else f"{e:.3f}" for e in self.message_errors))
         return " | ".join(parts)
 
 
@@ -504,6 +511,8 @@ class Trainer:
             if health is not None:
                 entry.usage, entry.perplexity = health.usage, health.perplexity
                 entry.quantization_error = health.quantization_error
+                entry.message_error = health.message_error
+                entry.message_errors = health.message_errors
             self.history.append(entry)
             if self.log is not None:
                 self.log(entry.line(cfg.epochs, metric))
