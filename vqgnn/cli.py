@@ -116,7 +116,8 @@ def train_config(args: argparse.Namespace, method: str, options: Optional[dict] 
         options = method_options(args, [method])[method]
     return TrainConfig.create(
         method, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-        optimizer=args.optimizer, eval_every=args.eval_every, patience=args.patience,
+        optimizer=args.optimizer, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
+        grad_clip=args.grad_clip, eval_every=args.eval_every, patience=args.patience,
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
         device=args.device, checkpoint=checkpoint, progress=not args.quiet, **options)
 
@@ -348,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quantize the first layer's inputs too")
     train.add_argument("--lr", type=float, default=t.lr, help="learning rate")
     train.add_argument("--weight-decay", type=float, default=t.weight_decay, help="weight decay")
+    train.add_argument("--lr-schedule", default=t.lr_schedule, choices=["constant", "cosine"],
+                       help="learning-rate schedule after the warm-up (cosine: to 0 at the "
+                            "last epoch)")
+    train.add_argument("--warmup-epochs", type=int, default=t.warmup_epochs,
+                       help="linear learning-rate warm-up over this many epochs")
+    train.add_argument("--grad-clip", type=float, default=t.grad_clip,
+                       help="clip the gradient's total norm to this value")
     train.add_argument("--optimizer", default=t.optimizer, choices=list(OPTIMIZERS),
                        help="optimizer")
     train.add_argument("--eval-every", type=int, default=t.eval_every,

@@ -498,3 +498,54 @@ def test_epoch_logs_carry_each_codebooks_message_error(data):
     assert "message error - " in lines[1]  # epoch 2: evaluated
     full, _ = train(data, method="full", epochs=2)
     assert all(h.message_errors is None for h in full.history)
+
+
+def test_learning_rate_warmup_and_cosine_schedule(data):
+    cfg = config(epochs=10, lr=0.1, warmup_epochs=2, lr_schedule="cosine")
+    rates = [cfg.learning_rate(e) for e in range(1, 11)]
+    assert rates[:3] == pytest.approx([0.05, 0.1, 0.1])  # warm-up, then the cosine's top
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and rates[-1] > 0
+    seen = []
+
+    class Spy(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    seed_everything(0)
+    model = build(data)
+    trainer = Trainer(model, data, cfg.replace(epochs=3), optimizer=Spy(model.parameters()))
+    trainer.fit()
+    steps = len(seen) // 3
+    assert seen[0] == pytest.approx(0.05) and seen[steps] == pytest.approx(0.1)
+    # A constant schedule leaves a given optimizer's own learning rate alone.
+    own = Spy(model.parameters(), lr=0.123)
+    seen.clear()
+    Trainer(model, data, config(epochs=1), optimizer=own).fit()
+    assert set(seen) == {0.123}
+
+
+def test_gradient_clipping_bounds_the_step_norm(data, monkeypatch):
+    norms = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        total = original(params, max_norm, *args, **kwargs)
+        norms.append(float(torch.norm(torch.stack([p.grad.norm() for p in params
+                                                   if p.grad is not None]))))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    train(data, epochs=1, grad_clip=0.01)
+    assert norms and max(norms) <= 0.01 * 1.001
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"lr_schedule": "step"}, "'lr_schedule' must be one of"),
+    ({"warmup_epochs": 10}, "'warmup_epochs' must be an int in \\[0, epochs\\)"),
+    ({"grad_clip": 0.0}, "'grad_clip' must be a finite number > 0 or None, received 0.0"),
+])
+def test_schedule_options_are_checked(changes, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.create("vq", epochs=10, **changes)

@@ -50,9 +50,11 @@ PROGRESS_EVERY = 20
 #: Shared options a resumed run may change (every other option must match the checkpoint's).
 RESUMABLE = ("epochs", "checkpoint", "progress", "device", "patience", "measure_memory")
 
-_COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "eval_every", "patience",
-                   "inference", "eval_batch_size", "seed", "device", "checkpoint", "progress",
+_COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "lr_schedule",
+                   "warmup_epochs", "grad_clip", "eval_every", "patience", "inference",
+                   "eval_batch_size", "seed", "device", "checkpoint", "progress",
                    "measure_memory")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -72,6 +74,12 @@ class TrainConfig:
         lr: learning rate.
         weight_decay: weight decay.
         optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'`` (momentum 0.9).
+        lr_schedule: ``'constant'``, or ``'cosine'``: after the warm-up the learning rate
+            falls from ``lr`` to 0 along a half cosine over the remaining epochs.
+        warmup_epochs: the learning rate rises linearly to ``lr`` over this many epochs
+            (epoch ``e`` of the warm-up, from 1, trains at ``lr * e / warmup_epochs``).
+        grad_clip: clip the gradient's total norm to this value before each step (None:
+            no clipping).
         eval_every: evaluate every this many epochs (and after the last).
         patience: stop after this many evaluations without a better validation metric.
         inference: the inference mode of model selection, one of the method's (default:
@@ -95,6 +103,9 @@ class TrainConfig:
     lr: float = 0.01
     weight_decay: float = 0.0
     optimizer: str = "adam"
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    grad_clip: Optional[float] = None
     eval_every: int = 1
     patience: Optional[int] = None
     inference: Optional[str] = None
@@ -157,6 +168,15 @@ class TrainConfig:
         """The inference mode of model selection (``inference``, resolved)."""
         return self.inference or method_class(self.method).inference_modes[0]
 
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (from 1) under the warm-up and schedule."""
+        if epoch <= self.warmup_epochs:
+            return self.lr * epoch / self.warmup_epochs
+        if self.lr_schedule == "cosine":
+            done = (epoch - 1 - self.warmup_epochs) / max(self.epochs - self.warmup_epochs, 1)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * done))
+        return self.lr
+
     @property
     def batch_size(self) -> Optional[int]:
         """The method's batch size (None for full-graph training)."""
@@ -191,6 +211,18 @@ class TrainConfig:
                               f"{' or '.join(owners)} (received method {self.method!r}, whose "
                               f"modes are {modes})")
         check_device(self.device, name)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"'{name}': 'lr_schedule' must be one of {LR_SCHEDULES}, "
+                              f"received {self.lr_schedule!r}")
+        if (not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool)
+                or not 0 <= self.warmup_epochs < self.epochs):
+            raise ConfigError(f"'{name}': 'warmup_epochs' must be an int in [0, epochs) = "
+                              f"[0, {self.epochs}), received {self.warmup_epochs!r}")
+        if self.grad_clip is not None and (
+                not isinstance(self.grad_clip, (int, float)) or isinstance(self.grad_clip, bool)
+                or not math.isfinite(self.grad_clip) or self.grad_clip <= 0):
+            raise ConfigError(f"'{name}': 'grad_clip' must be a finite number > 0 or None, "
+                              f"received {self.grad_clip!r}")
         if self.patience is not None and (not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ConfigError(f"'{name}': 'patience' must be >= 1 or None, "
@@ -422,6 +454,8 @@ class Trainer:
             if meter is not None:
                 meter.add(*step.inputs)
             step.loss.backward()
+        if self.config.grad_clip is not None:  # no host sync: the scale is a tensor
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if meter is not None:
             measured = meter.cuda_peak if meter.cuda_peak is not None else meter.bytes
             self.peak_bytes = max(self.peak_bytes, measured)
@@ -480,6 +514,9 @@ class Trainer:
             self.prepare()
         metric = str(self.data.metric)
         while self.epoch < cfg.epochs and not self._stopped():
+            if cfg.lr_schedule != "constant" or cfg.warmup_epochs:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate(self.epoch + 1)
             with Timer(self.device) as timer:
                 loss = self.train_epoch()
             self.epoch += 1
