@@ -255,3 +255,16 @@ def test_gpu_device_checks_run_as_one_command_on_the_cpu(tmp_path, capsys):
     assert {r["method"] for r in scaling} == {"vq", "full", "cluster", "saint", "sage"}
     attention = (tmp_path / "attention_scaling.jsonl").read_text().splitlines()
     assert len(attention) == 2
+
+
+def test_vq_inference_diagnostics_measure_every_variant(tmp_path, capsys):
+    from benchmarks import vq_inference
+
+    out = tmp_path / "v.jsonl"
+    vq_inference.main(["--dataset", "synthetic:n=600,deg=6,features=8,classes=3",
+                       "--epochs", "2", "--batch-size", "128", "--num-codewords", "8",
+                       "--hidden", "16", "--out", str(out)])
+    record = json.loads(out.read_text().splitlines()[0])
+    for name in ("exact", *vq_inference.VARIANTS):
+        assert 0.0 <= record[name] <= 100.0, name
+    assert "| vq fresh codewords |" in capsys.readouterr().out

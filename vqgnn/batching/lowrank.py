@@ -205,10 +205,25 @@ class BatchRows(NamedTuple):
     col: Tensor  # (M,) global id of the source
     outer: Tensor  # (M,) C_ij where the source is outside the batch, else 0
     num_inner: int  # entries with in-batch sources
-    inner: Tensor  # (b, b) sparse CSR C_BB
+    crow: Tensor  # (b + 1,) CSR row pointer of C_BB
+    inner_col: Tensor  # (num_inner,) batch positions of the in-batch sources, sorted per row
+    inner_value: Tensor  # (num_inner,) their weights
     t_row: Tensor  # (M',) batch position of the sender i
     t_target: Tensor  # (M',) global id of the receiver j
     t_outer: Tensor  # (M',) C_ji where j is outside the batch, else 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.crow.numel() - 1
+
+    def inner(self, dtype: torch.dtype) -> Tensor:
+        """(b, b) ``torch.sparse_csr`` matrix :math:`C_{B,B}` (built on use: plain tensors
+        are kept, so that models and graphs holding them can be deep-copied)."""
+        b = self.num_rows
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.inner_col, self.inner_value.to(dtype),
+                                           (b, b), check_invariants=False)
 
 
 def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool) -> BatchRows:
@@ -233,23 +248,20 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
     sel = sel[order]
     inner_row = row[sel]
     crow = torch.searchsorted(inner_row, torch.arange(b + 1, device=row.device))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        inner = torch.sparse_csr_tensor(crow, pos[sel], op.value[idx[sel]], (b, b),
-                                        check_invariants=False)
     if symmetric:
         t_row, t_target, t_value = row, col, op.t_value[idx]
     else:
         t_row, t_idx = row_positions(op.t_rowptr, batch)
         t_target, t_value = op.t_col[t_idx], op.t_value[t_idx]
     t_outer = torch.where(local[t_target] < 0, t_value, 0.0)
-    return BatchRows(row, col, outer, sel.numel(), inner, t_row, t_target, t_outer)
+    return BatchRows(row, col, outer, sel.numel(), crow, pos[sel], op.value[idx[sel]], t_row,
+                     t_target, t_outer)
 
 
 def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int) -> Tensor:
     r"""Dense (b, K) matrix :math:`C_{B,\bar B} R`: the weight each batch node receives
     through each codeword, for one layer's assignment."""
-    b = rows.inner.size(0)
+    b = rows.num_rows
     out = torch.zeros(b * num_codewords, dtype=rows.outer.dtype, device=rows.outer.device)
     out.index_add_(0, rows.row * num_codewords + assignment[rows.col].long(), rows.outer)
     return out.view(b, num_codewords)
@@ -260,7 +272,7 @@ def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: in
     r"""Dense (b, K) matrix :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}` of the
     backward term, from :class:`BatchRows`; ``mask`` (N,) drops receivers without a
     gradient."""
-    b = rows.inner.size(0)
+    b = rows.num_rows
     value = rows.t_outer
     if mask is not None:
         value = value * mask[rows.t_target].to(value.dtype)

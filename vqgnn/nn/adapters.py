@@ -157,9 +157,10 @@ class LinearAdapter(ConvAdapter):
 
     def forward_lowrank(self, conv: MessagePassing, x_dst: Tensor, features: Tensor,
                         inner: Tensor, dense: Tensor) -> tuple[Tensor, Tensor]:
-        """The batch from its in-batch CSR part ``inner`` (b, b) and its dense low-rank part
-        ``dense`` (b, K) over the codeword ``features`` (K, D_in): ``(out, agg)``."""
-        agg = (inner.to(x_dst.dtype) @ self.message(conv, x_dst)
+        """The batch from its in-batch CSR part ``inner`` (b, b, in ``x_dst``'s dtype) and
+        its dense low-rank part ``dense`` (b, K) over the codeword ``features`` (K, D_in):
+        ``(out, agg)``."""
+        agg = (inner @ self.message(conv, x_dst)
                + dense.to(x_dst.dtype) @ self.message(conv, features))  # (b, D_agg)
         return self.update(conv, agg, x_dst), agg
 

@@ -324,7 +324,7 @@ class VQConv(QuantizedLayer):
         k = self.num_codewords
         dense = lowrank_forward(rows, quantizer.assignment, k)  # (b, K)
         out, agg = self.adapter.forward_lowrank(self.conv, x, quantizer.features().to(x.dtype),
-                                                rows.inner, dense)
+                                                rows.inner(x.dtype), dense)
         if training and self.backward_approx and quantizer.initialized:
             weights = lowrank_backward_rows(rows, quantizer.assignment, k,
                                             self._gradient_nodes)

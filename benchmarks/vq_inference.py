@@ -1,0 +1,178 @@
+"""Where VQ mini-batch inference loses accuracy: one trained model, evaluated several ways.
+
+A VQ-GNN is trained (``vqgnn.train``, the given options; the selected weights restored),
+then its test metric is measured by exact layer-wise inference and by VQ inference under
+variants that each remove one suspected cause:
+
+* ``vq``: VQ inference as the trainer runs it (batches of contiguous node ids of the
+  training batch size; codewords and assignments as training left them);
+* ``vq random batches``: the same with random batches (is it the batch composition?);
+* ``vq metis batches``: batches of METIS parts (most neighbours inside the batch);
+* ``vq 4x batch``: batches four times larger;
+* ``vq fresh assignments``: every node re-assigned to its nearest codeword (feature half)
+  by its exact eval-mode layer input (are assignments stale, or from dropout-noised
+  training activations?);
+* ``vq fresh codewords``: also each codeword's feature half set to the mean of the exact
+  eval-mode inputs assigned to it (are the codewords tuned to training-mode activations?).
+
+The last two read exact layer inputs of all nodes (O(N) memory): they locate the cause, they
+are not the fix. Seeds/splits given by ``--runs``; one JSON record per run in ``--out``.
+
+Usage:
+    python benchmarks/vq_inference.py --dataset synthetic:n=100000,deg=20,signal=0.3 \\
+        --epochs 50 --batch-size 2048 --num-codewords 512
+    python benchmarks/vq_inference.py --dataset Tolokers --root data/heterophilous \\
+        --epochs 100 --batch-size 1024 --num-codewords 1024 --runs 3
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqgnn import VQGNN, VQGraph  # noqa: E402
+from vqgnn.batching.samplers import metis_partition  # noqa: E402
+from vqgnn.datasets import load_dataset, score  # noqa: E402
+from vqgnn.quantize.functional import nearest_codeword  # noqa: E402
+from vqgnn.quantize.options import CodebookOptions  # noqa: E402
+from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
+from vqgnn.train.records import append_record  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@torch.no_grad()
+def vq_predict(model: VQGNN, x: Tensor, graph: VQGraph, batches: list[Tensor]) -> Tensor:
+    """(N, C) outputs by VQ inference over ``batches`` (a partition of the nodes)."""
+    model.eval()
+    out = torch.empty(graph.num_nodes, model.out_channels)
+    for batch in batches:
+        out[batch] = model(x[batch], graph, batch)
+    return out
+
+
+@torch.no_grad()
+def refresh(model: VQGNN, x: Tensor, graph: VQGraph, codewords: bool, chunk: int) -> None:
+    """Re-assign every node by its exact eval-mode input at each quantized layer (the
+    feature half), and with ``codewords`` set each codeword's feature half to the mean of
+    the inputs assigned to it."""
+    model.eval()
+
+    def layer_inputs(i: int, conv_in: Tensor) -> None:
+        for layer in (model.layers[i], model.attention(i)):
+            if layer is None or not layer.initialized:
+                continue
+            q = layer.quantizer
+            assert q is not None
+            dim = q.feature_dim
+            z = q.x_norm(conv_in)  # standardised, as the codebook stores them
+            codes = nearest_codeword(z, q.codebook.embed[:, :dim], chunk)
+            q.assignment.copy_(codes.to(q.assignment.dtype))
+            if codewords:
+                sums = torch.zeros(q.num_codewords, dim).index_add_(0, codes, z)
+                counts = torch.bincount(codes, minlength=q.num_codewords).unsqueeze(1)
+                used = counts.squeeze(1) > 0
+                q.codebook.embed[used, :dim] = sums[used] / counts[used]
+
+    model._layerwise(x, graph, chunk, False, before_layer=layer_inputs)
+
+
+def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
+    split, seed = (run, 0) if args.vary == "split" else (0, run)
+    data = load_dataset(args.dataset, root=args.root, split=split, seed=seed)
+    model_cfg = ModelConfig(conv=args.conv, hidden=args.hidden, layers=args.layers,
+                            dropout=args.dropout,
+                            codebook=CodebookOptions(num_codewords=args.num_codewords))
+    seed_everything(seed)
+    model = model_cfg.build(data)
+    trainer = Trainer(model, data, TrainConfig.create(
+        "vq", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
+        eval_every=args.eval_every))
+    trainer.fit()
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    x, graph = trainer.ctx.x, trainer.graph
+    n = data.num_nodes
+    test = data.test_mask
+
+    def metric(out: Tensor) -> float:
+        return 100 * score(data, out, test)
+
+    nodes = torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    parts = metis_partition(data.edge_index, n, max(1, n // args.batch_size), seed=seed)
+    variants: dict[str, Callable[[VQGNN], Tensor]] = {
+        "vq": lambda m: vq_predict(m, x, graph, list(nodes.split(args.batch_size))),
+        "vq random batches": lambda m: vq_predict(
+            m, x, graph, list(torch.randperm(n, generator=generator).split(args.batch_size))),
+        "vq metis batches": lambda m: vq_predict(
+            m, x, graph, [(parts == p).nonzero().view(-1) for p in range(int(parts.max()) + 1)
+                          if bool((parts == p).any())]),
+        "vq 4x batch": lambda m: vq_predict(m, x, graph, list(nodes.split(4 * args.batch_size))),
+    }
+    record: dict[str, Any] = {"dataset": data.name if hasattr(data, "name") else args.dataset,
+                              "split": split, "seed": seed, "metric": data.metric,
+                              "batch_size": args.batch_size, "num_codewords": args.num_codewords,
+                              "conv": args.conv, "epochs": args.epochs,
+                              "exact": metric(model.inference(x, graph, args.batch_size))}
+    for name, predict in variants.items():
+        record[name] = metric(predict(model))
+    for name, codewords in (("vq fresh assignments", False), ("vq fresh codewords", True)):
+        fresh = copy.deepcopy(model, {id(graph): graph, id(x): x})  # the same graph
+        refresh(fresh, x, graph, codewords, args.batch_size)
+        record[name] = metric(vq_predict(fresh, x, graph, list(nodes.split(args.batch_size))))
+    return record
+
+
+VARIANTS = ("vq", "vq random batches", "vq metis batches", "vq 4x batch",
+            "vq fresh assignments", "vq fresh codewords")
+
+
+def table(records: list[dict[str, Any]]) -> list[str]:
+    lines = ["| variant | test metric (mean over runs) | minus exact |", "|---|---|---|"]
+    exact = statistics.mean(r["exact"] for r in records)
+    lines.append(f"| exact | {exact:.2f} | - |")
+    for name in VARIANTS:
+        value = statistics.mean(r[name] for r in records)
+        lines.append(f"| {name} | {value:.2f} | {value - exact:+.2f} |")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="synthetic:n=100000,deg=20,signal=0.3")
+    parser.add_argument("--root", default=None)
+    parser.add_argument("--vary", choices=["seed", "split"], default="seed")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--conv", default="gcn")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--num-codewords", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=RESULTS / "vq_inference.jsonl")
+    args = parser.parse_args(argv)
+    records = []
+    for run in range(args.runs):
+        record = measure(args, run)
+        append_record(args.out, record)
+        records.append(record)
+        print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record.items()), flush=True)
+    print("\n".join(table(records)))
+
+
+if __name__ == "__main__":
+    main()
