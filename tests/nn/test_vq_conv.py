@@ -1,6 +1,8 @@
 """VQConv: exactness on the whole graph, the oracle codebook, merged vs per-edge, errors."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import coalesce, to_undirected
 
 from vqgnn import VQConv, VQGraph
+from vqgnn.quantize import CodebookOptions
 
 
 class LinearUserConv(MessagePassing):
@@ -734,3 +737,53 @@ def test_message_error_is_zero_with_an_oracle_codebook_and_grows_as_k_shrinks(ki
         errors[k] = layer.message_error(x, graph, batch)
     assert errors[n] < 1e-5
     assert 0.0 < errors[16] < errors[2] <= 1.5, errors
+
+
+def test_two_workers_summing_statistics_match_one_worker_with_the_union_batch() -> None:
+    """Data parallelism's codebook contract: two workers, each with half a batch and their
+    statistics summed (set_all_reduce), end with the codebook of one worker that saw the
+    whole batch. An oracle codebook (K = N) makes each node's output, hence its gradient,
+    the same whichever batch holds it; otherwise the batch composition changes them."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Sum:
+        def __init__(self) -> None:
+            self.barrier = threading.Barrier(2, timeout=10)
+            self.slots: list = [None, None]
+
+        def for_rank(self, rank: int):
+            def reduce(t: torch.Tensor) -> None:
+                self.slots[rank] = t.clone()
+                self.barrier.wait()
+                total = self.slots[0] + self.slots[1]
+                self.barrier.wait()
+                t.copy_(total)
+            return reduce
+
+    torch.manual_seed(0)
+    n = 60
+    graph = VQGraph(random_graph(n, 400), n)
+    x = torch.randn(n, 6)
+    base = VQConv(GCNConv(6, 8), num_codewords=n, num_nodes=n,
+                  codebook=CodebookOptions(num_codewords=n, dead_threshold=0.0))
+    base.set_codewords(x, torch.randn(n, 8), torch.arange(n))
+    union, workers = copy.deepcopy(base), [copy.deepcopy(base), copy.deepcopy(base)]
+    comm = Sum()
+    for rank, layer in enumerate(workers):
+        layer.set_all_reduce(comm.for_rank(rank))
+    batches = torch.randperm(n)[:32].view(2, 16)
+
+    def step(layer: VQConv, batch: torch.Tensor) -> None:
+        layer(x[batch], graph, batch).pow(2).sum().backward()
+        layer.update_codebook()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda r: step(workers[r], batches[r]), range(2)))
+    step(union, batches.reshape(-1))
+    for name in ("codebook.cluster_size", "codebook.embed_sum", "codebook.embed",
+                 "x_norm.mean", "x_norm.var", "g_norm.mean", "g_norm.var"):
+        expected = union.quantizer.get_buffer(name)
+        for layer in workers:
+            torch.testing.assert_close(layer.quantizer.get_buffer(name), expected,
+                                       rtol=1e-5, atol=1e-6, msg=name)

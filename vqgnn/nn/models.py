@@ -425,6 +425,11 @@ class VQGNN(torch.nn.Module):
                     grown = torch.ones_like(reach)
             reach = grown
 
+    def set_all_reduce(self, fn: Optional[Callable[[Tensor], None]]) -> None:
+        """Every quantized layer's :meth:`~vqgnn.nn.QuantizedLayer.set_all_reduce`."""
+        for layer in self.quantized_layers:
+            layer.set_all_reduce(fn)
+
     def update_codebooks(self) -> int:
         """Apply every layer's captured (input, gradient) pairs; returns how many updated."""
         return sum(int(layer.update_codebook()) for layer in self.quantized_layers)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vqgnn.errors import ConfigError, ConfigTypeError
-from vqgnn.quantize.codebook import CodebookHealth
+from vqgnn.quantize.codebook import AllReduceFn, CodebookHealth, noop_all_reduce
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.quantize.quantizer import FeatureGradientQuantizer
 
@@ -186,6 +186,17 @@ class QuantizedLayer(torch.nn.Module):
     def health(self) -> CodebookHealth:
         """Codebook usage, perplexity and relative quantisation error."""
         return self._require_codebook("health").health()
+
+    def set_all_reduce(self, fn: Optional[AllReduceFn]) -> None:
+        """Sum the codebook's batch statistics (counts, sums, standardiser moments, error,
+        restart picks) across data-parallel workers with ``fn`` (an in-place sum, e.g.
+        ``torch.distributed.all_reduce``) before each EMA step, so that every worker keeps
+        the same codebook; None: single process. A layer without codebook ignores it."""
+        if self.quantizer is None:
+            return
+        reduce = fn if fn is not None else noop_all_reduce
+        self.quantizer.all_reduce_fn = reduce
+        self.quantizer.codebook.all_reduce_fn = reduce
 
     def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
         """Declare which nodes can have a non-zero gradient at this layer's aggregated
