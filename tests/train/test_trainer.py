@@ -549,3 +549,14 @@ def test_gradient_clipping_bounds_the_step_norm(data, monkeypatch):
 def test_schedule_options_are_checked(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig.create("vq", epochs=10, **changes)
+
+
+def test_records_hold_each_inference_modes_peak_memory(data):
+    _, result = train(data, epochs=2)
+    record = result.record()
+    assert record["selection_inference"] == "exact"
+    for mode in ("exact", "vq"):
+        value = record[f"inference_peak_bytes_{mode}"]
+        assert value is None or (isinstance(value, int) and value >= 0)
+    assert "peak RSS above the RSS at the start" in record["inference_memory_measure"]
+    assert record["peak_rss_bytes"] > 10 * 2**20  # the run's peak survives the resets

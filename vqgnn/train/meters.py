@@ -113,6 +113,58 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def rss_bytes() -> Optional[int]:
+    """The process's current resident set size (Linux ``VmRSS``; None elsewhere)."""
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory a block adds above what was in use at its start.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated bytes at the start.
+    On the CPU (Linux): the peak RSS after resetting it at the start, minus the RSS then;
+    the allocator's cached pages make this a lower bound. :attr:`previous_peak_rss` is the
+    process's peak RSS before the reset, so that a caller keeps the run's overall peak.
+    :attr:`bytes` is None where it cannot be measured.
+    """
+
+    def __init__(self, device: Optional[torch.device] = None) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.bytes: Optional[int] = None
+        self.previous_peak_rss = 0
+
+    def __enter__(self) -> PeakMemory:
+        self.previous_peak_rss = peak_rss_bytes()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base: Optional[int] = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = rss_bytes() if reset_peak_rss() else None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._base is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self.bytes = max(peak_rss_bytes() - self._base, 0)
+
+    @property
+    def measure(self) -> str:
+        return ("torch.cuda.max_memory_allocated above the start" if self.device.type == "cuda"
+                else "peak RSS above the RSS at the start (reset VmHWM; a lower bound)")
+
+
 class Timer:
     """Wall-clock seconds of a block, synchronising CUDA first and last."""
 

@@ -30,7 +30,13 @@ from vqgnn.train.checkpoint import (
     save_state,
     set_rng_state,
 )
-from vqgnn.train.meters import SavedTensorMeter, Timer, peak_rss_bytes, reset_peak_rss
+from vqgnn.train.meters import (
+    PeakMemory,
+    SavedTensorMeter,
+    Timer,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 from vqgnn.train.methods import (
     METHODS,
     VQ_INFERENCE,
@@ -311,6 +317,11 @@ class TrainResult:
     setup_seconds: float
     inference_seconds_exact: Optional[float]
     inference_seconds_vq: Optional[float]
+    #: Peak memory of the final inference by each mode above what was in use before it
+    #: (:class:`~vqgnn.train.meters.PeakMemory`; None where not measured).
+    inference_peak_bytes_exact: Optional[int] = None
+    inference_peak_bytes_vq: Optional[int] = None
+    inference_memory_measure: Optional[str] = None
     history: list[EpochLog] = field(default_factory=list)
     #: ``'ok'``, or ``'diverged'`` (non-finite loss or parameters at ``diverged_epoch``:
     #: the figures are the best model's before it, None when there was none).
@@ -584,13 +595,17 @@ class Trainer:
         none = {"train": None, "val": None, "test": None}
         scores: dict[str, dict[str, Optional[float]]] = {}
         seconds: dict[str, Optional[float]] = {}
+        inference_bytes: dict[str, Optional[int]] = {}
+        run_peak_rss = 0  # resetting the peak RSS for each inference mode keeps the maximum
         for mode in self.method.inference_modes:
             if self.diverged_epoch is not None and self.best_state is None:
                 scores[mode], seconds[mode] = dict(none), None  # no model worth measuring
                 continue
-            with Timer(self.device) as timer:
+            with Timer(self.device) as timer, PeakMemory(self.device) as memory:
                 scores[mode] = dict(self.evaluate(mode))
             seconds[mode] = timer.seconds
+            inference_bytes[mode] = memory.bytes
+            run_peak_rss = max(run_peak_rss, memory.previous_peak_rss)
         chosen = scores[cfg.selection]
         vq = scores.get(VQ_INFERENCE)
         measure = ("torch.cuda.max_memory_allocated per training step"
@@ -608,13 +623,16 @@ class Trainer:
             time_to_best_seconds=self.time_to_best,
             eval_seconds_total=sum(h.eval_seconds or 0.0 for h in self.history),
             peak_memory_bytes=self.peak_bytes if cfg.measure_memory else None,
-            memory_measure=measure, peak_rss_bytes=peak_rss_bytes(),
+            memory_measure=measure, peak_rss_bytes=max(run_peak_rss, peak_rss_bytes()),
             setup_seconds=self.setup_seconds,
             rss_measure=("process peak RSS since the Trainer was built (Linux VmHWM, reset)"
                          if self.rss_reset else
                          "process peak RSS over its lifetime"),
             inference_seconds_exact=seconds.get("exact"),
             inference_seconds_vq=seconds.get(VQ_INFERENCE),
+            inference_peak_bytes_exact=inference_bytes.get("exact"),
+            inference_peak_bytes_vq=inference_bytes.get(VQ_INFERENCE),
+            inference_memory_measure=PeakMemory(self.device).measure,
             history=list(self.history),
             status="ok" if self.diverged_epoch is None else "diverged",
             diverged_epoch=self.diverged_epoch, resumed_at_epoch=self.resumed_at_epoch)
