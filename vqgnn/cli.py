@@ -117,7 +117,8 @@ def train_config(args: argparse.Namespace, method: str, options: Optional[dict] 
     return TrainConfig.create(
         method, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
-        grad_clip=args.grad_clip, eval_every=args.eval_every, patience=args.patience,
+        grad_clip=args.grad_clip, lr_per_epoch=args.lr_per_epoch, eval_every=args.eval_every,
+        patience=args.patience,
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
         device=args.device, checkpoint=checkpoint, progress=not args.quiet, **options)
 
@@ -356,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="linear learning-rate warm-up over this many epochs")
     train.add_argument("--grad-clip", type=float, default=t.grad_clip,
                        help="clip the gradient's total norm to this value")
+    train.add_argument("--lr-per-epoch", action="store_true",
+                       help="--lr is an epoch's: each of an epoch's S mini-batch steps uses "
+                            "lr / S (the linear scaling rule)")
     train.add_argument("--optimizer", default=t.optimizer, choices=list(OPTIMIZERS),
                        help="optimizer")
     train.add_argument("--eval-every", type=int, default=t.eval_every,

@@ -232,12 +232,12 @@ def test_attention_benchmark_runs_three_variants_and_resumes(tmp_path, monkeypat
     attention.main(["--datasets", "syn", "--out", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [attention.variant_of(r) for r in records] == list(attention.VARIANTS)
-    assert [r["method"] for r in records] == ["vq", "vq", "full"]
+    assert [r["method"] for r in records] == ["vq", "full", "vq", "full"]
     row = [line for line in capsys.readouterr().out.splitlines()
            if line.startswith("| synthetic")][0]
-    assert "| 1/1/1 |" in row
+    assert "| 1/1/1/1 |" in row
     attention.main(["--datasets", "syn", "--out", str(out)])  # all done: nothing runs
-    assert len(out.read_text().splitlines()) == 3
+    assert len(out.read_text().splitlines()) == 4
     assert "done before, skipped" in capsys.readouterr().out
 
 

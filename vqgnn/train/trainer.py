@@ -57,9 +57,9 @@ PROGRESS_EVERY = 20
 RESUMABLE = ("epochs", "checkpoint", "progress", "device", "patience", "measure_memory")
 
 _COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "lr_schedule",
-                   "warmup_epochs", "grad_clip", "eval_every", "patience", "inference",
-                   "eval_batch_size", "seed", "device", "checkpoint", "progress",
-                   "measure_memory")
+                   "warmup_epochs", "grad_clip", "lr_per_epoch", "eval_every", "patience",
+                   "inference", "eval_batch_size", "seed", "device", "checkpoint",
+                   "progress", "measure_memory")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -86,6 +86,12 @@ class TrainConfig:
             (epoch ``e`` of the warm-up, from 1, trains at ``lr * e / warmup_epochs``).
         grad_clip: clip the gradient's total norm to this value before each step (None:
             no clipping).
+        lr_per_epoch: ``lr`` is an epoch's: each of an epoch's S steps uses ``lr / S``
+            (S = the method's batches per epoch; 1 for full-graph training). The losses of
+            all methods are on the full graph's scale, so an epoch of mini-batch steps then
+            moves the weights about as far as one full-graph step (the linear scaling rule
+            between batch size and learning rate); off, an epoch of S steps moves them
+            about S times as far.
         eval_every: evaluate every this many epochs (and after the last).
         patience: stop after this many evaluations without a better validation metric.
         inference: the inference mode of model selection, one of the method's (default:
@@ -112,6 +118,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_epochs: int = 0
     grad_clip: Optional[float] = None
+    lr_per_epoch: bool = False
     eval_every: int = 1
     patience: Optional[int] = None
     inference: Optional[str] = None
@@ -525,9 +532,10 @@ class Trainer:
             self.prepare()
         metric = str(self.data.metric)
         while self.epoch < cfg.epochs and not self._stopped():
-            if cfg.lr_schedule != "constant" or cfg.warmup_epochs:
+            if cfg.lr_schedule != "constant" or cfg.warmup_epochs or cfg.lr_per_epoch:
+                steps = max(self.method.num_batches(), 1) if cfg.lr_per_epoch else 1
                 for group in self.optimizer.param_groups:
-                    group["lr"] = cfg.learning_rate(self.epoch + 1)
+                    group["lr"] = cfg.learning_rate(self.epoch + 1) / steps
             with Timer(self.device) as timer:
                 loss = self.train_epoch()
             self.epoch += 1
