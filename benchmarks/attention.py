@@ -8,6 +8,8 @@ linear), with GCN convolutions; ``--global-attention`` blocks add a
 ``h + FFN(conv(LN(h)) + attn(LN(h)))``. Three variants per dataset and run:
 
 * ``local VQ``: VQ-GNN, no global attention;
+* ``local exact``: full-graph training of that local model (what VQ-GNN costs without
+  attention, to tell it from what quantizing the attention costs);
 * ``VQ global``: VQ-GNN with global attention, every layer (convolution and attention) with
   its own codebook;
 * ``exact global``: full-graph training of the same model (exact attention over all N).
@@ -50,9 +52,12 @@ from benchmarks.grid import (  # noqa: E402
     run_key,
 )
 
-# (method, global attention) of each variant, in the table's order.
-VARIANTS = {"local VQ": ("vq", False), "VQ global": ("vq", True),
-            "exact global": ("full", True)}
+# (method, global attention, lr per epoch) of each variant, in the table's order.
+VARIANTS = {"local VQ": ("vq", False, False), "local exact": ("full", False, False),
+            "VQ global": ("vq", True, False), "exact global": ("full", True, False)}
+# With --lr-per-epoch: VQ-GNN with each of an epoch's S steps at lr / S.
+LR_PER_EPOCH_VARIANTS = {"local VQ, lr/S": ("vq", False, True),
+                         "VQ global, lr/S": ("vq", True, True)}
 # Graph Transformer test figures of Platonov et al. (ICLR 2023), not measured here.
 PUBLISHED = {"Tolokers": "83.23 ± 0.64", "Minesweeper": "91.85 ± 0.76"}
 
@@ -80,22 +85,25 @@ DATASETS: dict[str, DatasetPreset] = {
 }
 
 
-def plan(keys: list[str], runs: Optional[int], epochs: Optional[int]) -> list[Run]:
+def plan(keys: list[str], runs: Optional[int], epochs: Optional[int],
+         variants: dict[str, tuple[str, bool, bool]] = VARIANTS) -> list[Run]:
     out = []
     for key in keys:
         preset = DATASETS[key]
         for index in range(runs or preset.runs):
-            for method, attention in VARIANTS.values():
-                variant = replace(preset, model=replace(preset.model,
-                                                        global_attention=attention))
+            for method, attention, per_epoch in variants.values():
+                train = {**preset.train, **({"lr_per_epoch": True} if per_epoch else {})}
+                variant = replace(preset, train=train, model=replace(
+                    preset.model, global_attention=attention))
                 out.append(Run(variant, method, "gcn", index, None, epochs))
     return out
 
 
 def variant_of(record: dict[str, Any]) -> Optional[str]:
-    for name, (method, attention) in VARIANTS.items():
+    for name, (method, attention, per_epoch) in {**VARIANTS, **LR_PER_EPOCH_VARIANTS}.items():
         if (record["method"] == method
-                and bool(record["model_config"].get("global_attention")) == attention):
+                and bool(record["model_config"].get("global_attention")) == attention
+                and bool(record["train_config"].get("lr_per_epoch")) == per_epoch):
             return name
     return None
 
@@ -107,11 +115,19 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
 
 
+def _diff(tests: dict[str, list[float]], a: str, b: str) -> Optional[float]:
+    """Mean of ``a`` minus mean of ``b``, in points (None without both)."""
+    if not tests[a] or not tests[b]:
+        return None
+    return 100 * (statistics.mean(tests[a]) - statistics.mean(tests[b]))
+
+
 def table(records: list[dict[str, Any]], keys: list[str]) -> list[str]:
     names = list(VARIANTS)
-    lines = ["| dataset | metric | runs | " + " | ".join(names) + " | VQ − exact global | "
-             "within 1 pt | global − local (VQ) | epoch s (" + " / ".join(names) + ") | "
-             "published GT |", "|" + "---|" * 11]
+    extra = [n for n in LR_PER_EPOCH_VARIANTS if any(variant_of(r) == n for r in records)]
+    lines = ["| dataset | metric | runs | " + " | ".join(names) + " | VQ − exact, global | "
+             "within 1 pt | VQ − exact, local | global − local, exact | epoch s ("
+             + " / ".join(names) + ") | published GT |", "|" + "---|" * 13]
     for key in keys:
         dataset = record_name(DATASETS[key].name)
         rows = [r for r in records if r["dataset"] == dataset and r.get("status", "ok") == "ok"]
@@ -120,9 +136,9 @@ def table(records: list[dict[str, Any]], keys: list[str]) -> list[str]:
             continue
         tests = {name: [r["test"] for r in by[name]] for name in names}
         counts = "/".join(str(len(tests[n])) for n in names)
-        vq, exact, local = (tests["VQ global"], tests["exact global"], tests["local VQ"])
-        gap = (100 * (statistics.mean(vq) - statistics.mean(exact))) if vq and exact else None
-        helps = (100 * (statistics.mean(vq) - statistics.mean(local))) if vq and local else None
+        gap = _diff(tests, "VQ global", "exact global")
+        local_gap = _diff(tests, "local VQ", "local exact")
+        helps = _diff(tests, "exact global", "local exact")
         times = " / ".join(f"{statistics.median(r['median_epoch_seconds'] for r in by[n]):.2f}"
                            if by[n] else "-" for n in names)
         metric = rows[0]["metric"]
@@ -131,8 +147,31 @@ def table(records: list[dict[str, Any]], keys: list[str]) -> list[str]:
             + " | ".join(_mean_std(tests[n]) for n in names)
             + f" | {'-' if gap is None else f'{gap:+.2f}'} | "
             + f"{'-' if gap is None else ('yes' if abs(gap) <= 1.0 else 'NO')} | "
+            + f"{'-' if local_gap is None else f'{local_gap:+.2f}'} | "
             + f"{'-' if helps is None else f'{helps:+.2f}'} | {times} | "
             + f"{PUBLISHED.get(dataset, '-')} |")
+    if extra:
+        lines += ["", "VQ-GNN with `lr_per_epoch` (each of an epoch's S steps at lr / S), "
+                  "against the exact runs above:", "",
+                  "| dataset | runs | " + " | ".join(extra) + " | VQ global, lr/S − exact global "
+                  "| within 1 pt | local VQ, lr/S − local exact |", "|" + "---|" * (len(extra) + 5)]
+        for key in keys:
+            dataset = record_name(DATASETS[key].name)
+            rows = [r for r in records
+                    if r["dataset"] == dataset and r.get("status", "ok") == "ok"]
+            tests = {n: [r["test"] for r in rows if variant_of(r) == n] for n in [*names, *extra]}
+            if not any(tests[n] for n in extra):
+                continue
+            tests.setdefault("VQ global, lr/S", [])
+            tests.setdefault("local VQ, lr/S", [])
+            gap = _diff(tests, "VQ global, lr/S", "exact global")
+            local_gap = _diff(tests, "local VQ, lr/S", "local exact")
+            lines.append(
+                f"| {dataset} | {'/'.join(str(len(tests[n])) for n in extra)} | "
+                + " | ".join(_mean_std(tests[n]) for n in extra)
+                + f" | {'-' if gap is None else f'{gap:+.2f}'} | "
+                + f"{'-' if gap is None else ('yes' if abs(gap) <= 1.0 else 'NO')} | "
+                + f"{'-' if local_gap is None else f'{local_gap:+.2f}'} |")
     return lines
 
 
@@ -150,6 +189,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--verbose", action="store_true", help="per-epoch logs")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--lr-per-epoch", action="store_true",
+                        help="run VQ-GNN's two variants with lr_per_epoch instead")
     args = parser.parse_args(argv)
     args.ogb_root = None
     keys = args.datasets.split(",")
@@ -158,7 +199,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error(f"unknown datasets {unknown}; valid: {list(DATASETS)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in report.load_records(args.out)}
-    runs = [] if args.table_only else plan(keys, args.runs, args.epochs)
+    variants = LR_PER_EPOCH_VARIANTS if args.lr_per_epoch else VARIANTS
+    runs = [] if args.table_only else plan(keys, args.runs, args.epochs, variants)
     start = time.time()
     for n, run in enumerate(runs, 1):
         execute(run, f"[{n}/{len(runs)}]", args.out, done, args, start)

@@ -268,3 +268,19 @@ def test_vq_inference_diagnostics_measure_every_variant(tmp_path, capsys):
     for name in ("exact", *vq_inference.VARIANTS):
         assert 0.0 <= record[name] <= 100.0, name
     assert "| vq fresh codewords |" in capsys.readouterr().out
+
+
+def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys):
+    from benchmarks import attention
+    from benchmarks.grid import DatasetPreset, _cfg
+
+    preset = DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3,seed=0", None, "seed",
+                           attention._ffn(16), _cfg(epochs=2, batch_size=64, lr=0.01),
+                           runs=1, source=None)
+    monkeypatch.setattr(attention, "DATASETS", {"syn": preset})
+    out = tmp_path / "att.jsonl"
+    attention.main(["--datasets", "syn", "--out", str(out), "--lr-per-epoch"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [attention.variant_of(r) for r in records] == list(attention.LR_PER_EPOCH_VARIANTS)
+    assert all(r["train_config"]["lr_per_epoch"] is True for r in records)
+    assert "VQ global, lr/S − exact global" in capsys.readouterr().out
