@@ -220,7 +220,8 @@ def test_attention_scaling_records_skips_and_resumes(tmp_path, capsys):
     assert (tmp_path / "a.png").exists()
 
 
-def test_attention_benchmark_runs_three_variants_and_resumes(tmp_path, monkeypatch, capsys):
+def _tiny_attention_benchmark(monkeypatch):
+    """benchmarks.attention with one tiny synthetic dataset in place of the real ones."""
     from benchmarks import attention
     from benchmarks.grid import DatasetPreset, _cfg
 
@@ -228,6 +229,11 @@ def test_attention_benchmark_runs_three_variants_and_resumes(tmp_path, monkeypat
                            attention._ffn(16), _cfg(epochs=2, batch_size=64, lr=0.01),
                            runs=1, source=None)
     monkeypatch.setattr(attention, "DATASETS", {"syn": preset})
+    return attention
+
+
+def test_attention_benchmark_runs_four_variants_and_resumes(tmp_path, monkeypatch, capsys):
+    attention = _tiny_attention_benchmark(monkeypatch)
     out = tmp_path / "att.jsonl"
     attention.main(["--datasets", "syn", "--out", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -271,13 +277,7 @@ def test_vq_inference_diagnostics_measure_every_variant(tmp_path, capsys):
 
 
 def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys):
-    from benchmarks import attention
-    from benchmarks.grid import DatasetPreset, _cfg
-
-    preset = DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3,seed=0", None, "seed",
-                           attention._ffn(16), _cfg(epochs=2, batch_size=64, lr=0.01),
-                           runs=1, source=None)
-    monkeypatch.setattr(attention, "DATASETS", {"syn": preset})
+    attention = _tiny_attention_benchmark(monkeypatch)
     out = tmp_path / "att.jsonl"
     attention.main(["--datasets", "syn", "--out", str(out), "--lr-per-epoch"])
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -192,15 +192,8 @@ class GlobalAttention(QuantizedLayer):
             raise RuntimeError(f"'{name}': the codebook is not initialised; call "
                                f"init_codebook() (or the model's prepare()) before mini-batch "
                                f"steps")
-        training = self.training and torch.is_grad_enabled()
-        if training:
-            self._settle_pending()
-            if not x.requires_grad:  # the gradient at the aggregated output is needed
-                x = x.detach().requires_grad_()
-        out, agg = self._batch_pair(x, batch, training, initialized)
-        if training:
-            self._capture(batch, x, agg)
-        return out
+        return self._batch_forward(
+            x, batch, lambda xb, training: self._batch_pair(xb, batch, training, initialized))
 
     def _batch_pair(self, x: Tensor, batch: Tensor, training: bool,
                     initialized: bool) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -216,6 +216,21 @@ class QuantizedLayer(torch.nn.Module):
                               f"bool tensor of shape ({self.num_nodes},), received {shape}")
         self._gradient_nodes = mask
 
+    def _batch_forward(self, x: Tensor, batch: Tensor,
+                       pair: Callable[[Tensor, bool], tuple[Tensor, Tensor]]) -> Tensor:
+        """A mini-batch forward: in training (with gradients), the previous pair settled,
+        ``x`` made to require a gradient, and the gradient at ``agg`` captured, around
+        ``pair(x, training) -> (out, agg)``."""
+        training = self.training and torch.is_grad_enabled()
+        if training:
+            self._settle_pending()
+            if not x.requires_grad:  # the gradient at the aggregated output is needed
+                x = x.detach().requires_grad_()
+        out, agg = pair(x, training)
+        if training:
+            self._capture(batch, x, agg)
+        return out
+
     def _capture(self, batch: Tensor, x: Tensor, agg: Tensor) -> None:
         """In a training forward: record the batch's inputs and, at backward, the
         gradient at its aggregated output ``agg``."""
@@ -236,7 +251,7 @@ class QuantizedLayer(torch.nn.Module):
         name = type(self).__name__
         warnings.warn(f"'{name}': the previous training batch's captured (input, gradient) "
                       f"pair was never applied and is dropped; call update_codebook() after "
-                      f"backward(), or build the layer with auto_update=True", stacklevel=3)
+                      f"backward(), or build the layer with auto_update=True", stacklevel=7)
 
     @torch.no_grad()
     def update_codebook(self) -> bool:

@@ -236,15 +236,8 @@ class VQConv(QuantizedLayer):
             raise ConfigError("'VQConv': this layer has constant inputs (constant_input=True) "
                               "and no codebook; call set_constant_input(x, graph) before "
                               "mini-batch steps")
-        training = self.training and torch.is_grad_enabled()
-        if training:
-            self._settle_pending()
-            if not x.requires_grad:  # the gradient at the aggregated output is needed
-                x = x.detach().requires_grad_()
-        out, agg = self._batch_pair(x, graph, batch, training)
-        if training:
-            self._capture(batch, x, agg)
-        return out
+        return self._batch_forward(
+            x, batch, lambda xb, training: self._batch_pair(xb, graph, batch, training))
 
     def _batch_pair(self, x: Tensor, graph: VQGraph, batch: Tensor,
                     training: bool) -> tuple[Tensor, Tensor]:
