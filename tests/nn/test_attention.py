@@ -255,3 +255,13 @@ def test_message_error_of_global_attention():
     coarse = make_layer(num_codewords=2)
     coarse.init_codebook(x)
     assert coarse.message_error(x, ring(N), batch) > 1e-3
+
+
+def test_message_error_and_all_reduce_reject_bad_input():
+    layer = make_layer(num_codewords=4)
+    x = torch.randn(N, D_IN, dtype=torch.float64)
+    layer.init_codebook(x)
+    with pytest.raises(ConfigError, match=r"'x' must have shape \(60, 6\), received \(5, 6\)"):
+        layer.message_error(x[:5], ring(N), torch.arange(3))
+    with pytest.raises(ConfigError, match="'fn' must be a callable or None, received int"):
+        layer.set_all_reduce(3)  # type: ignore[arg-type]

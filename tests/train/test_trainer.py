@@ -560,3 +560,8 @@ def test_records_hold_each_inference_modes_peak_memory(data):
         assert value is None or (isinstance(value, int) and value >= 0)
     assert "peak RSS above the RSS at the start" in record["inference_memory_measure"]
     assert record["peak_rss_bytes"] > 10 * 2**20  # the run's peak survives the resets
+
+
+def test_lr_per_epoch_must_be_a_bool():
+    with pytest.raises(ValueError, match="'lr_per_epoch' must be a bool, received 'yes'"):
+        TrainConfig.create("vq", lr_per_epoch="yes")

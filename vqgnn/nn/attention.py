@@ -115,7 +115,7 @@ class GlobalAttention(QuantizedLayer):
         # Codeword counts over all nodes (and over the gradient nodes), kept in step with
         # the assignment table: recomputed when it changed outside update_codebook().
         self._counts: Optional[tuple[Tensor, Tensor]] = None
-        self._counts_key: Optional[tuple[int, int, int]] = None
+        self._counts_key: Optional[tuple[int, int]] = None
 
     def reset_parameters(self) -> None:
         """Reset the projections and forget the codebook."""
@@ -230,6 +230,10 @@ class GlobalAttention(QuantizedLayer):
             raise ConfigError(f"'{type(self).__name__}.message_error': the codebook is not "
                               f"initialised")
         graph.check_batch(batch, type(self).__name__, values=self.validate)
+        if x.shape != (self.num_nodes, self.in_channels):
+            raise ConfigError(f"'{type(self).__name__}.message_error': 'x' must have shape "
+                              f"({self.num_nodes}, {self.in_channels}), received "
+                              f"{tuple(x.shape)}")
         x_b = x[batch]
         agg_vq = self._batch_pair(x_b, batch, False, True)[1]
         agg_exact = self._attend(self.lin_q(x_b), self.lin_k(x), self.lin_v(x), None)
@@ -288,10 +292,11 @@ class GlobalAttention(QuantizedLayer):
         return _InjectGradient.apply(out, target, extra)
 
     # ------------------------------------------------------------------ codeword counts
-    def _counts_state(self) -> tuple[int, int, int]:
+    def _counts_state(self) -> tuple[int, int]:
+        """Identifies the assignment table's contents (set_gradient_nodes drops the counts)."""
         assert self.quantizer is not None
         assignment = self.quantizer.assignment
-        return (assignment._version, assignment.data_ptr(), id(self._gradient_nodes))
+        return (assignment._version, assignment.data_ptr())
 
     def _codeword_counts(self) -> tuple[Tensor, Tensor]:
         """(K,) nodes assigned to each codeword, and (K,) of them with a gradient."""
@@ -312,23 +317,19 @@ class GlobalAttention(QuantizedLayer):
     def update_codebook(self) -> bool:
         """As :meth:`VQConv.update_codebook`; the codeword counts follow the batch nodes'
         new assignments (O(b), not a recount over N)."""
-        captured = self.captured
-        fresh = (captured is not None and self._counts is not None
-                 and self._counts_key == self._counts_state())
-        quantizer = self.quantizer
+        captured, quantizer, counts = self.captured, self.quantizer, self._counts
         assert quantizer is not None
-        old = quantizer.assignment[captured.batch].long() if fresh else None  # type: ignore
-        if not super().update_codebook():
-            return False
-        if fresh and old is not None and self._counts is not None and captured is not None:
-            new = quantizer.assignment[captured.batch].long()
-            counts, grad_counts = self._counts
-            ones = torch.ones_like(old)
-            counts.index_add_(0, old, -ones).index_add_(0, new, ones)
-            mask = self._gradient_nodes
-            w = ones if mask is None else mask[captured.batch].long()
-            grad_counts.index_add_(0, old, -w).index_add_(0, new, w)
-            self._counts_key = self._counts_state()
+        if captured is None or counts is None or self._counts_key != self._counts_state():
+            return super().update_codebook()  # the counts, if any, are recounted on use
+        old = quantizer.assignment[captured.batch].long()
+        super().update_codebook()
+        new = quantizer.assignment[captured.batch].long()
+        ones = torch.ones_like(old)
+        mask = self._gradient_nodes
+        weight = ones if mask is None else mask[captured.batch].long()
+        counts[0].index_add_(0, old, -ones).index_add_(0, new, ones)
+        counts[1].index_add_(0, old, -weight).index_add_(0, new, weight)
+        self._counts_key = self._counts_state()
         return True
 
     def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:

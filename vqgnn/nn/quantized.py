@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vqgnn.errors import ConfigError, ConfigTypeError
-from vqgnn.quantize.codebook import AllReduceFn, CodebookHealth, noop_all_reduce
+from vqgnn.quantize.codebook import AllReduceFn, CodebookHealth
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.quantize.quantizer import FeatureGradientQuantizer
 
@@ -76,8 +76,6 @@ def resolve_codebook(owner: str, num_codewords: Optional[int],
                           f"received {num_codewords!r}")
     return replace(codebook if codebook is not None else CodebookOptions(),
                    num_codewords=num_codewords)
-
-
 
 
 class QuantizedLayer(torch.nn.Module):
@@ -192,11 +190,8 @@ class QuantizedLayer(torch.nn.Module):
         restart picks) across data-parallel workers with ``fn`` (an in-place sum, e.g.
         ``torch.distributed.all_reduce``) before each EMA step, so that every worker keeps
         the same codebook; None: single process. A layer without codebook ignores it."""
-        if self.quantizer is None:
-            return
-        reduce = fn if fn is not None else noop_all_reduce
-        self.quantizer.all_reduce_fn = reduce
-        self.quantizer.codebook.all_reduce_fn = reduce
+        if self.quantizer is not None:
+            self.quantizer.set_all_reduce(fn)
 
     def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
         """Declare which nodes can have a non-zero gradient at this layer's aggregated

@@ -285,6 +285,9 @@ class VQConv(QuantizedLayer):
         if not quantizer.initialized:
             raise ConfigError("'VQConv.message_error': the codebook is not initialised")
         self._check_batch(None, graph, batch)
+        if x.shape != (graph.num_nodes, self.in_channels):
+            raise ConfigError(f"'VQConv.message_error': 'x' must have shape ({graph.num_nodes}, "
+                              f"{self.in_channels}), received {tuple(x.shape)}")
         x_b = x[batch]
         agg_vq = self._batch_pair(x_b, graph, batch, training=False)[1]
         agg_exact = self._exact_pair(x, graph, batch, x_b)[1]

@@ -151,6 +151,15 @@ class FeatureGradientQuantizer(torch.nn.Module):
                    kmeans_iters=options.kmeans_iters, kmeans_backend=options.kmeans_backend,
                    chunk_size=options.chunk_size)
 
+    def set_all_reduce(self, fn: Optional[AllReduceFn]) -> None:
+        """Sum batch statistics across workers with ``fn`` (an in-place sum) before each
+        update, in the standardisers and the codebook; None: single process."""
+        if fn is not None and not callable(fn):
+            raise ConfigError(f"'{type(self).__name__}.set_all_reduce': 'fn' must be a callable "
+                              f"or None, received {type(fn).__name__}")
+        self.all_reduce_fn = fn if fn is not None else noop_all_reduce
+        self.codebook.all_reduce_fn = self.all_reduce_fn
+
     @property
     def num_codewords(self) -> int:
         return self.codebook.num_codewords

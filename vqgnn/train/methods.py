@@ -295,12 +295,14 @@ def _check_vqgnn_nodes(owner: str, model: torch.nn.Module, num_nodes: int) -> No
 
 
 @torch.no_grad()
-def exact_predict(ctx: TrainContext) -> Tensor:
-    """(N, C) exact outputs of all nodes: layer-wise in chunks for a ``VQGNN``, one
+def exact_predict(ctx: TrainContext, message_error_nodes: Optional[Tensor] = None) -> Tensor:
+    """(N, C) exact outputs of all nodes: layer-wise in chunks for a ``VQGNN`` (which also
+    measures its codebooks' message errors on ``message_error_nodes``, if given), one
     full-graph forward ``model(x, edge_index)`` for any other model."""
     model = ctx.model
     if isinstance(model, VQGNN):
-        return model.inference(ctx.x, ctx.graph, ctx.eval_batch_size, progress=ctx.progress)
+        return model.inference(ctx.x, ctx.graph, ctx.eval_batch_size, progress=ctx.progress,
+                               message_error_nodes=message_error_nodes)
     return model(ctx.x, ctx.graph.edge_index)
 
 
@@ -531,11 +533,8 @@ class VQMethod(TrainingMethod):
         ctx = self.ctx
         if mode == "exact":
             # The exact pass also measures each codebook's message error on a fixed batch.
-            out = self.model.inference(ctx.x, ctx.graph, ctx.eval_batch_size,
-                                       progress=ctx.progress,
-                                       message_error_nodes=self.error_nodes)
             self._errors_fresh = True
-            return out
+            return exact_predict(ctx, self.error_nodes)
         nodes = torch.arange(ctx.num_nodes, device=ctx.device)
         return torch.cat([self.model(ctx.x[b], ctx.graph, b)
                           for b in nodes.split(self.options.batch_size)])

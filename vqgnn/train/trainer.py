@@ -231,6 +231,9 @@ class TrainConfig:
                 or not 0 <= self.warmup_epochs < self.epochs):
             raise ConfigError(f"'{name}': 'warmup_epochs' must be an int in [0, epochs) = "
                               f"[0, {self.epochs}), received {self.warmup_epochs!r}")
+        if not isinstance(self.lr_per_epoch, bool):
+            raise ConfigError(f"'{name}': 'lr_per_epoch' must be a bool, received "
+                              f"{self.lr_per_epoch!r}")
         if self.grad_clip is not None and (
                 not isinstance(self.grad_clip, (int, float)) or isinstance(self.grad_clip, bool)
                 or not math.isfinite(self.grad_clip) or self.grad_clip <= 0):
