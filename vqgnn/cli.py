@@ -68,8 +68,10 @@ def _fanouts(text: str) -> tuple[int, ...]:
 
 
 #: Exit statuses: success, bad input or configuration, training diverged, a file or disk
-#: failure, interrupted (Ctrl-C). An unexpected exception exits with 1 and its traceback.
-EXIT_OK, EXIT_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+#: failure, another rank failed (torchrun), interrupted (Ctrl-C). An unexpected exception
+#: exits with 1 and its traceback.
+EXIT_OK, EXIT_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_DISTRIBUTED, EXIT_INTERRUPTED = (
+    0, 2, 3, 4, 5, 130)
 
 #: Command-line flags of the methods' own options (dest = option name); a flag is passed
 #: only when given, to the listed methods that take it.
@@ -151,13 +153,15 @@ def train_one(data, method: str, args: argparse.Namespace, options: dict) -> dic
     from vqgnn.train import run_experiment
 
     checkpoint = method_checkpoint(args, method)
-    if args.resume and checkpoint is not None:
+    parallel = getattr(args, "_parallel", None)
+    if args.resume and checkpoint is not None and (parallel is None or parallel.is_main):
         where = (f"resuming from {checkpoint}" if Path(checkpoint).exists()
                  else f"no checkpoint at {checkpoint}: starting from epoch 1")
         print(f"[{method}] {where}", file=sys.stderr, flush=True)
     config = train_config(args, method, options, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
-    return run_experiment(data, model_config(args), config, log=log, resume=args.resume)
+    return run_experiment(data, model_config(args), config, log=log, resume=args.resume,
+                          parallel=parallel)
 
 
 def _recorded_before(path: str, record: dict[str, Any]) -> bool:
@@ -206,6 +210,21 @@ def summary_table(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def data_parallel(args: argparse.Namespace):
+    """The run's data-parallel strategy: several ranks under torchrun (the process group
+    initialised here, each rank on ``cuda:LOCAL_RANK`` for ``--device cuda``; only rank 0
+    prints and writes records), else one process."""
+    from vqgnn.distributed import DataParallel, local_rank
+
+    parallel = DataParallel.from_env(args.device, args.dist_timeout)
+    if parallel.world_size > 1:
+        if args.device == "cuda":
+            args.device = f"cuda:{local_rank()}"
+        if not parallel.is_main:
+            args.quiet, args.json = True, None
+    return parallel
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
     from vqgnn.errors import ConfigError, DivergenceError
@@ -222,6 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model_config(args)  # reject bad options before loading anything
     for method in methods:
         train_config(args, method, options[method])
+    parallel = args._parallel = data_parallel(args)
     if args.json:  # before training: a bad path must not cost a run
         check_writable(args.json, "--json")
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
@@ -241,11 +261,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.json and not _recorded_before(args.json, record):
             append_record(args.json, record)
         records.append(record)
+    parallel.close()
+    if not parallel.is_main:
+        return 0
     print()
     batch = "/".join(str(r["train_config"].get("batch_size", "-")) for r in records)
+    ranks = f", ranks={parallel.world_size}" if parallel.world_size > 1 else ""
     print(f"{data.name} (split {data.split}), conv={args.conv}, hidden={args.hidden}, "
           f"layers={args.layers}, batch={batch}, K={args.num_codewords}, "
-          f"seed={args.seed}, device={records[0]['device']}")
+          f"seed={args.seed}, device={records[0]['device']}{ranks}")
     print("\n".join(summary_table(records)))
     print(f"peak train memory: {records[0]['memory_measure']}; peak RSS: "
           f"{records[0]['rss_measure']}")
@@ -263,6 +287,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vqgnn.distributed import DEFAULT_TIMEOUT
     from vqgnn.nn.models import ACTIVATIONS, BACKBONES, NORMS
     from vqgnn.quantize import CodebookOptions
     from vqgnn.quantize.options import KMEANS_BACKENDS
@@ -377,11 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="resume from --checkpoint")
     train.add_argument("--json", default=None, help="append one JSON record per run here")
     train.add_argument("--quiet", action="store_true", help="no progress bars or epoch logs")
+    train.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT,
+                       help="under torchrun: seconds a rank waits for the others (a collective, "
+                            "or rank 0's evaluation) before the run fails")
     train.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from vqgnn.distributed import DistributedError
     from vqgnn.errors import ConfigError, DivergenceError
 
     args = build_parser().parse_args(argv)
@@ -396,6 +425,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except DivergenceError as err:
         print(f"{prefix}: error: {err}", file=sys.stderr)
         code = EXIT_DIVERGED
+    except DistributedError as err:  # another rank died or hangs (torchrun stops the rest)
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        code = EXIT_DISTRIBUTED
     except OSError as err:  # the machine: a full or read-only disk, a lost device...
         name = f" {err.filename!r}" if err.filename else ""
         print(f"{prefix}: error: {err.strerror or err}{name} (the records and checkpoints "

@@ -70,6 +70,11 @@ class NodeBatchSampler:
             # A copy: a view would keep the epoch's (n,) permutation alive with each batch.
             yield batch.clone()
 
+    @property
+    def max_batch_size(self) -> int:
+        """An upper bound on the nodes of any batch (a joined last node included)."""
+        return self.batch_size + 1
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 
@@ -162,6 +167,11 @@ class ClusterBatchSampler(NodeBatchSampler):
                 batch, size = [], 0
         if batch:
             yield torch.cat(batch)
+
+    @property
+    def max_batch_size(self) -> int:
+        """An upper bound on the nodes of any batch: parts join until ``batch_size``."""
+        return self.batch_size - 1 + int(self.part_sizes.max())
 
     def __len__(self) -> int:  # an upper bound on the batches of an epoch
         return max(1, min(self.part_sizes.numel(),

@@ -332,6 +332,26 @@ class GlobalAttention(QuantizedLayer):
         self._counts_key = self._counts_state()
         return True
 
+    @torch.no_grad()
+    def write_assignments(self, nodes: Tensor, codes: Tensor, valid: Tensor) -> None:
+        """As :meth:`QuantizedLayer.write_assignments`; the codeword counts follow the
+        valid entries (O(M), not a recount over N)."""
+        quantizer, counts = self.quantizer, self._counts
+        assert quantizer is not None
+        fresh = counts is not None and self._counts_key == self._counts_state()
+        old = quantizer.assignment[nodes].long()
+        super().write_assignments(nodes, codes, valid)
+        if not fresh:
+            return  # the counts, if any, are recounted on use
+        assert counts is not None
+        new = codes.long()
+        weight = valid.long()
+        mask = self._gradient_nodes
+        grad_weight = weight if mask is None else weight * mask[nodes].long()
+        counts[0].index_add_(0, old, -weight).index_add_(0, new, weight)
+        counts[1].index_add_(0, old, -grad_weight).index_add_(0, new, grad_weight)
+        self._counts_key = self._counts_state()
+
     def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
         super().set_gradient_nodes(mask)
         self._counts = None

@@ -181,6 +181,20 @@ class QuantizedLayer(torch.nn.Module):
                               f"[{lo}, {hi}], outside [0, {k})")
         quantizer.assignment.copy_(assignment.to(quantizer.assignment))
 
+    @torch.no_grad()
+    def write_assignments(self, nodes: Tensor, codes: Tensor, valid: Tensor) -> None:
+        """Set the codeword of ``nodes`` to ``codes`` (data parallelism: the assignments
+        another rank refreshed). Entries where ``valid`` is False are padding that repeats
+        a node with its own new codeword, so duplicates write equal values.
+
+        Args:
+            nodes: (M,) node ids.
+            codes: (M,) their codewords.
+            valid: (M,) booleans: False for padding.
+        """
+        quantizer = self._require_codebook("write_assignments")
+        quantizer.assignment[nodes] = codes.to(quantizer.assignment.dtype)
+
     def health(self) -> CodebookHealth:
         """Codebook usage, perplexity and relative quantisation error."""
         return self._require_codebook("health").health()

@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 from torch_geometric.data import Data
 
+from vqgnn.distributed import SingleProcess
 from vqgnn.errors import DivergenceError
 from vqgnn.nn.models import VQGNN, ResidualFFNGNN
 from vqgnn.quantize.options import CodebookOptions
@@ -71,7 +72,8 @@ class ModelConfig:
 
 def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
                    log: Optional[Callable[[str], None]] = None,
-                   resume: bool = False) -> dict[str, Any]:
+                   resume: bool = False,
+                   parallel: Optional[SingleProcess] = None) -> dict[str, Any]:
     """Seed, build, train and measure; returns a flat JSON record.
 
     The record holds the dataset, split, seed, method, backbone, the metric's name,
@@ -92,6 +94,7 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
         train: the training options (``train.seed`` seeds everything).
         log: per-epoch log lines.
         resume: resume from ``train.checkpoint`` when that file exists.
+        parallel: the data-parallel strategy (default: the :class:`Trainer`'s).
 
     Raises:
         CheckpointError: the checkpoint cannot be read, or belongs to another run.
@@ -101,7 +104,7 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
     train.validate()
     seed_everything(train.seed)
     trainer = Trainer(model.build(data), data, train, log=log,
-                      identity={"model_config": asdict(model)})
+                      identity={"model_config": asdict(model)}, parallel=parallel)
     checkpoint = train.checkpoint
     resume_from = None
     if checkpoint and os.path.exists(checkpoint):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
 import torch
@@ -48,6 +48,7 @@ from vqgnn.baselines import (
 from vqgnn.baselines.loaders import check_fanouts, fanouts_for_layers
 from vqgnn.batching.graph import VQGraph
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler, metis_partition
+from vqgnn.distributed import SingleProcess
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.models import VQGNN
 from vqgnn.quantize.codebook import CodebookHealth
@@ -236,6 +237,10 @@ class TrainContext:
         seed: the run's seed.
         eval_batch_size: nodes per inference chunk.
         progress: show progress bars.
+        parallel: the data-parallel strategy (:mod:`vqgnn.distributed`; one process by
+            default).
+        forward_model: the module that runs training forwards when not ``model`` itself:
+            its ``DistributedDataParallel`` wrapper under torchrun (set by the trainer).
     """
 
     model: torch.nn.Module
@@ -249,6 +254,13 @@ class TrainContext:
     seed: int
     eval_batch_size: int
     progress: bool
+    parallel: SingleProcess = field(default_factory=SingleProcess)
+    forward_model: Optional[torch.nn.Module] = None
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """The module of training forwards (``forward_model``, else ``model``)."""
+        return self.model if self.forward_model is None else self.forward_model
 
     @property
     def num_nodes(self) -> int:
@@ -326,6 +338,9 @@ class TrainingMethod:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     #: Inference modes of :meth:`predict`; the first is the default.
     inference_modes: ClassVar[tuple[str, ...]] = ("exact",)
+    #: Why the method cannot run on several ranks (torchrun), or None when it can: its
+    #: batches are then shared between the ranks (:mod:`vqgnn.distributed`).
+    no_data_parallel: ClassVar[Optional[str]] = None
 
     def __init__(self, options: Optional[MethodOptions] = None) -> None:
         if options is None:
@@ -521,11 +536,14 @@ class VQMethod(TrainingMethod):
     def loss(self, batch: Tensor) -> Step:
         ctx = self.ctx
         xb = ctx.x[batch]
-        out = self.model(xb, ctx.graph, batch)
+        out = ctx.train_model(xb, ctx.graph, batch)
         return Step(ctx.node_loss(out, batch, self.loss_scale), (xb, batch))
 
     def after_step(self, batch: Tensor) -> None:
         self.model.update_codebooks()
+        # Under torchrun, every rank learns the other ranks' refreshed assignments.
+        self.ctx.parallel.exchange_assignments(self.model.quantized_layers, batch,
+                                               self.sampler.max_batch_size)
 
     @torch.no_grad()
     def predict(self, mode: str) -> Tensor:
@@ -568,6 +586,9 @@ class FullGraphMethod(TrainingMethod):
 
     name = "full"
     Options = FullGraphOptions
+    no_data_parallel = ("full-graph training takes one step per epoch on the whole graph, so "
+                        "there is no batch to share between ranks (every rank would repeat the "
+                        "same step); run it as one process, or use method 'vq'")
 
     def check_model(self, model: torch.nn.Module, data: Data) -> None:
         super().check_model(model, data)
@@ -618,17 +639,20 @@ class SubgraphMethod(TrainingMethod):
         return len(self.loader)
 
     def loss(self, sub: SubgraphBatch) -> Optional[Step]:
-        if sub.loss_index.numel() == 0:
-            return None  # a subgraph without training nodes has no loss
         ctx = self.ctx
+        if sub.loss_index.numel() == 0 and ctx.parallel.world_size == 1:
+            # A subgraph without training nodes has no loss. Under torchrun the step runs
+            # (with zero gradients): every rank must take part in each step's all-reduce.
+            return None
         n_id = sub.n_id.to(ctx.device)
         edge_index = sub.edge_index.to(ctx.device)
         loss_index = sub.loss_index.to(ctx.device)
         xb = ctx.x[n_id]
+        model = ctx.train_model
         if sub.edge_weight is not None and self._edge_weight:
-            out = ctx.model(xb, edge_index, edge_weight=sub.edge_weight.to(ctx.device))
+            out = model(xb, edge_index, edge_weight=sub.edge_weight.to(ctx.device))
         else:
-            out = ctx.model(xb, edge_index)
+            out = model(xb, edge_index)
         loss = ctx.weighted_loss(out[loss_index], ctx.y[n_id[loss_index]],
                                  sub.loss_weight.to(ctx.device))
         return Step(loss, (xb, edge_index))

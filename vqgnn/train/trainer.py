@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from vqgnn.batching.graph import VQGraph
 from vqgnn.datasets.checks import check_finite_features
+from vqgnn.distributed import SingleProcess, current
 from vqgnn.errors import ConfigError, ConfigTypeError, DivergenceError
 from vqgnn.train.checkpoint import (
     CheckpointError,
@@ -339,6 +340,8 @@ class TrainResult:
     diverged_epoch: Optional[int] = None
     #: The epoch a resumed run continued from (None: trained from the start here).
     resumed_at_epoch: Optional[int] = None
+    #: Processes that trained the model (torchrun's ranks; 1 without torchrun).
+    world_size: int = 1
 
     def record(self) -> dict[str, Any]:
         """A flat JSON-serialisable dict (history as a list of dicts)."""
@@ -374,6 +377,11 @@ class Trainer:
         identity: more of what identifies the run (e.g. the model's configuration),
             stored in checkpoints and compared on resume with the configuration, the
             model's parameter shapes and the graph's fingerprint.
+        parallel: the data-parallel strategy (:mod:`vqgnn.distributed`). Default: the
+            initialised process group if it has several ranks (under torchrun, after
+            :meth:`~vqgnn.distributed.DataParallel.from_env`), else one process. With
+            several ranks, each takes a share of every epoch's batches, and evaluation,
+            logs and checkpoints come from rank 0; every rank returns rank 0's result.
 
     Raises:
         ConfigError: bad configuration, a model the method cannot train, a graph without
@@ -387,7 +395,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, data: Data, config: TrainConfig,
                  log: Optional[Callable[[str], None]] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None,
-                 identity: Optional[dict[str, Any]] = None) -> None:
+                 identity: Optional[dict[str, Any]] = None,
+                 parallel: Optional[SingleProcess] = None) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigTypeError(f"'Trainer': 'config' must be a TrainConfig, received "
                                   f"{type(config).__name__}")
@@ -400,11 +409,19 @@ class Trainer:
         setup_start = time.perf_counter()
         self.method: TrainingMethod = method_class(config.method)(config.options)
         self.method.check_model(model, data)
+        if parallel is not None and not isinstance(parallel, SingleProcess):
+            raise ConfigTypeError(f"'Trainer': 'parallel' must be a SingleProcess or "
+                                  f"DataParallel, received {type(parallel).__name__}")
+        self.parallel = parallel if parallel is not None else current()
+        reason = type(self.method).no_data_parallel
+        if self.parallel.world_size > 1 and reason is not None:
+            raise ConfigError(f"'Trainer': method {config.method!r} cannot run on "
+                              f"{self.parallel.world_size} ranks: {reason}")
         self.config = config
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
         self.data = data
-        self.log = log
+        self.log = log if self.parallel.is_main else None
         masks = {s: data[f"{s}_mask"].to(self.device) for s in ("train", "val", "test")}
         train_idx = masks["train"].nonzero().view(-1)
         if train_idx.numel() == 0:
@@ -418,8 +435,14 @@ class Trainer:
             model=self.model, data=data, x=data.x.to(self.device), y=data.y.to(self.device),
             masks=masks, train_idx=train_idx,
             graph=VQGraph(data.edge_index.to(self.device), data.num_nodes), device=self.device,
-            seed=config.seed, eval_batch_size=config.eval_batch_size, progress=config.progress)
+            seed=config.seed, eval_batch_size=config.eval_batch_size,
+            progress=config.progress and self.parallel.is_main, parallel=self.parallel)
         self.method.setup(self.ctx)
+        shared = self.parallel.num_shared(self.method.num_batches())
+        if shared < 1:
+            raise ConfigError(f"'Trainer': {self.parallel.world_size} ranks share "
+                              f"{self.method.num_batches()} batch(es) per epoch, fewer than one "
+                              f"each: use a smaller 'batch_size' or fewer processes")
         self.setup_seconds = time.perf_counter() - setup_start
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigTypeError(f"'Trainer': 'optimizer' must be a torch.optim.Optimizer, "
@@ -462,6 +485,14 @@ class Trainer:
         self.prepared = True
         self.setup_seconds += time.perf_counter() - start
 
+    def _attach(self) -> None:
+        """Once prepared: the training forward module (under torchrun, the model in
+        DistributedDataParallel, which broadcasts rank 0's state) and the codebooks'
+        all-reduce."""
+        if self.ctx.forward_model is None:
+            self.ctx.forward_model = self.parallel.wrap(self.model)
+            self.parallel.attach(self.model)
+
     # ------------------------------------------------------------------- steps
     def _step(self, batch: Any) -> Optional[Tensor]:
         """One optimizer step on ``batch``; its detached loss (None: skipped)."""
@@ -474,7 +505,8 @@ class Trainer:
                 return None
             if meter is not None:
                 meter.add(*step.inputs)
-            step.loss.backward()
+            # Gradients are summed over the ranks: each loss is its share of the step's.
+            (step.loss / self.parallel.world_size).backward()
         if self.config.grad_clip is not None:  # no host sync: the scale is a tensor
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if meter is not None:
@@ -489,8 +521,9 @@ class Trainer:
         with progress bars, also one every ``PROGRESS_EVERY`` steps for the bar's loss)."""
         self.model.train()
         losses: list[Tensor] = []
-        progress = self.config.progress
-        bar = tqdm(self.method.batches(), total=self.method.num_batches(),
+        progress = self.config.progress and self.parallel.is_main
+        bar = tqdm(self.parallel.share(self.method.batches()),
+                   total=self.parallel.num_shared(self.method.num_batches()),
                    desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
         for batch in bar:
             loss = self._step(batch)
@@ -502,7 +535,7 @@ class Trainer:
         self.last_steps = len(losses)
         if not losses:
             return float("nan")  # no batch had a loss (no training node in any)
-        return float(torch.stack(losses).mean())
+        return self.parallel.mean(float(torch.stack(losses).mean()))
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -527,16 +560,28 @@ class Trainer:
         Args:
             resume_from: a checkpoint written by this trainer (:meth:`save_checkpoint`).
         """
+        try:
+            return self._fit(resume_from)
+        except Exception as err:
+            failure = self.parallel.failure(err, f"epoch {self.epoch + 1}")
+            if failure is None:
+                raise
+            raise failure from err
+
+    def _fit(self, resume_from: Optional[Union[str, os.PathLike]]) -> TrainResult:
         cfg = self.config
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         elif not self.prepared:
             seed_everything(cfg.seed)
             self.prepare()
+        self._attach()
+        main = self.parallel.is_main
         metric = str(self.data.metric)
-        while self.epoch < cfg.epochs and not self._stopped():
+        while self.epoch < cfg.epochs and not self.parallel.decide(self._stopped()):
             if cfg.lr_schedule != "constant" or cfg.warmup_epochs or cfg.lr_per_epoch:
-                steps = max(self.method.num_batches(), 1) if cfg.lr_per_epoch else 1
+                steps = (max(self.parallel.num_shared(self.method.num_batches()), 1)
+                         if cfg.lr_per_epoch else 1)
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.learning_rate(self.epoch + 1) / steps
             with Timer(self.device) as timer:
@@ -553,7 +598,7 @@ class Trainer:
                 if self.log is not None:
                     self.log(f"epoch {self.epoch:>3}/{cfg.epochs} | {message}")
                 raise DivergenceError(message, self.epoch, self.result())
-            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+            if main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
                 with Timer(self.device) as eval_timer:
                     scores = self.evaluate(cfg.selection)
                 entry.eval_seconds = eval_timer.seconds
@@ -566,7 +611,7 @@ class Trainer:
                     self.bad_evals = 0
                 else:
                     self.bad_evals += 1
-            health = self.method.health()
+            health = self.method.health() if main else None
             if health is not None:
                 entry.usage, entry.perplexity = health.usage, health.perplexity
                 entry.quantization_error = health.quantization_error
@@ -575,7 +620,7 @@ class Trainer:
             self.history.append(entry)
             if self.log is not None:
                 self.log(entry.line(cfg.epochs, metric))
-            if cfg.checkpoint:
+            if cfg.checkpoint and main:
                 self.save_checkpoint(cfg.checkpoint)
         return self.result()
 
@@ -599,7 +644,17 @@ class Trainer:
         return patience is not None and self.bad_evals >= patience
 
     def result(self) -> TrainResult:
-        """Load the best model and measure it by every inference mode of the method."""
+        """Load the best model and measure it by every inference mode of the method
+        (on rank 0 under torchrun; every rank returns its result)."""
+        main = self.parallel.is_main
+        result = self._result() if main else None
+        # Every rank returns rank 0's result and holds the model it selected.
+        result, best = self.parallel.broadcast_object((result, self.best_state if main else None))
+        if not main and best is not None:
+            self.model.load_state_dict(best)
+        return result  # type: ignore[no-any-return]
+
+    def _result(self) -> TrainResult:
         cfg = self.config
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -646,7 +701,8 @@ class Trainer:
             inference_memory_measure=PeakMemory(self.device).measure,
             history=list(self.history),
             status="ok" if self.diverged_epoch is None else "diverged",
-            diverged_epoch=self.diverged_epoch, resumed_at_epoch=self.resumed_at_epoch)
+            diverged_epoch=self.diverged_epoch, resumed_at_epoch=self.resumed_at_epoch,
+            world_size=self.parallel.world_size)
 
     # ------------------------------------------------------------- checkpoints
     def identity(self) -> dict[str, Any]:
