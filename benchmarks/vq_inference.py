@@ -15,8 +15,15 @@ variants that each remove one suspected cause:
 * ``vq fresh codewords``: also each codeword's feature half set to the mean of the exact
   eval-mode inputs assigned to it (are the codewords tuned to training-mode activations?).
 
-The last two read exact layer inputs of all nodes (O(N) memory): they locate the cause, they
-are not the fix. Seeds/splits given by ``--runs``; one JSON record per run in ``--out``.
+These two read exact layer inputs of all nodes (O(N) memory): they locate the cause, they
+are not the fix. The candidate fixes, whose memory is bounded by the batch and K
+(:meth:`~vqgnn.nn.VQGNN.vq_inference`):
+
+* ``vq refreshed``: one VQ pass over the batches re-assigns every node by its eval-mode
+  input at each layer, then a second pass predicts; ``vq refreshed x2``: two such passes;
+* ``vq metis refreshed``: the same over METIS batches.
+
+Seeds/splits given by ``--runs``; one JSON record per run in ``--out``.
 
 Usage:
     python benchmarks/vq_inference.py --dataset synthetic:n=100000,deg=20,signal=0.3 \\
@@ -110,14 +117,20 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
     nodes = torch.arange(n)
     generator = torch.Generator().manual_seed(seed)
     parts = metis_partition(data.edge_index, n, max(1, n // args.batch_size), seed=seed)
+    metis_batches = [(parts == p).nonzero().view(-1) for p in range(int(parts.max()) + 1)
+                     if bool((parts == p).any())]
     variants: dict[str, Callable[[VQGNN], Tensor]] = {
         "vq": lambda m: vq_predict(m, x, graph, list(nodes.split(args.batch_size))),
         "vq random batches": lambda m: vq_predict(
             m, x, graph, list(torch.randperm(n, generator=generator).split(args.batch_size))),
-        "vq metis batches": lambda m: vq_predict(
-            m, x, graph, [(parts == p).nonzero().view(-1) for p in range(int(parts.max()) + 1)
-                          if bool((parts == p).any())]),
+        "vq metis batches": lambda m: vq_predict(m, x, graph, metis_batches),
         "vq 4x batch": lambda m: vq_predict(m, x, graph, list(nodes.split(4 * args.batch_size))),
+        # Candidate fixes with bounded memory (VQGNN.vq_inference): assignments refreshed
+        # from eval-mode inputs by VQ passes over the same batches.
+        "vq refreshed": lambda m: m.vq_inference(x, graph, list(nodes.split(args.batch_size))),
+        "vq refreshed x2": lambda m: m.vq_inference(x, graph, list(nodes.split(args.batch_size)),
+                                                    refresh=2),
+        "vq metis refreshed": lambda m: m.vq_inference(x, graph, metis_batches),
     }
     record: dict[str, Any] = {"dataset": data.name if hasattr(data, "name") else args.dataset,
                               "split": split, "seed": seed, "metric": data.metric,
@@ -134,7 +147,8 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
 
 
 VARIANTS = ("vq", "vq random batches", "vq metis batches", "vq 4x batch",
-            "vq fresh assignments", "vq fresh codewords")
+            "vq fresh assignments", "vq fresh codewords", "vq refreshed", "vq refreshed x2",
+            "vq metis refreshed")
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
@@ -142,6 +156,8 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     exact = statistics.mean(r["exact"] for r in records)
     lines.append(f"| exact | {exact:.2f} | - |")
     for name in VARIANTS:
+        if any(name not in r for r in records):
+            continue  # a record from before the variant existed
         value = statistics.mean(r[name] for r in records)
         lines.append(f"| {name} | {value:.2f} | {value - exact:+.2f} |")
     return lines

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional, Union
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -308,9 +309,16 @@ class VQGNN(torch.nn.Module):
         Returns:
             (b, out_channels) or (n, out_channels).
         """
+        return self._forward(x, graph, batch, edge_weight)
+
+    def _forward(self, x: Tensor, graph: Union[VQGraph, Tensor], batch: Optional[Tensor],
+                 edge_weight: Optional[Tensor] = None,
+                 before_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
         h = self._input(x)
         for i, conv in enumerate(self.layers):
             conv_in = self._conv_input(i, h)
+            if before_layer is not None:
+                before_layer(i, conv_in)
             z = conv(conv_in, graph, batch, edge_weight=edge_weight)
             attention = self.attention(i)
             if attention is not None:
@@ -370,6 +378,65 @@ class VQGNN(torch.nn.Module):
         out = self._layerwise(x, graph, batch_size, progress, before_layer=measure)
         self.message_errors = errors
         return out
+
+    @torch.no_grad()
+    def vq_inference(self, x: Tensor, graph: VQGraph, batches: Sequence[Tensor],
+                     refresh: int = 1, progress: bool = False) -> Tensor:
+        """(N, out_channels) outputs by VQ mini-batch inference: :meth:`vq_batches`
+        collected."""
+        out = x.new_empty(graph.num_nodes, self.out_channels)
+        for batch, batch_out in self.vq_batches(x, graph, batches, refresh, progress):
+            out[batch] = batch_out
+        return out
+
+    @torch.no_grad()
+    def vq_batches(self, x: Tensor, graph: VQGraph, batches: Sequence[Tensor],
+                   refresh: int = 1, progress: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """VQ mini-batch inference (in eval mode), one batch at a time: each batch exact
+        within itself, its messages from outside through the codebooks.
+
+        With ``refresh >= 1``, that many passes over ``batches`` first re-assign every node,
+        at every quantized layer, to the codeword nearest its eval-mode input
+        (:meth:`~vqgnn.nn.QuantizedLayer.reassign`; later batches already read the
+        refreshed assignments of earlier ones); the last pass yields the outputs. Training
+        leaves each node's assignment from its last training step (dropout-noised inputs,
+        older weights); the refreshed assignments stay in the model's tables, as a
+        training epoch's would (the next training steps refresh their batches again).
+
+        Memory: one batch's activations, messages and codewords, O(b (D + d) + K D) for b
+        batch nodes of average degree d, whatever N is (the yielded outputs are the
+        caller's; :meth:`vq_inference` gathers them into (N, C)).
+
+        Args:
+            x: (N, F) inputs of all nodes.
+            graph: the full graph.
+            batches: node-id tensors partitioning the nodes (e.g. METIS parts).
+            refresh: re-assignment passes before the one that predicts.
+            progress: a progress bar over the passes' batches.
+
+        Yields:
+            ``(batch, out)``: (b,) node ids and their (b, out_channels) outputs.
+        """
+        if not isinstance(refresh, int) or isinstance(refresh, bool) or refresh < 0:
+            raise ConfigError(f"'{type(self).__name__}.vq_inference': 'refresh' must be an "
+                              f"int >= 0, received {refresh!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(refresh):
+                for batch in tqdm(batches, desc="VQ inference (refresh)", disable=not progress,
+                                  leave=False):
+                    self._forward(x[batch], graph, batch,
+                                  before_layer=functools.partial(self._reassign, batch=batch))
+            for batch in tqdm(batches, desc="VQ inference", disable=not progress, leave=False):
+                yield batch, self._forward(x[batch], graph, batch)
+        finally:
+            self.train(was_training)
+
+    def _reassign(self, i: int, conv_in: Tensor, batch: Tensor) -> None:
+        for layer in (self.layers[i], self.attention(i)):
+            if layer is not None and layer.initialized:
+                layer.reassign(batch, conv_in)
 
     @torch.no_grad()
     def prepare(self, x: Tensor, graph: VQGraph, batch_size: int = 4096, seed: int = 0,

@@ -195,6 +195,25 @@ class QuantizedLayer(torch.nn.Module):
         quantizer = self._require_codebook("write_assignments")
         quantizer.assignment[nodes] = codes.to(quantizer.assignment.dtype)
 
+    @torch.no_grad()
+    def reassign(self, nodes: Tensor, x: Tensor) -> None:
+        """Assign ``nodes`` to the codeword whose feature half is nearest their layer
+        inputs ``x`` (standardised as the codebook stores them); the gradient half, unknown
+        outside a training step, plays no part. VQ inference uses it to refresh
+        assignments from eval-mode inputs.
+
+        Args:
+            nodes: (b,) node ids.
+            x: (b, D_in) their layer inputs.
+        """
+        from vqgnn.quantize.functional import nearest_codeword
+
+        quantizer = self._require_codebook("reassign")
+        features = quantizer.codebook.embed[:, : quantizer.feature_dim]  # (K, D_in)
+        codes = nearest_codeword(quantizer.x_norm(x.float()), features,
+                                 quantizer.codebook.chunk_size)
+        self.write_assignments(nodes, codes, torch.ones_like(nodes, dtype=torch.bool))
+
     def health(self) -> CodebookHealth:
         """Codebook usage, perplexity and relative quantisation error."""
         return self._require_codebook("health").health()

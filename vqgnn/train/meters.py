@@ -4,10 +4,13 @@ from __future__ import annotations
 import resource
 import sys
 import time
+import weakref
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def _tensor_bytes(t: Tensor) -> list[tuple[Any, int]]:
@@ -163,6 +166,65 @@ class PeakMemory:
     def measure(self) -> str:
         return ("torch.cuda.max_memory_allocated above the start" if self.device.type == "cuda"
                 else "peak RSS above the RSS at the start (reset VmHWM; a lower bound)")
+
+
+class TensorMemoryMeter(TorchDispatchMode):
+    """Peak bytes of the tensors a block creates and keeps alive at once, on any device.
+
+    Every tensor an operator returns inside the ``with`` block is counted once per storage
+    until its last Python reference dies (views of one storage count once); tensors that
+    existed before the block (the graph, the features, the weights) are not counted.
+    Deterministic, unlike the RSS, and the same on CPU and GPU; it slows the block down
+    (a Python call per operator), so it measures, it does not time. Temporaries an operator
+    makes and frees inside its own C++ kernel are not seen.
+
+    Example:
+        >>> with TensorMemoryMeter() as meter:
+        ...     out = model.inference(x, graph)
+        >>> meter.peak
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._owners: dict[Any, list[Any]] = {}  # storage key -> [bytes, live tensors]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {self._key(t) for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, Tensor) and t.layout == torch.strided}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor) and t.layout == torch.strided:
+                self._track(t, inputs)
+        return out
+
+    @staticmethod
+    def _key(t: Tensor) -> Any:
+        return (t.device, t.untyped_storage().data_ptr())
+
+    def _track(self, t: Tensor, inputs: set[Any]) -> None:
+        storage = t.untyped_storage()
+        key = self._key(t)
+        entry = self._owners.get(key)
+        if entry is None:
+            if storage.nbytes() == 0 or key in inputs:
+                return  # empty, or an in-place result or view of a tensor from before
+            entry = self._owners[key] = [storage.nbytes(), 0]
+            self.live += entry[0]
+            self.peak = max(self.peak, self.live)
+        entry[1] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: Any) -> None:
+        entry = self._owners.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self._owners[key]
 
 
 class Timer:
