@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch_geometric.nn import GraphConv
 
-from vqgnn import VQGraph
+from vqgnn import ConfigError, VQGraph
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN
 
@@ -350,3 +350,80 @@ def test_global_attention_trains_by_vq_and_full_from_the_command_line(tmp_path):
     assert [r["method"] for r in records] == ["vq", "full"]
     assert all(r["model_config"]["global_attention"] is True for r in records)
     assert all(r["model_config"]["attention_heads"] == 2 for r in records)
+
+
+def oracle_codebooks(model: VQGNN, data, graph: VQGraph) -> None:
+    """K = N: every node its own codeword, holding its exact eval-mode layer inputs."""
+    model.eval()
+
+    def set_oracle(i: int, conv_in: torch.Tensor) -> None:
+        for layer in (model.layers[i], model.attention(i)):
+            if layer is not None and layer.has_codebook:
+                grads = torch.zeros(conv_in.size(0), layer.quantizer.grad_dim)
+                layer.set_codewords(conv_in, grads, torch.arange(conv_in.size(0)))
+
+    with torch.no_grad():
+        model._layerwise(data.x, graph, 64, False, before_layer=set_oracle)
+
+
+@pytest.mark.parametrize("conv", CONVS)
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("refresh", [0, 1])
+def test_vq_inference_with_an_oracle_codebook_equals_exact_inference(data, conv, attention,
+                                                                       refresh):
+    n = data.num_nodes
+    torch.manual_seed(0)
+    model = VQGNN(data.num_features, 16, 2, 3, num_nodes=n, conv=conv, residual=attention,
+                  exact_first_layer=False, global_attention=attention, attention_heads=2,
+                  num_codewords=n)
+    graph = VQGraph(data.edge_index, n)
+    oracle_codebooks(model, data, graph)
+    model.train()
+    batches = list(torch.randperm(n).split(64))
+    out = model.vq_inference(data.x, graph, batches, refresh=refresh)
+    assert model.training  # restored
+    model.eval()
+    torch.testing.assert_close(out, model.inference(data.x, graph, 64), rtol=1e-4, atol=1e-5)
+    # Without the oracle (K = 16 from k-means) it is not exact: the test can fail.
+    small = build(data, conv, exact_first_layer=False).eval()
+    small.prepare(data.x, graph)
+    assert not torch.allclose(small.vq_inference(data.x, graph, batches),
+                              small.inference(data.x, graph, 64), atol=1e-3)
+
+
+def test_vq_inference_refresh_reassigns_by_eval_mode_inputs(data):
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model = build(data, exact_first_layer=False)
+    model.prepare(data.x, graph)
+    layer = model.layers[1]
+    layer.quantizer.assignment.zero_()  # stale: every node on codeword 0
+    batches = list(torch.arange(data.num_nodes).split(50))
+    model.vq_inference(data.x, graph, batches, refresh=0)
+    assert int(layer.quantizer.assignment.max()) == 0  # no refresh: untouched
+    model.vq_inference(data.x, graph, batches, refresh=1)
+    assert int(layer.quantizer.assignment.unique().numel()) > 1
+    with pytest.raises(ConfigError, match="'refresh' must be an int >= 0, received -1"):
+        model.vq_inference(data.x, graph, batches, refresh=-1)
+
+
+def test_vq_inference_memory_does_not_grow_with_the_graph():
+    """At a fixed batch, VQ inference's peak tensor memory stays within 1.1x from 2,000 to
+    20,000 nodes; exact layer-wise inference's grows with N."""
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    peaks = {}
+    for n in (2000, 20000):
+        torch.manual_seed(0)
+        data = load_dataset(f"synthetic:n={n},deg=8,features=16,classes=4,power=10")
+        graph = VQGraph(data.edge_index, n)
+        model = VQGNN(16, 32, 2, 4, num_nodes=n, exact_first_layer=False)
+        model.prepare(data.x, graph, 256)
+        batches = list(torch.arange(n).split(256))
+        with TensorMemoryMeter() as vq:
+            for _batch, _out in model.vq_batches(data.x, graph, batches):
+                pass  # outputs consumed, as a streaming evaluation does
+        with TensorMemoryMeter() as exact:
+            model.inference(data.x, graph, 256)
+        peaks[n] = (vq.peak, exact.peak)
+    assert peaks[20000][0] <= 1.1 * peaks[2000][0], peaks
+    assert peaks[20000][1] >= 5 * peaks[2000][1], peaks

@@ -113,3 +113,19 @@ def test_reset_peak_rss():
     block.close()
     assert reset_peak_rss()
     assert peak_rss_bytes() < raised - 32 * 2**20  # the peak starts again from now
+
+
+def test_tensor_memory_meter_counts_live_storages_created_inside(device):
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    x = torch.randn(1000, 100, device=device)  # from before: not counted
+    with TensorMemoryMeter() as meter:
+        y = x * 2  # 400 KB
+        z = y + 1  # 400 KB: peak 800 KB
+        del y
+        view = z.view(-1)  # a view: no new storage
+        x.add_(1)  # in place on a tensor from before: nothing new
+        small = z[:10].clone()  # 4 KB
+    assert meter.peak == 800_000
+    assert meter.live == 404_000
+    del view, small
