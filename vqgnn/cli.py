@@ -76,7 +76,8 @@ EXIT_OK, EXIT_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_DISTRIBUTED, EXIT_INTERRUPTED 
 #: Command-line flags of the methods' own options (dest = option name); a flag is passed
 #: only when given, to the listed methods that take it.
 METHOD_FLAGS = ("batch_size", "sampler", "num_parts", "num_neighbors", "walk_length",
-                "saint_coverage", "batch_nodes", "loss_aware_backward")
+                "saint_coverage", "batch_nodes", "loss_aware_backward", "inference_batch_size",
+                "inference_memory_mb", "inference_batches", "inference_refresh")
 #: Codebook flags (dest -> CodebookOptions field).
 CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
                   "dead_threshold": "dead_threshold", "standardizer_momentum": "momentum",
@@ -292,7 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     from vqgnn.quantize import CodebookOptions
     from vqgnn.quantize.options import KMEANS_BACKENDS
     from vqgnn.train import METHODS, ModelConfig, TrainConfig
-    from vqgnn.train.methods import BATCH_NODES, SAMPLERS, NeighborOptions, SaintOptions, VQOptions
+    from vqgnn.train.methods import (
+        BATCH_NODES,
+        INFERENCE_BATCHES,
+        SAMPLERS,
+        NeighborOptions,
+        SaintOptions,
+        VQOptions,
+    )
     from vqgnn.train.trainer import OPTIMIZERS
 
     parser = argparse.ArgumentParser(
@@ -340,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--loss-aware-backward", action="store_true", default=None,
                          help="vq: no backward messages from out-of-batch nodes whose "
                               "gradient is zero (experimental)")
+    methods.add_argument("--inference-batch-size", type=int, default=None,
+                         help="vq: nodes per VQ inference batch (default: --batch-size)")
+    methods.add_argument("--inference-memory-mb", type=float, default=None,
+                         help="vq: instead, the largest VQ inference batch whose activations "
+                              "fit in this many MB (measured on a probe batch)")
+    methods.add_argument("--inference-batches", default=None, choices=list(INFERENCE_BATCHES),
+                         help=f"vq: VQ inference batches from METIS parts or random "
+                              f"(default {vq.inference_batches})")
+    methods.add_argument("--inference-refresh", type=int, default=None,
+                         help=f"vq: passes re-assigning every node by its eval-mode inputs "
+                              f"before VQ inference predicts (default {vq.inference_refresh})")
     codebook = train.add_argument_group("codebook options (VQ-GNN layers)")
     codebook.add_argument("--num-codewords", type=int, default=cb.num_codewords,
                           help="codewords K per layer")

@@ -275,3 +275,41 @@ def test_loss_aware_backward_sets_the_gradient_nodes(data):
     with pytest.raises(ConfigError, match="option 'loss_aware_backward' does not apply to "
                                           "method 'full'"):
         TrainConfig.create("full", loss_aware_backward=True)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"inference_refresh": -1}, "'inference_refresh' must be an int >= 0, received -1"),
+    ({"inference_memory_mb": 0}, "'inference_memory_mb' must be a number > 0 or None, "
+                                 "received 0"),
+    ({"inference_memory_mb": 8, "inference_batch_size": 64},
+     r"give 'inference_batch_size' \(64\) or 'inference_memory_mb' \(8\), not both"),
+    ({"inference_batches": "bfs"}, "'inference_batches' must be one of"),
+])
+def test_vq_inference_options_are_checked(options, match):
+    with pytest.raises(ConfigError, match=match):
+        VQOptions(**options)
+
+
+@pytest.mark.parametrize("batches", ["metis", "random"])
+def test_vq_inference_runs_in_batches_within_a_memory_budget(batches):
+    data = load_dataset("synthetic:n=2000,deg=6,features=8,classes=3")
+    model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=32)
+    budget = 0.25  # MB: a few hundred nodes per batch for this model
+    trainer = Trainer(model, data, TrainConfig.create(
+        "vq", epochs=1, batch_size=512, inference_memory_mb=budget,
+        inference_batches=batches))
+    result = trainer.fit()
+    summary = result.vq_inference
+    assert summary is not None and summary["batches"] == batches
+    assert summary["memory_budget_mb"] == budget and summary["refresh"] == 1
+    assert 1 < summary["batch_size"] < data.num_nodes
+    assert summary["num_batches"] >= data.num_nodes // summary["batch_size"]
+    # The batch size was chosen so that one batch's measured peak fits the budget.
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    probe = trainer.method.inference_batches()[0]
+    model.eval()
+    with torch.no_grad(), TensorMemoryMeter() as meter:
+        model(trainer.ctx.x[probe], trainer.graph, probe)
+    assert meter.peak <= budget * 2**20
+    assert result.test_vq is not None

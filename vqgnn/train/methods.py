@@ -57,6 +57,7 @@ SAMPLERS = ("random", "metis")
 #: The inference mode through the codebooks (VQ-GNN's mini-batch inference).
 VQ_INFERENCE = "vq"
 BATCH_NODES = ("all", "train")
+INFERENCE_BATCHES = ("metis", "random")
 
 
 def metis_cache() -> str:
@@ -129,6 +130,15 @@ class VQOptions(MethodOptions):
             nodes whose gradient is exactly zero: at the last layer the nodes without a
             loss (:meth:`~vqgnn.nn.VQGNN.set_loss_nodes`). Experimental (see the README's
             stability section).
+        inference_batch_size: nodes per batch of VQ inference (``'vq'`` mode; default:
+            ``batch_size``). Its memory is bounded by this and K, whatever N is.
+        inference_memory_mb: instead, the largest VQ inference batch whose activations fit
+            in this many MB, from one probe batch measured by
+            :class:`~vqgnn.train.meters.TensorMemoryMeter` and scaled linearly.
+        inference_batches: ``'metis'`` (METIS parts: most neighbours of a batch are in it,
+            so fewer messages go through the codebooks) or ``'random'``.
+        inference_refresh: passes that re-assign every node by its eval-mode inputs before
+            the pass that predicts (:meth:`~vqgnn.nn.VQGNN.vq_batches`).
     """
 
     batch_size: int = 1024
@@ -136,6 +146,10 @@ class VQOptions(MethodOptions):
     num_parts: Optional[int] = None
     batch_nodes: str = "all"
     loss_aware_backward: bool = False
+    inference_batch_size: Optional[int] = None
+    inference_memory_mb: Optional[float] = None
+    inference_batches: str = "metis"
+    inference_refresh: int = 1
 
     @classmethod
     def accepts(cls, key: str, values: dict[str, Any]) -> bool:
@@ -148,6 +162,21 @@ class VQOptions(MethodOptions):
         self._check_choice("sampler", SAMPLERS)
         self._check_int("num_parts", optional=True)
         self._check_choice("batch_nodes", BATCH_NODES)
+        self._check_int("inference_batch_size", optional=True)
+        self._check_choice("inference_batches", INFERENCE_BATCHES)
+        memory = self.inference_memory_mb
+        if memory is not None and (not isinstance(memory, (int, float)) or isinstance(
+                memory, bool) or not 0 < memory < math.inf):
+            raise ConfigError(f"'VQOptions': 'inference_memory_mb' must be a number > 0 or "
+                              f"None, received {memory!r}")
+        if memory is not None and self.inference_batch_size is not None:
+            raise ConfigError(f"'VQOptions': give 'inference_batch_size' "
+                              f"({self.inference_batch_size!r}) or 'inference_memory_mb' "
+                              f"({memory!r}), not both")
+        refresh = self.inference_refresh
+        if not isinstance(refresh, int) or isinstance(refresh, bool) or refresh < 0:
+            raise ConfigError(f"'VQOptions': 'inference_refresh' must be an int >= 0, "
+                              f"received {refresh!r}")
         if self.num_parts is not None and self.sampler != "metis":
             raise ConfigError(f"'VQOptions': 'num_parts' applies to sampler 'metis' only, "
                               f"received sampler {self.sampler!r} with num_parts "
@@ -401,6 +430,10 @@ class TrainingMethod:
         """Codebook figures of the epoch's log, if the method keeps codebooks."""
         return None
 
+    def inference_summary(self) -> Optional[dict[str, Any]]:
+        """How the method's own inference mode ran (for the record), or None."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -466,9 +499,10 @@ class VQMethod(TrainingMethod):
     codebooks, which are updated after every step (:meth:`~vqgnn.nn.VQGNN.update_codebooks`).
 
     Inference modes: ``'exact'`` (layer-wise, every message exact, in chunks of
-    ``eval_batch_size``) and ``'vq'`` (mini-batch inference through the codebooks, in
-    batches of the training ``batch_size``: with batches as large as the graph it would be
-    exact inference under another name).
+    ``eval_batch_size``) and ``'vq'`` (mini-batch inference through the codebooks,
+    :meth:`~vqgnn.nn.VQGNN.vq_batches`: by default over METIS batches of the training
+    ``batch_size``, after one pass that refreshes every node's assignments from eval-mode
+    inputs; see :class:`VQOptions`' ``inference_*`` options).
     """
 
     name = "vq"
@@ -515,6 +549,8 @@ class VQMethod(TrainingMethod):
         self.error_nodes = torch.randperm(n, generator=generator)[:min(opts.batch_size, n)].to(
             ctx.device)
         self._errors_fresh = False
+        self._inference_batches: Optional[list[Tensor]] = None
+        self._probed_size: Optional[int] = None
 
     def prepare(self, init: bool) -> None:
         ctx, model = self.ctx, self.model
@@ -553,9 +589,62 @@ class VQMethod(TrainingMethod):
             # The exact pass also measures each codebook's message error on a fixed batch.
             self._errors_fresh = True
             return exact_predict(ctx, self.error_nodes)
-        nodes = torch.arange(ctx.num_nodes, device=ctx.device)
-        return torch.cat([self.model(ctx.x[b], ctx.graph, b)
-                          for b in nodes.split(self.options.batch_size)])
+        return self.model.vq_inference(ctx.x, ctx.graph, self.inference_batches(),
+                                       refresh=self.options.inference_refresh,
+                                       progress=ctx.progress)
+
+    def inference_batches(self) -> list[Tensor]:
+        """VQ inference's batches (cached): METIS parts or a random partition, of
+        :meth:`inference_batch_size` nodes."""
+        if self._inference_batches is None:
+            ctx, opts = self.ctx, self.options
+            n, size = ctx.num_nodes, self.inference_batch_size()
+            if opts.inference_batches == "metis" and size < n:
+                parts = metis_partition(ctx.graph.edge_index.cpu(), n, -(-n // size),
+                                        seed=ctx.seed, cache_dir=metis_cache())
+                order = torch.argsort(parts, stable=True)
+                counts = torch.bincount(parts).tolist()
+                batches = [b for b in order.split(counts) if b.numel()]
+            else:
+                generator = torch.Generator().manual_seed(ctx.seed)
+                batches = list(torch.randperm(n, generator=generator).split(size))
+            self._inference_batches = [b.to(ctx.device) for b in batches]
+        return self._inference_batches
+
+    def inference_summary(self) -> Optional[dict[str, Any]]:
+        """VQ inference's batches: their kind, number, size and the refresh passes."""
+        if self._inference_batches is None:
+            return None
+        sizes = [b.numel() for b in self._inference_batches]
+        return {"batches": self.options.inference_batches, "num_batches": len(sizes),
+                "batch_size": self.inference_batch_size(), "max_batch_nodes": max(sizes),
+                "refresh": self.options.inference_refresh,
+                "memory_budget_mb": self.options.inference_memory_mb}
+
+    def inference_batch_size(self) -> int:
+        """Nodes per VQ inference batch: ``inference_batch_size``, ``batch_size``, or the
+        largest that fits ``inference_memory_mb`` by a probe batch's measured peak (the
+        activations of a batch grow linearly with its nodes)."""
+        opts, ctx = self.options, self.ctx
+        if opts.inference_memory_mb is None:
+            return min(opts.inference_batch_size or opts.batch_size, ctx.num_nodes)
+        if self._probed_size is None:
+            from vqgnn.train.meters import TensorMemoryMeter
+
+            probe = torch.arange(min(opts.batch_size, ctx.num_nodes), device=ctx.device)
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad(), TensorMemoryMeter() as meter:
+                self.model(ctx.x[probe], ctx.graph, probe)
+            self.model.train(was_training)
+            per_node = max(meter.peak, 1) / probe.numel()
+            size = int(opts.inference_memory_mb * 2**20 / per_node)
+            if size < 1:
+                raise ConfigError(f"'VQOptions': 'inference_memory_mb' "
+                                  f"({opts.inference_memory_mb!r}) is below one node's "
+                                  f"inference memory ({per_node / 2**20:.3g} MB)")
+            self._probed_size = min(size, ctx.num_nodes)
+        return self._probed_size
 
     def health(self) -> Optional[CodebookHealth]:
         """The codebooks' figures, with the message errors of this epoch's exact

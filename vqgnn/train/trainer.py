@@ -342,6 +342,8 @@ class TrainResult:
     resumed_at_epoch: Optional[int] = None
     #: Processes that trained the model (torchrun's ranks; 1 without torchrun).
     world_size: int = 1
+    #: How the method's own inference mode ran (VQ-GNN: the VQ inference batches), if it did.
+    vq_inference: Optional[dict[str, Any]] = None
 
     def record(self) -> dict[str, Any]:
         """A flat JSON-serialisable dict (history as a list of dicts)."""
@@ -702,7 +704,7 @@ class Trainer:
             history=list(self.history),
             status="ok" if self.diverged_epoch is None else "diverged",
             diverged_epoch=self.diverged_epoch, resumed_at_epoch=self.resumed_at_epoch,
-            world_size=self.parallel.world_size)
+            world_size=self.parallel.world_size, vq_inference=self.method.inference_summary())
 
     # ------------------------------------------------------------- checkpoints
     def identity(self) -> dict[str, Any]:
