@@ -21,7 +21,10 @@ are not the fix. The candidate fixes, whose memory is bounded by the batch and K
 
 * ``vq refreshed``: one VQ pass over the batches re-assigns every node by its eval-mode
   input at each layer, then a second pass predicts; ``vq refreshed x2``: two such passes;
-* ``vq metis refreshed``: the same over METIS batches.
+* ``vq metis refreshed``: the same over METIS batches;
+* ``vq (trainer)``: the library's VQ inference as the trainer runs it (``VQOptions``'
+  defaults: METIS batches of the training batch size, one refresh pass), with its peak
+  tensor memory (:class:`~vqgnn.train.meters.TensorMemoryMeter`) beside exact inference's.
 
 Seeds/splits given by ``--runs``; one JSON record per run in ``--out``.
 
@@ -52,6 +55,7 @@ from vqgnn.datasets import load_dataset, score  # noqa: E402
 from vqgnn.quantize.functional import nearest_codeword  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
+from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
 from vqgnn.train.records import append_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -133,12 +137,27 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
         "vq metis refreshed": lambda m: m.vq_inference(x, graph, metis_batches),
     }
     record: dict[str, Any] = {"dataset": data.name if hasattr(data, "name") else args.dataset,
+                              "num_nodes": n, "dropout": args.dropout,
                               "split": split, "seed": seed, "metric": data.metric,
                               "batch_size": args.batch_size, "num_codewords": args.num_codewords,
                               "conv": args.conv, "epochs": args.epochs,
                               "exact": metric(model.inference(x, graph, args.batch_size))}
+    trained = copy.deepcopy(model.state_dict())  # refreshing variants change assignments
     for name, predict in variants.items():
+        model.load_state_dict(trained)
         record[name] = metric(predict(model))
+    model.load_state_dict(trained)
+    # The library's VQ inference as the trainer runs it (VQOptions' defaults: METIS batches
+    # of the training batch size, one refresh pass), with its peak tensor memory.
+    with TensorMemoryMeter() as meter:
+        record["vq (trainer)"] = metric(trainer.predict("vq"))
+    record["vq (trainer) peak MB"] = meter.peak / 2**20
+    record["vq (trainer) batches"] = trainer.method.inference_summary()
+    with TensorMemoryMeter() as meter:
+        model.eval()
+        model.inference(x, graph, args.batch_size)
+    record["exact peak MB"] = meter.peak / 2**20
+    model.load_state_dict(trained)
     for name, codewords in (("vq fresh assignments", False), ("vq fresh codewords", True)):
         fresh = copy.deepcopy(model, {id(graph): graph, id(x): x})  # the same graph
         refresh(fresh, x, graph, codewords, args.batch_size)
@@ -148,7 +167,7 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
 
 VARIANTS = ("vq", "vq random batches", "vq metis batches", "vq 4x batch",
             "vq fresh assignments", "vq fresh codewords", "vq refreshed", "vq refreshed x2",
-            "vq metis refreshed")
+            "vq metis refreshed", "vq (trainer)")
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
