@@ -650,10 +650,14 @@ class Trainer:
         (on rank 0 under torchrun; every rank returns its result)."""
         main = self.parallel.is_main
         result = self._result() if main else None
-        # Every rank returns rank 0's result and holds the model it selected.
-        result, best = self.parallel.broadcast_object((result, self.best_state if main else None))
-        if not main and best is not None:
-            self.model.load_state_dict(best)
+        if self.parallel.world_size == 1:
+            return result  # type: ignore[return-value]
+        # Every rank returns rank 0's result and holds its model: the selected weights, and
+        # the assignments its VQ inference refreshed.
+        state = {k: v.cpu() for k, v in self.model.state_dict().items()} if main else None
+        result, state = self.parallel.broadcast_object((result, state))
+        if not main:
+            self.model.load_state_dict(state)
         return result  # type: ignore[no-any-return]
 
     def _result(self) -> TrainResult:
