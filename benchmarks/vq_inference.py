@@ -20,8 +20,10 @@ are not the fix. The candidate fixes, whose memory is bounded by the batch and K
 (:meth:`~vqgnn.nn.VQGNN.vq_inference`):
 
 * ``vq refreshed``: one VQ pass over the batches re-assigns every node by its eval-mode
-  input at each layer, then a second pass predicts; ``vq refreshed x2``: two such passes;
-* ``vq metis refreshed``: the same over METIS batches;
+  input at each layer (and re-fits the codewords' feature halves to those inputs for the
+  next pass), then a second pass predicts; ``vq refreshed x2``: two such passes;
+* ``vq metis refreshed``: the same over METIS batches; ``vq metis 4x refreshed``: over
+  METIS batches 4x larger (the memory/accuracy trade-off);
 * ``vq (trainer)``: the library's VQ inference as the trainer runs it (``VQOptions``'
   defaults: METIS batches of the training batch size, one refresh pass), with its peak
   tensor memory (:class:`~vqgnn.train.meters.TensorMemoryMeter`) beside exact inference's.
@@ -123,6 +125,9 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
     parts = metis_partition(data.edge_index, n, max(1, n // args.batch_size), seed=seed)
     metis_batches = [(parts == p).nonzero().view(-1) for p in range(int(parts.max()) + 1)
                      if bool((parts == p).any())]
+    parts_4x = metis_partition(data.edge_index, n, max(1, n // (4 * args.batch_size)), seed=seed)
+    order = torch.argsort(parts_4x, stable=True)
+    metis_4x = [b for b in order.split(torch.bincount(parts_4x).tolist()) if b.numel()]
     variants: dict[str, Callable[[VQGNN], Tensor]] = {
         "vq": lambda m: vq_predict(m, x, graph, list(nodes.split(args.batch_size))),
         "vq random batches": lambda m: vq_predict(
@@ -135,6 +140,9 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
         "vq refreshed x2": lambda m: m.vq_inference(x, graph, list(nodes.split(args.batch_size)),
                                                     refresh=2),
         "vq metis refreshed": lambda m: m.vq_inference(x, graph, metis_batches),
+        # The batch-size trade-off: METIS batches 4x larger (fewer messages through codewords,
+        # 4x the inference memory, still independent of N).
+        "vq metis 4x refreshed": lambda m: m.vq_inference(x, graph, metis_4x),
     }
     record: dict[str, Any] = {"dataset": data.name if hasattr(data, "name") else args.dataset,
                               "num_nodes": n, "dropout": args.dropout,
@@ -167,7 +175,7 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
 
 VARIANTS = ("vq", "vq random batches", "vq metis batches", "vq 4x batch",
             "vq fresh assignments", "vq fresh codewords", "vq refreshed", "vq refreshed x2",
-            "vq metis refreshed", "vq (trainer)")
+            "vq metis refreshed", "vq metis 4x refreshed", "vq (trainer)")
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
@@ -179,6 +187,32 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             continue  # a record from before the variant existed
         value = statistics.mean(r[name] for r in records)
         lines.append(f"| {name} | {value:.2f} | {value - exact:+.2f} |")
+    return lines
+
+
+def summary(records: list[dict[str, Any]]) -> list[str]:
+    """One row per (dataset, conv): the library's VQ inference against exact inference."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if "vq (trainer)" in r:
+            groups.setdefault((str(r["dataset"]).split(",seed")[0], r["conv"]), []).append(r)
+    lines = ["| dataset | nodes | conv | runs | VQ batches (size, number) | exact | VQ inference "
+             "(METIS + refresh) | minus exact | within 1 pt | VQ as trained (contiguous, "
+             "stale) | peak MB: VQ / exact layer-wise | METIS 4x batches + refresh |",
+             "|---|---:|---|---:|---|---:|---:|---:|---|---:|---|"]
+    for (name, conv), rs in groups.items():
+        exact = statistics.mean(r["exact"] for r in rs)
+        vq = statistics.mean(r["vq (trainer)"] for r in rs)
+        old = statistics.mean(r["vq"] for r in rs)
+        b = rs[0]["vq (trainer) batches"]
+        four = (f"{statistics.mean(r['vq metis 4x refreshed'] for r in rs) - exact:+.2f}"
+                if all("vq metis 4x refreshed" in r for r in rs) else "-")
+        peaks = (f"{statistics.mean(r['vq (trainer) peak MB'] for r in rs):.1f} / "
+                 f"{statistics.mean(r['exact peak MB'] for r in rs):.1f}")
+        lines.append(f"| {name} | {rs[0].get('num_nodes', '-')} | {conv} | {len(rs)} | "
+                     f"{b['batch_size']}, {b['num_batches']} | {exact:.2f} | {vq:.2f} | "
+                     f"{vq - exact:+.2f} | {'yes' if abs(vq - exact) <= 1 else 'NO'} | "
+                     f"{old:.2f} | {peaks} | {four} |")
     return lines
 
 
@@ -198,7 +232,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--num-codewords", type=int, default=512)
     parser.add_argument("--out", type=Path, default=RESULTS / "vq_inference.jsonl")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the summary table of every record in --out and stop")
     args = parser.parse_args(argv)
+    if args.summary:
+        from vqgnn.train.records import read_records
+
+        print("\n".join(summary(read_records(args.out))))
+        return
     records = []
     for run in range(args.runs):
         record = measure(args, run)

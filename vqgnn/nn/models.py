@@ -398,14 +398,18 @@ class VQGNN(torch.nn.Module):
         With ``refresh >= 1``, that many passes over ``batches`` first re-assign every node,
         at every quantized layer, to the codeword nearest its eval-mode input
         (:meth:`~vqgnn.nn.QuantizedLayer.reassign`; later batches already read the
-        refreshed assignments of earlier ones); the last pass yields the outputs. Training
-        leaves each node's assignment from its last training step (dropout-noised inputs,
-        older weights); the refreshed assignments stay in the model's tables, as a
-        training epoch's would (the next training steps refresh their batches again).
+        refreshed assignments of earlier ones); for the pass that yields the outputs, each
+        used codeword's feature half is the mean of the eval-mode inputs assigned to it in
+        the last refresh pass (restored afterwards). Training leaves each node's assignment
+        from its last training step and codewords that average training-mode inputs
+        (dropout-noised, older weights). The refreshed assignments stay in the model's
+        tables, as a training epoch's would (the next training steps refresh their batches
+        again).
 
         Memory: one batch's activations, messages and codewords, O(b (D + d) + K D) for b
-        batch nodes of average degree d, whatever N is (the yielded outputs are the
-        caller's; :meth:`vq_inference` gathers them into (N, C)).
+        batch nodes of average degree d, plus (K, D) sums per quantized layer, whatever N
+        is (the yielded outputs are the caller's; :meth:`vq_inference` gathers them into
+        (N, C)).
 
         Args:
             x: (N, F) inputs of all nodes.
@@ -422,21 +426,58 @@ class VQGNN(torch.nn.Module):
                               f"int >= 0, received {refresh!r}")
         was_training = self.training
         self.eval()
+        saved: list[tuple[Tensor, Tensor]] = []
         try:
-            for _ in range(refresh):
+            for done in range(refresh):
+                # The last refresh pass also sums each codeword's eval-mode inputs.
+                sums: Optional[dict[int, tuple[Tensor, Tensor]]] = (
+                    {} if done == refresh - 1 else None)
                 for batch in tqdm(batches, desc="VQ inference (refresh)", disable=not progress,
                                   leave=False):
-                    self._forward(x[batch], graph, batch,
-                                  before_layer=functools.partial(self._reassign, batch=batch))
+                    self._forward(x[batch], graph, batch, before_layer=functools.partial(
+                        self._reassign, batch=batch, sums=sums))
+                if sums is not None:
+                    saved = self._refit(sums)
             for batch in tqdm(batches, desc="VQ inference", disable=not progress, leave=False):
                 yield batch, self._forward(x[batch], graph, batch)
         finally:
+            for embed, original in saved:  # the training codewords, as they were
+                embed.copy_(original)
             self.train(was_training)
 
-    def _reassign(self, i: int, conv_in: Tensor, batch: Tensor) -> None:
+    def _reassign(self, i: int, conv_in: Tensor, batch: Tensor,
+                  sums: Optional[dict[int, tuple[Tensor, Tensor]]]) -> None:
         for layer in (self.layers[i], self.attention(i)):
-            if layer is not None and layer.initialized:
-                layer.reassign(batch, conv_in)
+            if layer is None or not layer.initialized:
+                continue
+            codes = layer.reassign(batch, conv_in).long()
+            if sums is not None:
+                q = layer.quantizer
+                assert q is not None  # initialized
+                z = q.x_norm(conv_in.float())  # (b, D_in), as the codebook stores them
+                total, count = sums.setdefault(id(layer), (
+                    z.new_zeros(q.num_codewords, q.feature_dim),
+                    z.new_zeros(q.num_codewords)))
+                total.index_add_(0, codes, z)
+                count.index_add_(0, codes, torch.ones_like(codes, dtype=z.dtype))
+
+    def _refit(self, sums: dict[int, tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """For the predicting pass: each used codeword's feature half set to the mean of
+        the eval-mode inputs assigned to it (the training codewords average dropout-noised
+        inputs of older weights); returns what to restore."""
+        saved = []
+        for layer in self.quantized_layers:
+            if id(layer) not in sums:
+                continue
+            total, count = sums[id(layer)]
+            q = layer.quantizer
+            assert q is not None
+            embed = q.codebook.embed  # (K, D_in + D_agg)
+            saved.append((embed, embed.clone()))
+            used = (count > 0).unsqueeze(1)
+            means = total / count.clamp_min(1.0).unsqueeze(1)
+            embed[:, : q.feature_dim] = torch.where(used, means, embed[:, : q.feature_dim])
+        return saved
 
     @torch.no_grad()
     def prepare(self, x: Tensor, graph: VQGraph, batch_size: int = 4096, seed: int = 0,

@@ -196,7 +196,7 @@ class QuantizedLayer(torch.nn.Module):
         quantizer.assignment[nodes] = codes.to(quantizer.assignment.dtype)
 
     @torch.no_grad()
-    def reassign(self, nodes: Tensor, x: Tensor) -> None:
+    def reassign(self, nodes: Tensor, x: Tensor) -> Tensor:
         """Assign ``nodes`` to the codeword whose feature half is nearest their layer
         inputs ``x`` (standardised as the codebook stores them); the gradient half, unknown
         outside a training step, plays no part. VQ inference uses it to refresh
@@ -205,6 +205,9 @@ class QuantizedLayer(torch.nn.Module):
         Args:
             nodes: (b,) node ids.
             x: (b, D_in) their layer inputs.
+
+        Returns:
+            (b,) their codewords.
         """
         from vqgnn.quantize.functional import nearest_codeword
 
@@ -213,6 +216,7 @@ class QuantizedLayer(torch.nn.Module):
         codes = nearest_codeword(quantizer.x_norm(x.float()), features,
                                  quantizer.codebook.chunk_size)
         self.write_assignments(nodes, codes, torch.ones_like(nodes, dtype=torch.bool))
+        return codes
 
     def health(self) -> CodebookHealth:
         """Codebook usage, perplexity and relative quantisation error."""
