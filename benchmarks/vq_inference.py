@@ -199,7 +199,7 @@ def summary(records: list[dict[str, Any]]) -> list[str]:
     lines = ["| dataset | nodes | conv | runs | VQ batches (size, number) | exact | VQ inference "
              "(METIS + refresh) | minus exact | within 1 pt | VQ as trained (contiguous, "
              "stale) | peak MB: VQ / exact layer-wise | METIS 4x batches + refresh |",
-             "|---|---:|---|---:|---|---:|---:|---:|---|---:|---|"]
+             "|---|---:|---|---:|---|---:|---:|---:|---|---:|---|---:|"]
     for (name, conv), rs in groups.items():
         exact = statistics.mean(r["exact"] for r in rs)
         vq = statistics.mean(r["vq (trainer)"] for r in rs)
