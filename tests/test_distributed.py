@@ -195,3 +195,19 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(tmp_path) -> None:
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["resumed_at_epoch"] == 1 and record["epochs_run"] == 3
     assert record["world_size"] == 2
+
+
+def test_failure_names_the_rank_for_collective_errors_only() -> None:
+    from vqgnn.errors import DivergenceError
+
+    fake = DataParallel.__new__(DataParallel)
+    fake.rank, fake.world_size, fake.backend, fake.timeout = 1, 2, "gloo", 30.0
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    failure = fake.failure(gone, "epoch 3")
+    assert failure is not None and str(failure).startswith(
+        "rank 1 of 2 (gloo): epoch 3 failed: [../gloo/transport/tcp/pair.cc:534] Connection "
+        "closed by peer. Another rank died, hangs, or exceeded the 30 s timeout")
+    # A divergence or a bug is not a peer's failure: it is shown as it is.
+    assert fake.failure(DivergenceError("training diverged at epoch 3", 3), "epoch 3") is None
+    assert fake.failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), "x") is None
+    assert fake.failure(ValueError("bad"), "x") is None

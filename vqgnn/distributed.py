@@ -39,6 +39,11 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 300.0
 
 
+#: Words of the backends' errors when a peer is gone or late (gloo's are RuntimeErrors).
+COLLECTIVE_ERRORS = ("gloo", "Gloo", "NCCL", "nccl", "Connection", "connection", "Timed out",
+                     "timed out", "timeout", "ProcessGroup", "peer")
+
+
 class DistributedError(RuntimeError):
     """A collective failed or timed out: another rank died, hangs, or is too slow."""
 
@@ -258,10 +263,12 @@ class DataParallel(SingleProcess):
     def failure(self, err: BaseException, where: str) -> Optional[DistributedError]:
         """``err`` as a :class:`DistributedError` naming this rank, if a collective raised
         it (a peer rank died, hangs, or missed the timeout)."""
-        if not isinstance(err, (dist.DistError, RuntimeError)) or isinstance(
-                err, DistributedError):
-            return None
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        collective = isinstance(err, dist.DistError) or (
+            isinstance(err, RuntimeError) and any(
+                word in text for word in COLLECTIVE_ERRORS))
+        if not collective or isinstance(err, DistributedError):
+            return None  # a bug or a divergence, not a peer: shown as it is
         return DistributedError(
             f"rank {self.rank} of {self.world_size} ({self.backend}): {where} failed: {text}. "
             f"Another rank died, hangs, or exceeded the {self.timeout:g} s timeout "
