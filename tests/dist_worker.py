@@ -51,7 +51,8 @@ def fit(out: Path, options: dict[str, str]) -> None:
     epochs = int(options.get("epochs", 2))
     config = TrainConfig.create("vq", epochs=epochs, batch_size=int(options.get("batch", 50)),
                                 seed=0, checkpoint=options.get("checkpoint"),
-                                measure_memory=False)
+                                measure_memory=False,
+                                inference=options.get("inference", "exact"))
     trainer = Trainer(model, data, config, parallel=parallel)
     resume = options.get("resume")
     result = trainer.fit(resume_from=resume if resume and os.path.exists(resume) else None)

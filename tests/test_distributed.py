@@ -75,8 +75,11 @@ def test_share_takes_every_pth_batch_and_drops_the_last_incomplete_round() -> No
     assert shares == [[0, 3], [1, 4], [2, 5]]  # batches 6 and 7 (a short round) dropped
 
 
-def test_two_ranks_end_with_identical_weights_codebooks_and_assignments(tmp_path) -> None:
-    ranks = run_worker(2, "fit", tmp_path, "epochs=2")
+@pytest.mark.parametrize("inference", ["exact", "vq"])
+def test_two_ranks_end_with_identical_weights_codebooks_and_assignments(tmp_path, inference):
+    """Model selection by VQ inference (rank 0 only) refreshes rank 0's assignments; the
+    ranks then take rank 0's buffers, so they keep training the same model."""
+    ranks = run_worker(2, "fit", tmp_path, "epochs=2", f"inference={inference}")
     a, b = ranks[0]["state"], ranks[1]["state"]
     assert a.keys() == b.keys()
     assignments = [k for k in a if k.endswith("assignment")]

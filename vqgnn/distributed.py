@@ -91,6 +91,9 @@ class SingleProcess:
     def exchange_assignments(self, layers: Sequence[Any], batch: Tensor, width: int) -> None:
         """Share the batch nodes' new codeword assignments with the other ranks (none)."""
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (after rank 0's evaluation; nothing here)."""
+
     def failure(self, err: BaseException, where: str) -> Optional[DistributedError]:
         """``err`` as a :class:`DistributedError` if it came from a collective (never here)."""
         return None
@@ -258,6 +261,17 @@ class DataParallel(SingleProcess):
         nodes = every[:, 0, 1:].reshape(-1).long()
         for i, layer in enumerate(layers, start=1):
             layer.write_assignments(nodes, every[:, i, 1:].reshape(-1), valid)
+
+    @torch.no_grad()
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Broadcast rank 0's buffers (codewords, statistics, assignments) to every rank:
+        its evaluation may have changed them (VQ inference refreshes the assignments)."""
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+        for module in model.modules():  # caches derived from the buffers (attention counts)
+            invalidate = getattr(module, "invalidate_caches", None)
+            if callable(invalidate):
+                invalidate()
 
     # ----------------------------------------------------------------- faults
     def failure(self, err: BaseException, where: str) -> Optional[DistributedError]:

@@ -352,6 +352,10 @@ class GlobalAttention(QuantizedLayer):
         counts[1].index_add_(0, old, -grad_weight).index_add_(0, new, grad_weight)
         self._counts_key = self._counts_state()
 
+    def invalidate_caches(self) -> None:
+        """The codeword counts are recounted at the next use."""
+        self._counts = None
+
     def set_gradient_nodes(self, mask: Optional[Tensor]) -> None:
         super().set_gradient_nodes(mask)
         self._counts = None

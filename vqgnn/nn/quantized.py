@@ -181,6 +181,10 @@ class QuantizedLayer(torch.nn.Module):
                               f"[{lo}, {hi}], outside [0, {k})")
         quantizer.assignment.copy_(assignment.to(quantizer.assignment))
 
+    def invalidate_caches(self) -> None:
+        """Drop what the layer derived from its buffers (they were overwritten in place,
+        e.g. broadcast from another rank); nothing here."""
+
     @torch.no_grad()
     def write_assignments(self, nodes: Tensor, codes: Tensor, valid: Tensor) -> None:
         """Set the codeword of ``nodes`` to ``codes`` (data parallelism: the assignments

@@ -600,7 +600,8 @@ class Trainer:
                 if self.log is not None:
                     self.log(f"epoch {self.epoch:>3}/{cfg.epochs} | {message}")
                 raise DivergenceError(message, self.epoch, self.result())
-            if main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+            evaluate = self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs
+            if main and evaluate:
                 with Timer(self.device) as eval_timer:
                     scores = self.evaluate(cfg.selection)
                 entry.eval_seconds = eval_timer.seconds
@@ -613,6 +614,8 @@ class Trainer:
                     self.bad_evals = 0
                 else:
                     self.bad_evals += 1
+            if evaluate:  # an inference may change buffers (VQ inference's assignments)
+                self.parallel.sync_buffers(self.model)
             health = self.method.health() if main else None
             if health is not None:
                 entry.usage, entry.perplexity = health.usage, health.perplexity
