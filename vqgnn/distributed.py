@@ -135,8 +135,8 @@ class DataParallel(SingleProcess):
         self.is_main = self.rank == 0
         self.timeout = timeout
         self.backend = str(dist.get_backend())
-        #: Bytes this rank sent in assignment exchanges (the gradients' all-reduce and the
-        #: codebook statistics are counted by the benchmark, from the model's sizes).
+        #: Bytes this rank sent in assignment exchanges (``benchmarks/data_parallel.py``
+        #: counts every collective's bytes, by kind).
         self.exchanged_bytes = 0
 
     @classmethod
