@@ -351,19 +351,21 @@ def test_vq_inference_uses_training_sized_batches(monkeypatch):
     data = load_dataset(DATASET)
     model = VQGNN(8, 16, 2, 3, num_nodes=300, num_codewords=16)
     trainer = Trainer(model, data, TrainConfig.create("vq", batch_size=64, epochs=1,
-                                                       eval_batch_size=4096))
+                                                       eval_batch_size=4096,
+                                                       inference_batches="random"))
     trainer.prepare()
     sizes = []
-    forward = model.forward
+    forward = model._forward
 
-    def spy(x, graph, batch=None, edge_weight=None):
+    def spy(x, graph, batch=None, edge_weight=None, before_layer=None):
         if batch is not None:
             sizes.append(batch.numel())
-        return forward(x, graph, batch, edge_weight)
+        return forward(x, graph, batch, edge_weight, before_layer)
 
-    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(model, "_forward", spy)
     trainer.predict("vq")
-    assert max(sizes) == 64 and sum(sizes) == 300
+    # Two passes over the same batches: the refresh, then the prediction.
+    assert max(sizes) == 64 and sum(sizes) == 2 * 300
 
 
 # ------------------------------------------------------ fault injection

@@ -289,8 +289,13 @@ class DataParallel(SingleProcess):
             f"(torchrun's summary names the rank that exited first)")
 
     def close(self) -> None:
+        """Leave the process group once every rank is done (a barrier first: destroying
+        the group while a peer still communicates can hang with gloo)."""
         if dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
     def __repr__(self) -> str:
         return (f"DataParallel(rank={self.rank}, world_size={self.world_size}, "

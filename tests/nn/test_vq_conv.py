@@ -778,8 +778,16 @@ def test_two_workers_summing_statistics_match_one_worker_with_the_union_batch() 
         layer(x[batch], graph, batch).pow(2).sum().backward()
         layer.update_codebook()
 
+    # Each worker its own graph object, as each rank has (a VQGraph caches the step's batch
+    # operator, which two threads must not share).
+    graphs = [VQGraph(graph.edge_index, n) for _ in workers]
+
+    def worker_step(r: int) -> None:
+        workers[r](x[batches[r]], graphs[r], batches[r]).pow(2).sum().backward()
+        workers[r].update_codebook()
+
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda r: step(workers[r], batches[r]), range(2)))
+        list(pool.map(worker_step, range(2)))
     step(union, batches.reshape(-1))
     for name in ("codebook.cluster_size", "codebook.embed_sum", "codebook.embed",
                  "x_norm.mean", "x_norm.var", "g_norm.mean", "g_norm.var"):
