@@ -277,8 +277,12 @@ def test_ctrl_c_exits_with_a_line_and_the_last_checkpoint_resumes(tmp_path):
     # Enough epochs that the run cannot finish before the signal lands, even when this
     # process is starved of CPU on a loaded machine (400 epochs of this tiny graph take
     # seconds; a run that ended first exits 0, as two loaded CI runs here saw).
+    # The child starts with SIGINT at its default, as a command started from a shell does:
+    # a disposition of "ignore" is inherited through exec, and in the full suite the
+    # pytest process can hold one (two CI runs here saw the signal ignored).
     proc = subprocess.Popen(_cli("--epochs", "20000", "--checkpoint", str(ck)), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     target = tmp_path / "ck.vq.pt"
     deadline = time.time() + 60
     while not target.exists() and time.time() < deadline:
@@ -286,7 +290,9 @@ def test_ctrl_c_exits_with_a_line_and_the_last_checkpoint_resumes(tmp_path):
     assert target.exists(), "no checkpoint was written within 60 s"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_INTERRUPTED
+    assert proc.returncode == EXIT_INTERRUPTED, (
+        f"exit {proc.returncode}; SIGINT in this pytest process: "
+        f"{signal.getsignal(signal.SIGINT)!r}; stderr: {err[-2000:]}")
     assert "interrupted while training vq; the last checkpoint is" in err
     assert "Traceback" not in err
     epoch = load_state(target)["epoch"]
