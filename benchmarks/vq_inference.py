@@ -52,7 +52,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vqgnn import VQGNN, VQGraph  # noqa: E402
-from vqgnn.batching.samplers import metis_partition  # noqa: E402
+from vqgnn.batching.samplers import metis_partition, part_batches  # noqa: E402
 from vqgnn.datasets import load_dataset, score  # noqa: E402
 from vqgnn.quantize.functional import nearest_codeword  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
@@ -123,9 +123,7 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
     nodes = torch.arange(n)
     generator = torch.Generator().manual_seed(seed)
     def metis_batches_of(size: int) -> list[Tensor]:
-        parts = metis_partition(data.edge_index, n, max(1, n // size), seed=seed)
-        order = torch.argsort(parts, stable=True)
-        return [b for b in order.split(torch.bincount(parts).tolist()) if b.numel()]
+        return part_batches(metis_partition(data.edge_index, n, max(1, n // size), seed=seed))
 
     metis_batches = [] if args.quick else metis_batches_of(args.batch_size)
     metis_4x = metis_batches_of(4 * args.batch_size)

@@ -133,6 +133,13 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
     return result
 
 
+def part_batches(parts: Tensor) -> list[Tensor]:
+    """The node ids of each non-empty part of ``parts`` ((N,) part of every node), one
+    tensor per part, by one stable sort."""
+    order = torch.argsort(parts, stable=True)
+    return [batch for batch in order.split(torch.bincount(parts).tolist()) if batch.numel()]
+
+
 class ClusterBatchSampler(NodeBatchSampler):
     """Batches of whole METIS clusters: each epoch shuffles the parts and groups them.
 

@@ -323,34 +323,32 @@ class GlobalAttention(QuantizedLayer):
             return super().update_codebook()  # the counts, if any, are recounted on use
         old = quantizer.assignment[captured.batch].long()
         super().update_codebook()
-        new = quantizer.assignment[captured.batch].long()
-        ones = torch.ones_like(old)
-        mask = self._gradient_nodes
-        weight = ones if mask is None else mask[captured.batch].long()
-        counts[0].index_add_(0, old, -ones).index_add_(0, new, ones)
-        counts[1].index_add_(0, old, -weight).index_add_(0, new, weight)
-        self._counts_key = self._counts_state()
+        self._move_counts(captured.batch, old, quantizer.assignment[captured.batch].long(),
+                          torch.ones_like(old))
         return True
+
+    def _move_counts(self, nodes: Tensor, old: Tensor, new: Tensor, weight: Tensor) -> None:
+        """Move ``nodes`` (with 0/1 ``weight``) from codewords ``old`` to ``new`` in the
+        cached counts, and mark them current."""
+        assert self._counts is not None
+        mask = self._gradient_nodes
+        grad_weight = weight if mask is None else weight * mask[nodes].long()
+        counts, grad_counts = self._counts
+        counts.index_add_(0, old, -weight).index_add_(0, new, weight)
+        grad_counts.index_add_(0, old, -grad_weight).index_add_(0, new, grad_weight)
+        self._counts_key = self._counts_state()
 
     @torch.no_grad()
     def write_assignments(self, nodes: Tensor, codes: Tensor, valid: Tensor) -> None:
         """As :meth:`QuantizedLayer.write_assignments`; the codeword counts follow the
         valid entries (O(M), not a recount over N)."""
-        quantizer, counts = self.quantizer, self._counts
+        quantizer = self.quantizer
         assert quantizer is not None
-        fresh = counts is not None and self._counts_key == self._counts_state()
+        fresh = self._counts is not None and self._counts_key == self._counts_state()
         old = quantizer.assignment[nodes].long()
         super().write_assignments(nodes, codes, valid)
-        if not fresh:
-            return  # the counts, if any, are recounted on use
-        assert counts is not None
-        new = codes.long()
-        weight = valid.long()
-        mask = self._gradient_nodes
-        grad_weight = weight if mask is None else weight * mask[nodes].long()
-        counts[0].index_add_(0, old, -weight).index_add_(0, new, weight)
-        counts[1].index_add_(0, old, -grad_weight).index_add_(0, new, grad_weight)
-        self._counts_key = self._counts_state()
+        if fresh:  # else the counts, if any, are recounted on use
+            self._move_counts(nodes, old, codes.long(), valid.long())
 
     def invalidate_caches(self) -> None:
         """The codeword counts are recounted at the next use."""

@@ -450,14 +450,12 @@ class VQGNN(torch.nn.Module):
         for layer in (self.layers[i], self.attention(i)):
             if layer is None or not layer.initialized:
                 continue
-            codes = layer.reassign(batch, conv_in).long()
+            codes, z = layer.reassign(batch, conv_in)  # z: (b, D_in), standardised
             if sums is not None:
-                q = layer.quantizer
-                assert q is not None  # initialized
-                z = q.x_norm(conv_in.float())  # (b, D_in), as the codebook stores them
+                codes = codes.long()
                 total, count = sums.setdefault(id(layer), (
-                    z.new_zeros(q.num_codewords, q.feature_dim),
-                    z.new_zeros(q.num_codewords)))
+                    z.new_zeros(layer.num_codewords, z.size(1)),
+                    z.new_zeros(layer.num_codewords)))
                 total.index_add_(0, codes, z)
                 count.index_add_(0, codes, torch.ones_like(codes, dtype=z.dtype))
 

@@ -48,6 +48,13 @@ class Captured(NamedTuple):
     grad: Tensor
 
 
+class Reassigned(NamedTuple):
+    """:meth:`QuantizedLayer.reassign`'s codewords and the standardised inputs behind them."""
+
+    codes: Tensor
+    z: Tensor
+
+
 class _Pending:
     """A batch's (nodes, inputs) waiting for the gradient at its aggregated output."""
 
@@ -200,7 +207,7 @@ class QuantizedLayer(torch.nn.Module):
         quantizer.assignment[nodes] = codes.to(quantizer.assignment.dtype)
 
     @torch.no_grad()
-    def reassign(self, nodes: Tensor, x: Tensor) -> Tensor:
+    def reassign(self, nodes: Tensor, x: Tensor) -> Reassigned:
         """Assign ``nodes`` to the codeword whose feature half is nearest their layer
         inputs ``x`` (standardised as the codebook stores them); the gradient half, unknown
         outside a training step, plays no part. VQ inference uses it to refresh
@@ -211,16 +218,16 @@ class QuantizedLayer(torch.nn.Module):
             x: (b, D_in) their layer inputs.
 
         Returns:
-            (b,) their codewords.
+            Their (b,) codewords and (b, D_in) standardised inputs.
         """
         from vqgnn.quantize.functional import nearest_codeword
 
         quantizer = self._require_codebook("reassign")
         features = quantizer.codebook.embed[:, : quantizer.feature_dim]  # (K, D_in)
-        codes = nearest_codeword(quantizer.x_norm(x.float()), features,
-                                 quantizer.codebook.chunk_size)
+        z = quantizer.x_norm(x.float())
+        codes = nearest_codeword(z, features, quantizer.codebook.chunk_size)
         self.write_assignments(nodes, codes, torch.ones_like(nodes, dtype=torch.bool))
-        return codes
+        return Reassigned(codes, z)
 
     def health(self) -> CodebookHealth:
         """Codebook usage, perplexity and relative quantisation error."""

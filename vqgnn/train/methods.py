@@ -47,7 +47,12 @@ from vqgnn.baselines import (
 )
 from vqgnn.baselines.loaders import check_fanouts, fanouts_for_layers
 from vqgnn.batching.graph import VQGraph
-from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler, metis_partition
+from vqgnn.batching.samplers import (
+    ClusterBatchSampler,
+    NodeBatchSampler,
+    metis_partition,
+    part_batches,
+)
 from vqgnn.distributed import SingleProcess
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.models import VQGNN
@@ -600,11 +605,9 @@ class VQMethod(TrainingMethod):
             ctx, opts = self.ctx, self.options
             n, size = ctx.num_nodes, self.inference_batch_size()
             if opts.inference_batches == "metis" and size < n:
-                parts = metis_partition(ctx.graph.edge_index.cpu(), n, -(-n // size),
-                                        seed=ctx.seed, cache_dir=metis_cache())
-                order = torch.argsort(parts, stable=True)
-                counts = torch.bincount(parts).tolist()
-                batches = [b for b in order.split(counts) if b.numel()]
+                batches = part_batches(metis_partition(ctx.graph.edge_index.cpu(), n,
+                                                       -(-n // size), seed=ctx.seed,
+                                                       cache_dir=metis_cache()))
             else:
                 generator = torch.Generator().manual_seed(ctx.seed)
                 batches = list(torch.randperm(n, generator=generator).split(size))
