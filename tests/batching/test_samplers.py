@@ -12,6 +12,7 @@ from vqgnn.batching.samplers import (
     stream_seed,
 )
 from vqgnn.datasets import load_dataset
+from vqgnn.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,12 @@ def test_batches_own_their_memory(make):
     nodes = torch.arange(1000)
     for batch in make(nodes):
         assert batch.untyped_storage().nbytes() == batch.numel() * batch.element_size()
+
+
+def test_part_batches_groups_nodes_by_part_and_checks_its_input():
+    from vqgnn.batching.samplers import part_batches
+
+    batches = part_batches(torch.tensor([2, 0, 2, 0, 3]))
+    assert [b.tolist() for b in batches] == [[1, 3], [0, 2], [4]]  # part 1 is empty
+    with pytest.raises(ConfigError, match="'parts' must be a 1-D integer tensor"):
+        part_batches(torch.zeros(3, 2, dtype=torch.long))

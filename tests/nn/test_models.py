@@ -427,3 +427,11 @@ def test_vq_inference_memory_does_not_grow_with_the_graph():
         peaks[n] = (vq.peak, exact.peak)
     assert peaks[20000][0] <= 1.1 * peaks[2000][0], peaks
     assert peaks[20000][1] >= 5 * peaks[2000][1], peaks
+
+
+def test_reassign_rejects_inputs_of_the_wrong_shape(data):
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model = build(data, exact_first_layer=False)
+    model.prepare(data.x, graph)
+    with pytest.raises(ConfigError, match=r"'VQConv.reassign': 'x' must have shape \(b, 8\)"):
+        model.layers[0].reassign(torch.arange(4), torch.randn(4, 3))

@@ -136,6 +136,9 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
 def part_batches(parts: Tensor) -> list[Tensor]:
     """The node ids of each non-empty part of ``parts`` ((N,) part of every node), one
     tensor per part, by one stable sort."""
+    if parts.dim() != 1 or parts.is_floating_point() or parts.dtype == torch.bool:
+        raise ConfigError(f"part_batches: 'parts' must be a 1-D integer tensor, received "
+                          f"shape {tuple(parts.shape)} and dtype {parts.dtype}")
     order = torch.argsort(parts, stable=True)
     return [batch for batch in order.split(torch.bincount(parts).tolist()) if batch.numel()]
 

@@ -223,6 +223,12 @@ class QuantizedLayer(torch.nn.Module):
         from vqgnn.quantize.functional import nearest_codeword
 
         quantizer = self._require_codebook("reassign")
+        if (x.dim() != 2 or x.size(1) != quantizer.feature_dim or nodes.dim() != 1
+                or nodes.numel() != x.size(0)):
+            raise ConfigError(f"'{type(self).__name__}.reassign': 'x' must have shape "
+                              f"(b, {quantizer.feature_dim}) with one row per entry of "
+                              f"'nodes', received x {tuple(x.shape)} and nodes "
+                              f"{tuple(nodes.shape)}")
         features = quantizer.codebook.embed[:, : quantizer.feature_dim]  # (K, D_in)
         z = quantizer.x_norm(x.float())
         codes = nearest_codeword(z, features, quantizer.codebook.chunk_size)
