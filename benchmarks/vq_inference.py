@@ -24,11 +24,14 @@ are not the fix. The candidate fixes, whose memory is bounded by the batch and K
   next pass), then a second pass predicts; ``vq refreshed x2``: two such passes;
 * ``vq metis refreshed``: the same over METIS batches; ``vq metis 4x refreshed``: over
   METIS batches 4x larger (the memory/accuracy trade-off);
-* ``vq (trainer)``: the library's VQ inference as the trainer runs it (``VQOptions``'
-  defaults: METIS batches of the training batch size, one refresh pass), with its peak
-  tensor memory (:class:`~vqgnn.train.meters.TensorMemoryMeter`) beside exact inference's.
+* ``vq (trainer)``: the library's VQ inference as the trainer runs it (METIS batches of
+  ``--inference-batch-size``, default the training batch size; ``--inference-refresh``,
+  default ``auto``: without and with one refresh pass, the better on validation), with its
+  peak tensor memory (:class:`~vqgnn.train.meters.TensorMemoryMeter`) beside exact
+  inference's.
 
-Seeds/splits given by ``--runs``; one JSON record per run in ``--out``.
+Seeds/splits given by ``--runs``; one JSON record per run in ``--out``. A run whose record
+is already in ``--out`` (same options) is skipped, so an interrupted command resumes.
 
 Usage:
     python benchmarks/vq_inference.py --dataset synthetic:n=100000,deg=20,signal=0.3 \\
@@ -53,12 +56,13 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.batching.samplers import metis_partition, part_batches  # noqa: E402
+from vqgnn.cli import refresh_passes  # noqa: E402
 from vqgnn.datasets import load_dataset, score  # noqa: E402
 from vqgnn.quantize.functional import nearest_codeword  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
-from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.records import append_record, read_records  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -99,6 +103,20 @@ def refresh(model: VQGNN, x: Tensor, graph: VQGraph, codewords: bool, chunk: int
     model._layerwise(x, graph, chunk, False, before_layer=layer_inputs)
 
 
+def run_key(args: argparse.Namespace, split: int, seed: int) -> tuple[Any, ...]:
+    """What identifies a run: a record with the same key is not measured again."""
+    return (args.dataset, args.root is not None, split, seed, args.conv, args.epochs,
+            args.batch_size, args.num_codewords, args.dropout, args.inference_batch_size,
+            str(args.inference_refresh), args.quick)
+
+
+def run_key_of(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (record.get("arg_dataset"), record.get("arg_root"), record["split"],
+            record["seed"], record["conv"], record["epochs"], record["batch_size"],
+            record["num_codewords"], record["dropout"], record.get("inference_batch_size"),
+            str(record.get("inference_refresh", 1)), record.get("quick"))
+
+
 def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
     split, seed = (run, 0) if args.vary == "split" else (0, run)
     data = load_dataset(args.dataset, root=args.root, split=split, seed=seed)
@@ -109,7 +127,8 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
     model = model_cfg.build(data)
     trainer = Trainer(model, data, TrainConfig.create(
         "vq", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-        eval_every=args.eval_every))
+        eval_every=args.eval_every, inference_batch_size=args.inference_batch_size,
+        inference_refresh=args.inference_refresh))
     trainer.fit()
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
@@ -148,6 +167,10 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
                               "split": split, "seed": seed, "metric": data.metric,
                               "batch_size": args.batch_size, "num_codewords": args.num_codewords,
                               "conv": args.conv, "epochs": args.epochs,
+                              "inference_batch_size": args.inference_batch_size,
+                              "inference_refresh": args.inference_refresh,
+                              "arg_dataset": args.dataset, "arg_root": args.root is not None,
+                              "quick": args.quick,
                               "exact": metric(model.inference(x, graph, args.batch_size))}
     trained = copy.deepcopy(model.state_dict())  # refreshing variants change assignments
     if args.quick:  # only the VQ inference as trained and as the trainer runs it
@@ -157,8 +180,8 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
         model.load_state_dict(trained)
         record[name] = metric(predict(model))
     model.load_state_dict(trained)
-    # The library's VQ inference as the trainer runs it (VQOptions' defaults: METIS batches
-    # of the training batch size, one refresh pass), with its peak tensor memory.
+    # The library's VQ inference as the trainer runs it (METIS batches of
+    # --inference-batch-size, --inference-refresh), with its peak tensor memory.
     with TensorMemoryMeter() as meter:
         record["vq (trainer)"] = metric(trainer.predict("vq"))
     record["vq (trainer) peak MB"] = meter.peak / 2**20
@@ -193,17 +216,22 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def summary(records: list[dict[str, Any]]) -> list[str]:
-    """One row per (dataset, conv): the library's VQ inference against exact inference."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def summary(records: list[dict[str, Any]], refresh: Optional[str] = None) -> list[str]:
+    """One row per (dataset, conv, ``inference_refresh``; only ``refresh`` if given): the
+    library's VQ inference against exact inference. "refresh (used)": the setting and, per
+    run, the passes it used ('auto' chooses 0 or 1 by the validation metric)."""
+    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
     for r in records:
-        if "vq (trainer)" in r:
-            groups.setdefault((str(r["dataset"]).split(",seed")[0], r["conv"]), []).append(r)
-    lines = ["| dataset | nodes | conv | runs | VQ batches (size, number) | exact | VQ inference "
-             "(METIS + refresh) | minus exact | within 1 pt | VQ as trained (contiguous, "
-             "stale) | peak MB: VQ / exact layer-wise | METIS 4x batches + refresh |",
-             "|---|---:|---|---:|---|---:|---:|---:|---|---:|---|---:|"]
-    for (name, conv), rs in groups.items():
+        if "vq (trainer)" in r and (refresh is None
+                                    or str(r.get("inference_refresh", 1)) == refresh):
+            groups.setdefault((str(r["dataset"]).split(",seed")[0], r["conv"],
+                               r.get("inference_refresh", 1)), []).append(r)
+    lines = ["| dataset | nodes | conv | runs | VQ batches (size, number) | refresh (used) | "
+             "exact | VQ inference (trainer) | minus exact | within 1 pt | VQ as trained "
+             "(contiguous, stale) | peak MB: VQ / exact layer-wise | METIS 4x batches + "
+             "refresh |",
+             "|---|---:|---|---:|---|---|---:|---:|---:|---|---:|---|---:|"]
+    for (name, conv, setting), rs in groups.items():
         exact = statistics.mean(r["exact"] for r in rs)
         vq = statistics.mean(r["vq (trainer)"] for r in rs)
         old = statistics.mean(r["vq"] for r in rs)
@@ -212,8 +240,10 @@ def summary(records: list[dict[str, Any]]) -> list[str]:
                 if all("vq metis 4x refreshed" in r for r in rs) else "-")
         peaks = (f"{statistics.mean(r['vq (trainer) peak MB'] for r in rs):.1f} / "
                  f"{statistics.mean(r['exact peak MB'] for r in rs):.1f}")
+        used = "".join(str(r["vq (trainer) batches"].get("refresh_used", setting)) for r in rs)
         lines.append(f"| {name} | {rs[0].get('num_nodes', '-')} | {conv} | {len(rs)} | "
-                     f"{b['batch_size']}, {b['num_batches']} | {exact:.2f} | {vq:.2f} | "
+                     f"{b['batch_size']}, {b['num_batches']} | {setting} ({used}) | "
+                     f"{exact:.2f} | {vq:.2f} | "
                      f"{vq - exact:+.2f} | {'yes' if abs(vq - exact) <= 1 else 'NO'} | "
                      f"{old:.2f} | {peaks} | {four} |")
     return lines
@@ -234,25 +264,37 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--num-codewords", type=int, default=512)
+    parser.add_argument("--inference-batch-size", type=int, default=None,
+                        help="nodes per VQ inference batch of the trainer (default: "
+                             "--batch-size)")
+    parser.add_argument("--inference-refresh", type=refresh_passes, default="auto",
+                        help="the trainer's VQ inference refresh: passes or 'auto'")
     parser.add_argument("--out", type=Path, default=RESULTS / "vq_inference.jsonl")
     parser.add_argument("--quick", action="store_true",
                         help="skip the diagnostic variants (for large graphs)")
     parser.add_argument("--summary", action="store_true",
-                        help="print the summary table of every record in --out and stop")
+                        help="print the summary table of every record in --out and stop "
+                             "(with --summary-refresh, only that setting's rows)")
+    parser.add_argument("--summary-refresh", default=None)
     args = parser.parse_args(argv)
+    done = read_records(args.out) if args.out.exists() else []
     if args.summary:
-        from vqgnn.train.records import read_records
-
-        print("\n".join(summary(read_records(args.out))))
+        print("\n".join(summary(done, args.summary_refresh)))
         return
     records = []
     for run in range(args.runs):
+        split, seed = (run, 0) if args.vary == "split" else (0, run)
+        key = run_key(args, split, seed)
+        if any(run_key_of(r) == key for r in done):  # resumable: a finished run is kept
+            print(f"run {run}: done before, skipped", flush=True)
+            continue
         record = measure(args, run)
         append_record(args.out, record)
         records.append(record)
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in record.items()), flush=True)
-    print("\n".join(table(records)))
+    if records:
+        print("\n".join(table(records)))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,21 @@ def test_train_bad_choice_is_an_argparse_error(capsys):
     assert run(["train", "--dataset", DATASET, "--num-neighbors", "5,x"]) == 2
     assert ("argument --num-neighbors: '--num-neighbors' must be comma-separated ints such as "
             "15,10,5, received '5,x'") in capsys.readouterr().err
+    assert run(["train", "--dataset", DATASET, "--inference-refresh", "sometimes"]) == 2
+    assert ("argument --inference-refresh: '--inference-refresh' must be an int >= 0 or "
+            "'auto', received 'sometimes'") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("refresh", ["auto", "0", "2"])
+def test_inference_refresh_from_the_command_line_reaches_the_record(tmp_path, capsys, refresh):
+    path = tmp_path / "r.jsonl"
+    assert run(["train", "--dataset", DATASET, "--method", "vq", "--epochs", "1", *SMALL,
+                "--inference", "vq", "--inference-refresh", refresh, "--quiet",
+                "--json", str(path)]) == 0
+    summary = read_records(path)[0]["vq_inference"]
+    expected = refresh if refresh == "auto" else int(refresh)
+    assert summary["refresh"] == expected
+    assert summary["refresh_used"] in ((0, 1) if refresh == "auto" else (expected,))
 
 
 def test_train_checkpoint_and_resume(tmp_path, capsys):

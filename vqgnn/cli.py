@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 
 def dataset_summary(data) -> list[tuple[str, str]]:
@@ -82,6 +82,20 @@ METHOD_FLAGS = ("batch_size", "sampler", "num_parts", "num_neighbors", "walk_len
 CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
                   "dead_threshold": "dead_threshold", "standardizer_momentum": "momentum",
                   "kmeans_backend": "kmeans_backend", "kmeans_iters": "kmeans_iters"}
+
+
+def refresh_passes(text: str) -> Union[int, str]:
+    """``--inference-refresh``: an int >= 0 or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'--inference-refresh' must be an int >= 0 or "
+                                         f"'auto', received {text!r}")
+    return value
 
 
 def _flag(dest: str) -> str:
@@ -356,9 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--inference-batches", default=None, choices=list(INFERENCE_BATCHES),
                          help=f"vq: VQ inference batches from METIS parts or random "
                               f"(default {vq.inference_batches})")
-    methods.add_argument("--inference-refresh", type=int, default=None,
+    methods.add_argument("--inference-refresh", type=refresh_passes, default=None,
                          help=f"vq: passes re-assigning every node by its eval-mode inputs "
-                              f"before VQ inference predicts (default {vq.inference_refresh})")
+                              f"before VQ inference predicts, or 'auto' (0 or 1, by the "
+                              f"validation metric; default {vq.inference_refresh})")
     codebook = train.add_argument_group("codebook options (VQ-GNN layers)")
     codebook.add_argument("--num-codewords", type=int, default=cb.num_codewords,
                           help="codewords K per layer")

@@ -274,6 +274,18 @@ def test_vq_inference_diagnostics_measure_every_variant(tmp_path, capsys):
     for name in ("exact", *vq_inference.VARIANTS):
         assert 0.0 <= record[name] <= 100.0, name
     assert "| vq fresh codewords |" in capsys.readouterr().out
+    assert record["inference_refresh"] == "auto"
+    assert record["vq (trainer) batches"]["refresh_used"] in (0, 1)
+    # The same command again skips the finished run; --summary prints its row.
+    vq_inference.main(["--dataset", "synthetic:n=600,deg=6,features=8,classes=3",
+                       "--epochs", "2", "--batch-size", "128", "--num-codewords", "8",
+                       "--hidden", "16", "--out", str(out)])
+    assert "run 0: done before, skipped" in capsys.readouterr().out
+    assert len(out.read_text().splitlines()) == 1
+    vq_inference.main(["--summary", "--out", str(out)])
+    row = [line for line in capsys.readouterr().out.splitlines() if "synthetic" in line]
+    used = record["vq (trainer) batches"]["refresh_used"]
+    assert len(row) == 1 and f"| auto ({used}) |" in row[0]
 
 
 def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys):

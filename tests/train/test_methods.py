@@ -278,7 +278,10 @@ def test_loss_aware_backward_sets_the_gradient_nodes(data):
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"inference_refresh": -1}, "'inference_refresh' must be an int >= 0, received -1"),
+    ({"inference_refresh": -1}, "'inference_refresh' must be an int >= 0 or 'auto', "
+                                "received -1"),
+    ({"inference_refresh": "always"}, "'inference_refresh' must be an int >= 0 or 'auto', "
+                                      "received 'always'"),
     ({"inference_memory_mb": 0}, "'inference_memory_mb' must be a number > 0 or None, "
                                  "received 0"),
     ({"inference_memory_mb": 8, "inference_batch_size": 64},
@@ -301,7 +304,8 @@ def test_vq_inference_runs_in_batches_within_a_memory_budget(batches):
     result = trainer.fit()
     summary = result.vq_inference
     assert summary is not None and summary["batches"] == batches
-    assert summary["memory_budget_mb"] == budget and summary["refresh"] == 1
+    assert summary["memory_budget_mb"] == budget and summary["refresh"] == "auto"
+    assert summary["refresh_used"] in (0, 1) and set(summary["val_by_refresh"]) == {0, 1}
     assert 1 < summary["batch_size"] < data.num_nodes
     assert summary["num_batches"] >= data.num_nodes // summary["batch_size"]
     # The batch size was chosen so that one batch's measured peak fits the budget.
@@ -313,3 +317,65 @@ def test_vq_inference_runs_in_batches_within_a_memory_budget(batches):
         model(trainer.ctx.x[probe], trainer.graph, probe)
     assert meter.peak <= budget * 2**20
     assert result.test_vq is not None
+
+
+@pytest.mark.parametrize("winner", [0, 1])
+def test_auto_refresh_keeps_the_variant_with_the_better_validation_metric(monkeypatch,
+                                                                          winner):
+    """``inference_refresh='auto'`` runs VQ inference without and with the refresh pass and
+    keeps the outputs and assignments of the one that scores better on validation: the
+    scores are forced here, so both branches run."""
+    import vqgnn.train.methods as methods_module
+
+    data = load_dataset("synthetic:n=600,deg=6,features=8,classes=3")
+    model = VQGNN(8, 16, 3, 3, num_nodes=data.num_nodes, num_codewords=16,
+                  exact_first_layer=False)
+    trainer = Trainer(model, data, TrainConfig.create("vq", epochs=1, batch_size=128))
+    trainer.fit()
+    method = trainer.method
+    calls: list[int] = []
+
+    def forced(data_, out, mask):  # the first call scores refresh 0, the second refresh 1
+        calls.append(len(calls))
+        assert torch.equal(mask, trainer.ctx.masks["val"].cpu())
+        return 1.0 if len(calls) - 1 == winner else 0.0
+
+    monkeypatch.setattr(methods_module, "score", forced)
+    stale = model.assignments()
+    batches = method.inference_batches()
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = {refresh: model.vq_inference(trainer.ctx.x, trainer.graph, batches,
+                                            refresh=refresh) for refresh in (0, 1)}
+    refreshed = model.assignments()
+    assert any(not torch.equal(a, b) for a, b in zip(stale, refreshed))  # it re-assigns
+    model.load_state_dict(snapshot)
+    out = method.predict("vq")
+    assert len(calls) == 2
+    torch.testing.assert_close(out, expected[winner])
+    now = model.assignments()
+    for a, b in zip(now, stale if winner == 0 else refreshed):
+        assert torch.equal(a, b)
+    summary = method.inference_summary()
+    assert summary["refresh"] == "auto" and summary["refresh_used"] == winner
+    assert summary["val_by_refresh"] == {0: float(winner == 0), 1: float(winner == 1)}
+
+
+def test_restore_assignments_round_trips_and_checks_its_input():
+    data = load_dataset("synthetic:n=300,deg=6,features=8,classes=3")
+    model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16,
+                  exact_first_layer=False, residual=True, global_attention=True)
+    trainer = Trainer(model, data, TrainConfig.create("vq", epochs=1, batch_size=64))
+    trainer.fit()
+    saved = model.assignments()
+    assert len(saved) == len(model.quantized_layers)
+    for layer in model.quantized_layers:
+        layer.quantizer.assignment.random_(0, 16)
+    model.restore_assignments(saved)
+    for layer, codes in zip(model.quantized_layers, saved):
+        assert torch.equal(layer.quantizer.assignment, codes)
+    with pytest.raises(ConfigError, match=r"'saved' must hold one tensor per initialised "
+                                          r"quantized layer \(4\), received 1"):
+        model.restore_assignments(saved[:1])
+    with pytest.raises(ConfigError, match=r"each saved tensor must have shape \(300,\), "
+                                          r"received \(5,\)"):
+        model.restore_assignments([codes[:5] for codes in saved])

@@ -478,6 +478,31 @@ class VQGNN(torch.nn.Module):
         return saved
 
     @torch.no_grad()
+    def assignments(self) -> list[Tensor]:
+        """A copy of every initialised quantized layer's (N,) codeword assignments (in
+        :attr:`quantized_layers` order), for :meth:`restore_assignments`."""
+        return [layer.quantizer.assignment.clone() for layer in self.quantized_layers
+                if layer.initialized and layer.quantizer is not None]
+
+    @torch.no_grad()
+    def restore_assignments(self, saved: Sequence[Tensor]) -> None:
+        """Write back assignments copied by :meth:`assignments` (e.g. to undo a VQ
+        inference refresh); the attention layers' codeword counts follow."""
+        layers = [layer for layer in self.quantized_layers if layer.initialized]
+        if len(saved) != len(layers):
+            raise ConfigError(f"'{type(self).__name__}.restore_assignments': 'saved' must "
+                              f"hold one tensor per initialised quantized layer "
+                              f"({len(layers)}), received {len(saved)}")
+        nodes = torch.arange(self.num_nodes, device=saved[0].device) if saved else None
+        for layer, codes in zip(layers, saved):
+            assert nodes is not None
+            if codes.shape != (self.num_nodes,):
+                raise ConfigError(f"'{type(self).__name__}.restore_assignments': each "
+                                  f"saved tensor must have shape ({self.num_nodes},), "
+                                  f"received {tuple(codes.shape)}")
+            layer.write_assignments(nodes, codes, torch.ones_like(nodes, dtype=torch.bool))
+
+    @torch.no_grad()
     def prepare(self, x: Tensor, graph: VQGraph, batch_size: int = 4096, seed: int = 0,
                 progress: bool = False) -> None:
         """Before the first epoch: exact first layer, and k-means on every layer's inputs.

@@ -53,6 +53,7 @@ from vqgnn.batching.samplers import (
     metis_partition,
     part_batches,
 )
+from vqgnn.datasets.metrics import score
 from vqgnn.distributed import SingleProcess
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.models import VQGNN
@@ -143,7 +144,10 @@ class VQOptions(MethodOptions):
         inference_batches: ``'metis'`` (METIS parts: most neighbours of a batch are in it,
             so fewer messages go through the codebooks) or ``'random'``.
         inference_refresh: passes that re-assign every node by its eval-mode inputs before
-            the pass that predicts (:meth:`~vqgnn.nn.VQGNN.vq_batches`).
+            the pass that predicts (:meth:`~vqgnn.nn.VQGNN.vq_batches`), or ``'auto'``:
+            VQ inference without and with one refresh pass, keeping the one with the better
+            validation metric (the refresh helps on most graphs and hurts on some, e.g.
+            amherst41 with GCN; see the README). The record's ``vq_inference`` says which.
     """
 
     batch_size: int = 1024
@@ -154,7 +158,7 @@ class VQOptions(MethodOptions):
     inference_batch_size: Optional[int] = None
     inference_memory_mb: Optional[float] = None
     inference_batches: str = "metis"
-    inference_refresh: int = 1
+    inference_refresh: Union[int, str] = "auto"
 
     @classmethod
     def accepts(cls, key: str, values: dict[str, Any]) -> bool:
@@ -179,9 +183,10 @@ class VQOptions(MethodOptions):
                               f"({self.inference_batch_size!r}) or 'inference_memory_mb' "
                               f"({memory!r}), not both")
         refresh = self.inference_refresh
-        if not isinstance(refresh, int) or isinstance(refresh, bool) or refresh < 0:
-            raise ConfigError(f"'VQOptions': 'inference_refresh' must be an int >= 0, "
-                              f"received {refresh!r}")
+        if refresh != "auto" and (not isinstance(refresh, int) or isinstance(refresh, bool)
+                                  or refresh < 0):
+            raise ConfigError(f"'VQOptions': 'inference_refresh' must be an int >= 0 or "
+                              f"'auto', received {refresh!r}")
         if self.num_parts is not None and self.sampler != "metis":
             raise ConfigError(f"'VQOptions': 'num_parts' applies to sampler 'metis' only, "
                               f"received sampler {self.sampler!r} with num_parts "
@@ -556,6 +561,9 @@ class VQMethod(TrainingMethod):
         self._errors_fresh = False
         self._inference_batches: Optional[list[Tensor]] = None
         self._probed_size: Optional[int] = None
+        # What the last VQ inference used ('auto': the choice and its validation scores).
+        self._refresh_chosen: Optional[int] = None
+        self._refresh_scores: Optional[dict[int, float]] = None
 
     def prepare(self, init: bool) -> None:
         ctx, model = self.ctx, self.model
@@ -594,9 +602,36 @@ class VQMethod(TrainingMethod):
             # The exact pass also measures each codebook's message error on a fixed batch.
             self._errors_fresh = True
             return exact_predict(ctx, self.error_nodes)
+        refresh = self.options.inference_refresh
+        if refresh == "auto":
+            return self._auto_refresh()
+        self._refresh_chosen = int(refresh)
         return self.model.vq_inference(ctx.x, ctx.graph, self.inference_batches(),
-                                       refresh=self.options.inference_refresh,
-                                       progress=ctx.progress)
+                                       refresh=int(refresh), progress=ctx.progress)
+
+    def _auto_refresh(self) -> Tensor:
+        """``inference_refresh='auto'``: VQ inference as training left the assignments,
+        then with one refresh pass; the outputs (and assignments) of the one with the
+        better validation metric are kept (ties keep the refresh). Three passes over the
+        batches; memory as one VQ inference plus a copy of the (N,) assignments per layer."""
+        ctx, model = self.ctx, self.model
+        batches = self.inference_batches()
+        stale = model.assignments()
+        kept = model.vq_inference(ctx.x, ctx.graph, batches, refresh=0, progress=ctx.progress)
+        fresh = model.vq_inference(ctx.x, ctx.graph, batches, refresh=1, progress=ctx.progress)
+        val = ctx.masks["val"]
+        if not bool(val.any()):  # nothing to choose by: the refresh, as refresh=1
+            self._refresh_chosen = 1
+            return fresh
+        mask = val.cpu()
+        self._refresh_scores = {0: score(ctx.data, kept.cpu(), mask),
+                                1: score(ctx.data, fresh.cpu(), mask)}
+        if self._refresh_scores[0] > self._refresh_scores[1]:
+            model.restore_assignments(stale)
+            self._refresh_chosen = 0
+            return kept
+        self._refresh_chosen = 1
+        return fresh
 
     def inference_batches(self) -> list[Tensor]:
         """VQ inference's batches (cached): METIS parts or a random partition, of
@@ -622,6 +657,8 @@ class VQMethod(TrainingMethod):
         return {"batches": self.options.inference_batches, "num_batches": len(sizes),
                 "batch_size": self.inference_batch_size(), "max_batch_nodes": max(sizes),
                 "refresh": self.options.inference_refresh,
+                "refresh_used": self._refresh_chosen,
+                "val_by_refresh": self._refresh_scores,
                 "memory_budget_mb": self.options.inference_memory_mb}
 
     def inference_batch_size(self) -> int:
