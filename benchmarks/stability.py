@@ -46,6 +46,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     "batch-train": ("vq", {}, {"batch_nodes": "train"}, {}),
     "cluster": ("cluster", {}, {}, {}),
     "loss-aware": ("vq", {}, {"loss_aware_backward": True}, {}),
+    # The optimiser's side: the lr divided by the steps per epoch (an epoch moves the
+    # weights as far as full-graph training's one step), a cosine decay, clipping.
+    "lr-per-epoch": ("vq", {}, {"lr_per_epoch": True}, {}),
+    "cosine": ("vq", {}, {"lr_schedule": "cosine"}, {}),
+    "clip-1": ("vq", {}, {"grad_clip": 1.0}, {}),
+    # Is it the lr alone? lr-per-epoch's per-step lr as a constant, and full-graph
+    # training at the lr times the steps per epoch of Cora's batches (6).
+    "lr-0.002": ("vq", {}, {"lr": 0.002}, {}),
+    "full-lr-0.06": ("full", {}, {"lr": 0.06}, {}),
+    "cluster-lr-per-epoch": ("cluster", {}, {"lr_per_epoch": True}, {}),
 }
 
 

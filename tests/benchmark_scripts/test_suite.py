@@ -51,6 +51,13 @@ def test_run_key_ignores_options_at_their_defaults():
     other = {**record, "train_config": {**record["train_config"], "walk_length": 3}}
     assert grid.run_key(other) == grid.run_key(record)
     assert grid.run_key({**record, "seed": 2}) != grid.run_key(record)
+    # Selected by exact inference, how VQ inference ran is not part of the identity; selected
+    # by VQ inference, it is.
+    refresh = {**record, "train_config": {**record["train_config"], "inference_refresh": 1}}
+    assert grid.run_key(refresh) == grid.run_key(record)
+    by_vq = {**record, "train_config": {**record["train_config"], "inference": "vq"}}
+    assert grid.run_key({**by_vq, "train_config": {**by_vq["train_config"],
+                                                   "inference_refresh": 1}}) != grid.run_key(by_vq)
 
 
 @pytest.mark.skipif(not (SHARED / "planetoid").exists(), reason="needs ../shared/data")
@@ -77,6 +84,13 @@ def test_suite_on_cora_resumes_and_reports(results, capsys):
     again = capsys.readouterr().out
     assert again.count("done before, skipped") == 5
     assert len(records(path)) == 5
+    # A record of an earlier configuration of the preset stays in the file, out of the tables.
+    old = {**first[0], "train_config": {**first[0]["train_config"], "lr": 0.5}, "test": 0.0}
+    with path.open("a") as f:
+        f.write(json.dumps(old) + "\n")
+    grid.main([*argv, "--table-only"])
+    assert "| Cora | gcn | vq | 1 |" in (results / "suite.md").read_text()
+    assert "(5 runs," in capsys.readouterr().out
 
 
 def test_batch_preset(results, monkeypatch, capsys):
