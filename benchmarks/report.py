@@ -83,14 +83,29 @@ def accuracy_table(records: list[Record], methods: list[str]) -> list[str]:
     return lines
 
 
+def curve_figures(history: list[dict[str, Any]], after: int = 20) -> tuple[float, float]:
+    """(max drop below the running best after epoch ``after``, best - mean of the last 20
+    evaluations), in points."""
+    evals = [(h["epoch"], h["val"]) for h in history if h.get("val") is not None]
+    best, drop = -float("inf"), 0.0
+    for epoch, val in evals:
+        best = max(best, val)
+        if epoch > after:
+            drop = max(drop, best - val)
+    last = [v for _, v in evals[-20:]]
+    return 100 * drop, 100 * (max(v for _, v in evals) - statistics.mean(last))
+
+
 def suite_table(records: list[Record], methods: list[str]) -> list[str]:
     """Markdown, one row per dataset, backbone and method: test metric (mean ± std over
     runs), its difference to full-graph training, median epoch time, time to the best
     validation, set-up time (METIS, GraphSAINT's pre-sampling, k-means), peak training
-    memory, peak RSS and inference time (medians over runs)."""
+    memory, peak RSS and inference time (medians over runs), and the validation curve's
+    stability (:func:`curve_figures`: the largest fall below the running best after epoch
+    20, the best minus the mean of the last 20 evaluations; means over runs)."""
     head = ["dataset", "conv", "method", "runs", "test", "vs full", "epoch (s)",
             "time to best (s)", "set-up (s)", "train memory (MB)", "peak RSS (MB)",
-            "inference (s)"]
+            "inference (s)", "max drop after epoch 20", "last-20 gap"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {m: i for i, m in enumerate(methods)}
     groups = _group(records, "dataset", "conv", "method")
@@ -112,8 +127,22 @@ def suite_table(records: list[Record], methods: list[str]) -> list[str]:
             _mb(statistics.median(memory)) if memory else "-",
             _mb(_median(runs, "peak_rss_bytes")),
             f"{_median(runs, 'inference_seconds'):.2f}",
+            *_curve_columns(runs),
         ]) + " |")
     return lines
+
+
+def _curve_columns(runs: list[Record]) -> list[str]:
+    """The validation curve's stability (:func:`curve_figures`), mean over runs (and the
+    worst run's drop), in points; '-' for runs of at most 20 epochs."""
+    figures = [curve_figures(r["history"]) for r in runs
+               if len([h for h in r["history"] if h.get("val") is not None]) > 1
+               and r["history"][-1]["epoch"] > 20]
+    if not figures:
+        return ["-", "-"]
+    drop = _mean(f[0] for f in figures)
+    return [f"{drop:.1f} (worst {max(f[0] for f in figures):.1f})",
+            f"{_mean(f[1] for f in figures):.1f}"]
 
 
 def targets(records: list[Record]) -> list[str]:

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import grid  # noqa: E402
+from benchmarks.report import curve_figures  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
@@ -57,19 +58,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     "full-lr-0.06": ("full", {}, {"lr": 0.06}, {}),
     "cluster-lr-per-epoch": ("cluster", {}, {"lr_per_epoch": True}, {}),
 }
-
-
-def curve_figures(history: list[dict[str, Any]], after: int) -> tuple[float, float]:
-    """(max drop below the running best after epoch ``after``, best - mean of the last 20
-    evaluations), in points."""
-    evals = [(h["epoch"], h["val"]) for h in history if h.get("val") is not None]
-    best, drop = -float("inf"), 0.0
-    for epoch, val in evals:
-        best = max(best, val)
-        if epoch > after:
-            drop = max(drop, best - val)
-    last = [v for _, v in evals[-20:]]
-    return 100 * drop, 100 * (max(v for _, v in evals) - statistics.mean(last))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
