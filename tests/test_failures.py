@@ -373,8 +373,9 @@ def test_vq_inference_uses_training_sized_batches(monkeypatch):
 
     monkeypatch.setattr(model, "_forward", spy)
     trainer.predict("vq")
-    # Two passes over the same batches: the refresh, then the prediction.
-    assert max(sizes) == 64 and sum(sizes) == 2 * 300
+    # Three passes over the same batches ('auto'): the prediction as training left the
+    # assignments, the refresh, and the prediction after it.
+    assert max(sizes) == 64 and sum(sizes) == 3 * 300
 
 
 # ------------------------------------------------------ fault injection

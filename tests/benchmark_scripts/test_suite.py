@@ -27,6 +27,9 @@ def _helpers():
     return module
 
 
+DATASET_TINY = "synthetic:n=300,deg=6,features=8,classes=3"
+
+
 def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -310,3 +313,24 @@ def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys
     assert [attention.variant_of(r) for r in records] == list(attention.LR_PER_EPOCH_VARIANTS)
     assert all(r["train_config"]["lr_per_epoch"] is True for r in records)
     assert "VQ global, lr/S − exact global" in capsys.readouterr().out
+
+
+def test_defaults_benchmark_runs_the_cli_with_its_defaults_and_resumes(tmp_path, monkeypatch,
+                                                                       capsys):
+    from benchmarks import defaults
+
+    monkeypatch.setattr(defaults, "DATASETS", (("syn", DATASET_TINY, None),))
+    monkeypatch.setattr(defaults, "VARIANTS", (("defaults", ["--epochs", "2"]),
+                                               ("--dropout 0.5", ["--epochs", "2",
+                                                                  "--dropout", "0.5"])))
+    out = tmp_path / "d.jsonl"
+    defaults.main(["--out", str(out)])
+    written = records(out)
+    assert [(r["variant"], r["method"]) for r in written] == [
+        ("defaults", "vq"), ("defaults", "full"), ("--dropout 0.5", "vq"),
+        ("--dropout 0.5", "full")]
+    assert [r["model_config"]["dropout"] for r in written] == [0.2, 0.2, 0.5, 0.5]
+    printed = capsys.readouterr().out
+    assert printed.count(f"| {DATASET_TINY} | defaults |") == 2  # as it goes, and the table
+    defaults.main(["--out", str(out)])  # resumes: nothing new
+    assert len(records(out)) == 4

@@ -139,7 +139,9 @@ class VQGNN(torch.nn.Module):
             ``(in_channels, out_channels, layer_index) -> MessagePassing``.
         num_codewords: K per layer (a shortcut for ``codebook.num_codewords``).
         codebook: every codebook option (:class:`~vqgnn.quantize.CodebookOptions`).
-        dropout: dropout probability.
+        dropout: dropout probability (default 0.2: with 0.5, the codebooks quantize
+            inputs so noisy that VQ-GNN trails full-graph training by 2 points on Tolokers;
+            README, "Defaults").
         norm: None/``'none'``, ``'layer'``, ``'batch'``, a module or a factory
             (:func:`norm_factory`).
         act: an activation name (PyG's resolver) or a callable.
@@ -170,7 +172,7 @@ class VQGNN(torch.nn.Module):
         conv: Union[str, ConvFactory] = "gcn",
         num_codewords: Optional[int] = None,
         codebook: Optional[CodebookOptions] = None,
-        dropout: float = 0.5,
+        dropout: float = 0.2,
         norm: NormSpec = None,
         act: Union[str, Callable[[Tensor], Tensor]] = "relu",
         act_kwargs: Optional[dict[str, Any]] = None,

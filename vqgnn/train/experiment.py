@@ -44,7 +44,7 @@ class ModelConfig:
     conv: str = "gcn"
     hidden: int = 64
     layers: int = 2
-    dropout: float = 0.5
+    dropout: float = 0.2
     norm: str = "none"
     residual: bool = False
     exact_first_layer: bool = True
