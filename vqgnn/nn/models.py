@@ -495,9 +495,10 @@ class VQGNN(torch.nn.Module):
             raise ConfigError(f"'{type(self).__name__}.restore_assignments': 'saved' must "
                               f"hold one tensor per initialised quantized layer "
                               f"({len(layers)}), received {len(saved)}")
-        nodes = torch.arange(self.num_nodes, device=saved[0].device) if saved else None
+        if not saved:
+            return
+        nodes = torch.arange(self.num_nodes, device=saved[0].device)
         for layer, codes in zip(layers, saved):
-            assert nodes is not None
             if codes.shape != (self.num_nodes,):
                 raise ConfigError(f"'{type(self).__name__}.restore_assignments': each "
                                   f"saved tensor must have shape ({self.num_nodes},), "

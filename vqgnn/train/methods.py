@@ -613,7 +613,8 @@ class VQMethod(TrainingMethod):
         """``inference_refresh='auto'``: VQ inference as training left the assignments,
         then with one refresh pass; the outputs (and assignments) of the one with the
         better validation metric are kept (ties keep the refresh). Three passes over the
-        batches; memory as one VQ inference plus a copy of the (N,) assignments per layer."""
+        batches; memory as one VQ inference, plus the other variant's (N, C) outputs and a
+        copy of the (N,) assignments per layer until the choice."""
         ctx, model = self.ctx, self.model
         batches = self.inference_batches()
         stale = model.assignments()
