@@ -96,16 +96,48 @@ def curve_figures(history: list[dict[str, Any]], after: int = 20) -> tuple[float
     return 100 * drop, 100 * (max(v for _, v in evals) - statistics.mean(last))
 
 
+def time_to_value(record: Record, threshold: float) -> Optional[float]:
+    """Wall clock from the first epoch until the validation metric first reaches
+    ``threshold``: training plus evaluation seconds of every epoch up to it (set-up
+    excluded); None if it never does."""
+    elapsed = 0.0
+    for h in record["history"]:
+        elapsed += h["seconds"] + (h.get("eval_seconds") or 0.0)
+        if h.get("val") is not None and h["val"] >= threshold:
+            return elapsed
+    return None
+
+
+def time_to_full(runs: list[Record], full: Optional[list[Record]], fraction: float = 0.99
+                 ) -> str:
+    """Median over ``runs`` of :func:`time_to_value` at ``fraction`` of full-graph
+    training's best validation metric on the same split and seed; ``'not reached (k/n)'``
+    when some runs never get there."""
+    if not full:
+        return "-"
+    best = {(r["split"], r["seed"]): r["best_val"] for r in full}
+    times = [time_to_value(r, fraction * best[(r["split"], r["seed"])]) for r in runs
+             if (r["split"], r["seed"]) in best]
+    reached = [t for t in times if t is not None]
+    if not times:
+        return "-"
+    if len(reached) < len(times):
+        return f"not reached ({len(times) - len(reached)}/{len(times)})"
+    return f"{statistics.median(reached):.1f}"
+
+
 def suite_table(records: list[Record], methods: list[str]) -> list[str]:
     """Markdown, one row per dataset, backbone and method: test metric (mean ± std over
     runs), its difference to full-graph training, median epoch time, time to the best
     validation, set-up time (METIS, GraphSAINT's pre-sampling, k-means), peak training
     memory, peak RSS and inference time (medians over runs), and the validation curve's
     stability (:func:`curve_figures`: the largest fall below the running best after epoch
-    20, the best minus the mean of the last 20 evaluations; means over runs)."""
+    20, the best minus the mean of the last 20 evaluations; means over runs), and the time
+    to 99% of full-graph training's best validation metric (:func:`time_to_full`)."""
     head = ["dataset", "conv", "method", "runs", "test", "vs full", "epoch (s)",
             "time to best (s)", "set-up (s)", "train memory (MB)", "peak RSS (MB)",
-            "inference (s)", "max drop after epoch 20", "last-20 gap"]
+            "inference (s)", "max drop after epoch 20", "last-20 gap",
+            "time to 99% of full's best val (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {m: i for i, m in enumerate(methods)}
     groups = _group(records, "dataset", "conv", "method")
@@ -128,6 +160,7 @@ def suite_table(records: list[Record], methods: list[str]) -> list[str]:
             _mb(_median(runs, "peak_rss_bytes")),
             f"{_median(runs, 'inference_seconds'):.2f}",
             *_curve_columns(runs),
+            time_to_full(runs, full),
         ]) + " |")
     return lines
 
@@ -222,8 +255,9 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
-    """Validation metric against cumulative training time, one panel per dataset and
-    backbone, one line per method (the first run of each)."""
+    """Validation metric against cumulative wall clock (training plus evaluation), one
+    panel per dataset and backbone, one line per method (the first run of each), and a
+    dotted line at 99% of full-graph training's best validation metric."""
     firsts: dict[tuple, Record] = {}
     for r in records:
         firsts.setdefault((r["dataset"], r["conv"], r["method"]), r)
@@ -242,13 +276,16 @@ def plot_metric_vs_time(records: list[Record], path: Path) -> Optional[Path]:
             metric = r["metric"]
             elapsed, xs, ys = 0.0, [], []
             for h in r["history"]:
-                elapsed += h["seconds"]
+                elapsed += h["seconds"] + (h.get("eval_seconds") or 0.0)
                 if h["val"] is not None:
                     xs.append(elapsed)
                     ys.append(100 * h["val"])
             ax.plot(xs, ys, label=method)
+            if method == "full" and r.get("best_val") is not None:
+                ax.axhline(99 * r["best_val"], color="grey", linestyle=":", linewidth=1,
+                           label="99% of full's best")
         ax.set_title(f"{dataset} ({conv})")
-        ax.set_xlabel("training time (s)")
+        ax.set_xlabel("training + evaluation time (s)")
         ax.set_ylabel(f"validation {metric}")
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:

@@ -334,3 +334,22 @@ def test_defaults_benchmark_runs_the_cli_with_its_defaults_and_resumes(tmp_path,
     assert printed.count(f"| {DATASET_TINY} | defaults |") == 2  # as it goes, and the table
     defaults.main(["--out", str(out)])  # resumes: nothing new
     assert len(records(out)) == 4
+
+
+def test_time_to_full_counts_training_and_evaluation_until_the_threshold():
+    from benchmarks import report
+
+    def run(vals, method, best=None):
+        history = [{"epoch": e + 1, "seconds": 1.0, "val": v,
+                    "eval_seconds": None if v is None else 0.5} for e, v in enumerate(vals)]
+        return {"split": 0, "seed": 0, "method": method, "history": history,
+                "best_val": best if best is not None else max(v for v in vals if v)}
+
+    full = [run([0.5, 0.8, 1.0], "full")]
+    fast = run([None, 0.99, 0.7], "vq")  # 1 + 1 + 0.5 seconds to reach 0.99
+    assert report.time_to_value(fast, 0.99) == 2.5
+    assert report.time_to_full([fast], full) == "2.5"
+    slow = run([0.5, 0.9, 0.95], "sage")
+    assert report.time_to_value(slow, 0.99) is None
+    assert report.time_to_full([slow], full) == "not reached (1/1)"
+    assert report.time_to_full([fast], None) == "-"
