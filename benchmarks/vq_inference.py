@@ -219,21 +219,25 @@ def table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def summary(records: list[dict[str, Any]], refresh: Optional[str] = None) -> list[str]:
-    """One row per (dataset, conv, ``inference_refresh``; only ``refresh`` if given): the
+    """One row per (dataset, conv, ``inference_refresh``, dropout, K, epochs; only the
+    ``inference_refresh`` setting ``refresh`` if given): the
     library's VQ inference against exact inference. "refresh (used)": the setting and, per
     run, the passes it used ('auto' chooses 0 or 1 by the validation metric)."""
-    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in records:
         if "vq (trainer)" in r and (refresh is None
                                     or str(r.get("inference_refresh", 1)) == refresh):
             groups.setdefault((str(r["dataset"]).split(",seed")[0], r["conv"],
-                               r.get("inference_refresh", 1)), []).append(r)
-    lines = ["| dataset | nodes | conv | runs | VQ batches (size, number) | refresh (used) | "
+                               r.get("inference_refresh", 1), r["dropout"],
+                               r["num_codewords"], r["epochs"],
+                               r.get("inference_batch_size")), []).append(r)
+    lines = ["| dataset | nodes | conv | dropout | K | epochs | runs | VQ batches (size, number) "
+             "| refresh (used) | "
              "exact | VQ inference (trainer) | minus exact | within 1 pt | VQ as trained "
              "(contiguous, stale) | peak MB: VQ / exact layer-wise | METIS 4x batches + "
              "refresh |",
-             "|---|---:|---|---:|---|---|---:|---:|---:|---|---:|---|---:|"]
-    for (name, conv, setting), rs in groups.items():
+             "|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|---:|---|---:|"]
+    for (name, conv, setting, dropout, k, epochs, _), rs in groups.items():
         exact = statistics.mean(r["exact"] for r in rs)
         vq = statistics.mean(r["vq (trainer)"] for r in rs)
         old = statistics.mean(r["vq"] for r in rs)
@@ -243,7 +247,8 @@ def summary(records: list[dict[str, Any]], refresh: Optional[str] = None) -> lis
         peaks = (f"{statistics.mean(r['vq (trainer) peak MB'] for r in rs):.1f} / "
                  f"{statistics.mean(r['exact peak MB'] for r in rs):.1f}")
         used = "".join(str(r["vq (trainer) batches"].get("refresh_used", setting)) for r in rs)
-        lines.append(f"| {name} | {rs[0].get('num_nodes', '-')} | {conv} | {len(rs)} | "
+        lines.append(f"| {name} | {rs[0].get('num_nodes', '-')} | {conv} | {dropout:g} | {k} | "
+                     f"{epochs} | {len(rs)} | "
                      f"{b['batch_size']}, {b['num_batches']} | {setting} ({used}) | "
                      f"{exact:.2f} | {vq:.2f} | "
                      f"{vq - exact:+.2f} | {'yes' if abs(vq - exact) <= 1 else 'NO'} | "
@@ -260,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--conv", default="gcn")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--dropout", type=float, default=ModelConfig().dropout)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
