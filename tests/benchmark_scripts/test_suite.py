@@ -353,3 +353,18 @@ def test_time_to_full_counts_training_and_evaluation_until_the_threshold():
     assert report.time_to_value(slow, 0.99) is None
     assert report.time_to_full([slow], full) == "not reached (1/1)"
     assert report.time_to_full([fast], None) == "-"
+
+
+def test_inference_memory_script_measures_every_mode_with_the_bounded_init(tmp_path, capsys):
+    from benchmarks import inference_memory
+
+    out = tmp_path / "m.jsonl"
+    inference_memory.main(["--sizes", "500,1000", "--batch-size", "128", "--num-codewords",
+                           "8", "--init-nodes", "100", "--out", str(out), "--plot",
+                           str(tmp_path / "m.png")])
+    written = records(out)
+    assert {(r["num_nodes"], r["mode"]) for r in written} == {
+        (n, m) for n in (500, 1000) for m in inference_memory.MODES}
+    assert all(r["status"] == "ok" and r["peak_bytes"] > 0 and r["init_nodes"] == 100
+               for r in written)
+    assert "| 1,000 |" in capsys.readouterr().out

@@ -435,3 +435,54 @@ def test_reassign_rejects_inputs_of_the_wrong_shape(data):
     model.prepare(data.x, graph)
     with pytest.raises(ConfigError, match=r"'VQConv.reassign': 'x' must have shape \(b, 8\)"):
         model.layers[0].reassign(torch.arange(4), torch.randn(4, 3))
+
+
+# ------------------------------------------------------------------ bounded initialisation
+def test_bounded_init_of_every_node_equals_the_exact_init(data):
+    """With the exact first layer, a two-layer model's second-layer inputs are exact in any
+    batch: the bounded init over all N nodes (sorted) gives the exact init's codebook."""
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    exact, bounded = build(data), build(data)
+    exact.prepare(data.x, graph, 64, seed=3)
+    bounded.prepare(data.x, graph, 64, seed=3, init_nodes=data.num_nodes)
+    q_exact, q_bounded = exact.layers[1].quantizer, bounded.layers[1].quantizer
+    torch.testing.assert_close(q_bounded.codebook.embed, q_exact.codebook.embed,
+                               rtol=1e-4, atol=1e-5)
+    assert (q_bounded.assignment == q_exact.assignment).float().mean() > 0.99
+
+
+def test_bounded_init_from_a_sample_initialises_every_layer_and_trains(data):
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model = VQGNN(data.num_features, 16, 3, 3, num_nodes=data.num_nodes, num_codewords=8,
+                  exact_first_layer=False)
+    model.prepare(data.x, graph, 64, init_nodes=50)
+    assert all(layer.initialized for layer in model.quantized_layers)
+    for layer in model.quantized_layers:  # every node assigned to its nearest codeword
+        q = layer.quantizer
+        assert q.assignment.unique().numel() > 1
+    model.eval()
+    expected = model.layers[0].reassign(torch.arange(data.num_nodes),
+                                        data.x).codes  # the first layer reads x itself
+    assert torch.equal(model.layers[0].quantizer.assignment.long(), expected.long())
+    with pytest.raises(ConfigError, match="'init_nodes' must be an int >= 1 or None, "
+                                          "received 0"):
+        model.prepare(data.x, graph, 64, init_nodes=0)
+
+
+def test_bounded_init_memory_does_not_grow_with_the_graph():
+    """At a fixed batch and sample, the bounded init's peak tensor memory stays within
+    1.1x from 2,000 to 20,000 nodes; the exact init's grows with N."""
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    peaks = {}
+    for n in (2000, 20000):
+        data = load_dataset(f"synthetic:n={n},deg=6,features=8,classes=3")
+        graph = VQGraph(data.edge_index, n)
+        model = VQGNN(8, 32, 3, 3, num_nodes=n, num_codewords=16, exact_first_layer=False)
+        with TensorMemoryMeter() as exact:
+            model.prepare(data.x, graph, 256)  # also builds the graph's cached operators
+        with TensorMemoryMeter() as bounded:
+            model.prepare(data.x, graph, 256, init_nodes=512)
+        peaks[n] = (bounded.peak, exact.peak)
+    assert peaks[20000][0] <= 1.1 * peaks[2000][0], peaks
+    assert peaks[20000][1] >= 5 * peaks[2000][1], peaks

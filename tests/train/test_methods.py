@@ -287,6 +287,7 @@ def test_loss_aware_backward_sets_the_gradient_nodes(data):
     ({"inference_memory_mb": 8, "inference_batch_size": 64},
      r"give 'inference_batch_size' \(64\) or 'inference_memory_mb' \(8\), not both"),
     ({"inference_batches": "bfs"}, "'inference_batches' must be one of"),
+    ({"init_nodes": 0}, "'init_nodes' must be an int >= 1 or None, received 0"),
 ])
 def test_vq_inference_options_are_checked(options, match):
     with pytest.raises(ConfigError, match=match):
@@ -379,3 +380,20 @@ def test_restore_assignments_round_trips_and_checks_its_input():
     with pytest.raises(ConfigError, match=r"each saved tensor must have shape \(300,\), "
                                           r"received \(5,\)"):
         model.restore_assignments([codes[:5] for codes in saved])
+
+
+def test_init_nodes_reach_the_bounded_codebook_init(monkeypatch, data):
+    """``init_nodes`` (``--init-nodes``) initialises the codebooks from that many nodes'
+    inputs (VQGNN.prepare's bounded path), and training runs from there."""
+    seen = []
+    prepare = VQGNN.prepare
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("init_nodes"))
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(VQGNN, "prepare", spy)
+    model = VQGNN(data.num_features, 16, 3, 3, num_nodes=data.num_nodes, num_codewords=8)
+    result = Trainer(model, data, _config("vq", epochs=2, init_nodes=100)).fit()
+    assert seen == [100] and result.epochs_run == 2
+    assert all(layer.initialized for layer in model.quantized_layers if layer.has_codebook)

@@ -103,6 +103,10 @@ def backbone_factory(name: str, heads: int = 4) -> ConvFactory:
     raise ConfigError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
 
 
+class _StopForward(Exception):
+    """Ends a forward pass once the inputs it was run for are captured."""
+
+
 class VQGNN(torch.nn.Module):
     r"""A multi-layer GNN whose every convolution is a :class:`VQConv`.
 
@@ -507,13 +511,34 @@ class VQGNN(torch.nn.Module):
 
     @torch.no_grad()
     def prepare(self, x: Tensor, graph: VQGraph, batch_size: int = 4096, seed: int = 0,
-                progress: bool = False) -> None:
+                progress: bool = False, init_nodes: Optional[int] = None) -> None:
         """Before the first epoch: exact first layer, and k-means on every layer's inputs.
 
-        Every layer's inputs are computed by exact layer-wise inference with the
+        By default every layer's inputs are computed by exact layer-wise inference with the
         current weights (in eval mode); each codebook is initialised by k-means on them
         and every node assigned (gradient halves at their mean until the first update).
+        That holds every node's layer inputs at once: O(N * hidden) memory.
+
+        With ``init_nodes``, memory is bounded by the batch, ``init_nodes`` and K instead,
+        whatever N is: block by block, k-means runs on the layer inputs of ``init_nodes``
+        random nodes (sorted), computed by one VQ forward of those nodes (the blocks below
+        already quantized: exact for a two-layer model with an exact first layer), then
+        every node is assigned by its inputs in VQ passes over batches of ``batch_size``
+        nodes (:meth:`~vqgnn.nn.QuantizedLayer.reassign`). One pass over the nodes per
+        block with a codebook.
+
+        Args:
+            x: (N, F) inputs of all nodes.
+            graph: the full graph.
+            batch_size: nodes per chunk (exact) or per batch (``init_nodes``).
+            seed: k-means seeds (and the node sample's).
+            progress: a progress bar.
+            init_nodes: nodes whose layer inputs the k-means sees (None: all, exactly).
         """
+        if init_nodes is not None and (not isinstance(init_nodes, int)
+                                       or isinstance(init_nodes, bool) or init_nodes < 1):
+            raise ConfigError(f"'{type(self).__name__}.prepare': 'init_nodes' must be an int "
+                              f">= 1 or None, received {init_nodes!r}")
         if self.exact_first_layer:
             self.layers[0].set_constant_input(x, graph)
 
@@ -527,9 +552,55 @@ class VQGNN(torch.nn.Module):
         was_training = self.training
         self.eval()
         try:
-            self._layerwise(x, graph, batch_size, progress, before_layer=init)
+            if init_nodes is None:
+                self._layerwise(x, graph, batch_size, progress, before_layer=init)
+            else:
+                self._bounded_init(x, graph, batch_size, seed, progress, init_nodes)
         finally:
             self.train(was_training)
+
+    def _bounded_init(self, x: Tensor, graph: VQGraph, batch_size: int, seed: int,
+                      progress: bool, init_nodes: int) -> None:
+        """:meth:`prepare` with ``init_nodes``: memory bounded by the batch and K."""
+        n = graph.num_nodes
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"'{type(self).__name__}': 'batch_size' must be an int >= 1, "
+                              f"received {batch_size!r}")
+        generator = torch.Generator().manual_seed(seed)
+        sample = torch.randperm(n, generator=generator)[:init_nodes].sort().values.to(x.device)
+        for i in range(self.num_layers):
+            layers = [(layer, seed + i + j * self.num_layers) for j, layer in
+                      enumerate((self.layers[i], self.attention(i)))
+                      if layer is not None and layer.has_codebook]
+            if not layers:
+                continue
+            inputs = self._inputs_at(i, x, graph, sample)
+            for layer, layer_seed in layers:
+                layer.init_codebook(inputs, node_idx=sample, seed=layer_seed)
+            del inputs
+            bar = tqdm(range(0, n, batch_size), desc=f"codebook init (block {i})",
+                       disable=not progress, leave=False)
+            for start in bar:
+                batch = torch.arange(start, min(start + batch_size, n), device=x.device)
+                inputs = self._inputs_at(i, x, graph, batch)
+                for layer, _ in layers:
+                    layer.reassign(batch, inputs)
+
+    def _inputs_at(self, i: int, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
+        """(b, D) block ``i``'s convolution inputs of ``batch`` by a VQ forward through the
+        blocks below it (the blocks from ``i`` on are not run)."""
+        captured: list[Tensor] = []
+
+        def capture(j: int, conv_in: Tensor) -> None:
+            if j == i:
+                captured.append(conv_in)
+                raise _StopForward
+
+        try:
+            self._forward(x[batch], graph, batch, before_layer=capture)
+        except _StopForward:
+            pass
+        return captured[0]
 
     @torch.no_grad()
     def set_loss_nodes(self, mask: Optional[Tensor], graph: VQGraph) -> None:

@@ -148,6 +148,10 @@ class VQOptions(MethodOptions):
             VQ inference without and with one refresh pass, keeping the one with the better
             validation metric (the refresh helps on most graphs and hurts on some, e.g.
             amherst41 with GCN; see the README). The record's ``vq_inference`` says which.
+        init_nodes: initialise the codebooks by k-means on the layer inputs of this many
+            random nodes, with memory bounded by the batch and K
+            (:meth:`~vqgnn.nn.VQGNN.prepare`); None: exact layer-wise inputs of every
+            node (O(N * hidden) memory at set-up).
     """
 
     batch_size: int = 1024
@@ -159,6 +163,7 @@ class VQOptions(MethodOptions):
     inference_memory_mb: Optional[float] = None
     inference_batches: str = "metis"
     inference_refresh: Union[int, str] = "auto"
+    init_nodes: Optional[int] = None
 
     @classmethod
     def accepts(cls, key: str, values: dict[str, Any]) -> bool:
@@ -172,6 +177,7 @@ class VQOptions(MethodOptions):
         self._check_int("num_parts", optional=True)
         self._check_choice("batch_nodes", BATCH_NODES)
         self._check_int("inference_batch_size", optional=True)
+        self._check_int("init_nodes", optional=True)
         self._check_choice("inference_batches", INFERENCE_BATCHES)
         memory = self.inference_memory_mb
         if memory is not None and (not isinstance(memory, (int, float)) or isinstance(
@@ -569,7 +575,7 @@ class VQMethod(TrainingMethod):
         ctx, model = self.ctx, self.model
         if init:
             model.prepare(ctx.x, ctx.graph, ctx.eval_batch_size, seed=ctx.seed,
-                          progress=ctx.progress)
+                          progress=ctx.progress, init_nodes=self.options.init_nodes)
         elif model.exact_first_layer:
             model.layers[0].set_constant_input(ctx.x, ctx.graph)
         if self.options.loss_aware_backward:
