@@ -368,3 +368,24 @@ def test_inference_memory_script_measures_every_mode_with_the_bounded_init(tmp_p
     assert all(r["status"] == "ok" and r["peak_bytes"] > 0 and r["init_nodes"] == 100
                for r in written)
     assert "| 1,000 |" in capsys.readouterr().out
+
+
+def test_codebook_size_benchmark_varies_k_and_depth_and_resumes(tmp_path, capsys):
+    from benchmarks import codebook_size
+
+    out = tmp_path / "k.jsonl"
+    argv = ["--dataset", DATASET_TINY, "--ks", "4,8", "--layers-for-k", "2", "--layers", "1,2",
+            "--k-for-layers", "8", "--epochs", "2", "--out", str(out), "--plot",
+            str(tmp_path / "k.png")]
+    codebook_size.main(argv)
+    written = records(out)
+    # K 4 and 8 at 2 blocks, then (vq, full) at 1 block; (vq, K 8, 2 blocks) is not repeated.
+    assert [(r["method"], r["model_config"]["codebook"]["num_codewords"],
+             r["model_config"]["layers"]) for r in written] == [
+        ("vq", 4, 2), ("vq", 8, 2), ("vq", 8, 1), ("full", 8, 1), ("full", 8, 2)]
+    assert all(r["model_config"]["ffn"] for r in written)
+    printed = capsys.readouterr().out
+    assert "| 4 |" in printed and "| quantized layers |" in printed
+    assert (tmp_path / "k.png").stat().st_size > 5_000
+    codebook_size.main(argv)  # resumes: nothing new
+    assert len(records(out)) == 5
