@@ -24,13 +24,16 @@ kernel at 22.8 GB resident).
 
 A mode whose projected peak (linear in N from the previous size) exceeds ``--memory-gb``
 is not run at that size and says so; one that runs out of memory is recorded as such.
-One record per (N, mode) in ``--out``; sizes already there are skipped (resumable).
+One record per (N, mode) in ``--out``; modes already there are skipped (resumable). Each
+size runs in a child process: one the kernel kills (out of memory) is recorded as such.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
+from vqgnn.train.records import append_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("vq", "exact layer-wise", "exact full-graph")
@@ -55,7 +59,12 @@ def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def measure(n: int, args: argparse.Namespace, skip: set[str]) -> list[dict[str, Any]]:
+def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]
+            ) -> list[dict[str, Any]]:
+    """Build the graph and model of size ``n`` and measure every mode not in ``done``
+    (those in ``skip`` are recorded as not run); each record is appended to ``args.out``
+    as soon as it exists, after a ``'started'`` one, so that a process killed in a mode
+    (the kernel's out-of-memory killer) leaves that mode marked."""
     torch.manual_seed(0)
     start = time.perf_counter()
     data = load_dataset(f"synthetic:n={n},deg={args.deg:g}", seed=0)
@@ -65,6 +74,9 @@ def measure(n: int, args: argparse.Namespace, skip: set[str]) -> list[dict[str, 
     model.prepare(data.x, graph, args.batch_size, init_nodes=args.init_nodes)
     setup = time.perf_counter() - start
     batches = list(torch.randperm(n).split(args.batch_size))
+    # What one VQ batch holds grows with its in-edges: on a power-law graph the hubs, and
+    # so the largest batch's edges, grow with N.
+    max_batch_edges = max(int(graph.in_degree[b].sum()) for b in batches)
 
     def vq() -> None:
         for _batch, _out in model.vq_batches(data.x, graph, batches):
@@ -80,11 +92,16 @@ def measure(n: int, args: argparse.Namespace, skip: set[str]) -> list[dict[str, 
         record: dict[str, Any] = {"num_nodes": n, "num_edges": int(data.edge_index.size(1)),
                                   "mode": mode, "batch_size": args.batch_size,
                                   "num_codewords": args.num_codewords, "setup_seconds": setup,
-                                  "init_nodes": args.init_nodes}
+                                  "init_nodes": args.init_nodes,
+                                  "max_batch_edges": max_batch_edges}
+        if mode in done:
+            continue
         if mode in skip:
             record["status"] = f"not run: projected above --memory-gb {args.memory_gb:g}"
+            append_record(args.out, record)
             records.append(record)
             continue
+        append_record(args.out, {**record, "status": "started"})
         gc.collect()
         try:
             with torch.no_grad(), TensorMemoryMeter() as meter:
@@ -95,9 +112,17 @@ def measure(n: int, args: argparse.Namespace, skip: set[str]) -> list[dict[str, 
                           seconds=time.perf_counter() - began)
         except (RuntimeError, MemoryError) as err:  # an allocation that does not fit
             record.update(status=f"failed: {str(err).splitlines()[0][:200]}")
+        append_record(args.out, record)
         records.append(record)
         print(json.dumps(record), flush=True)
     return records
+
+
+def outcome(records: list[dict[str, Any]], n: int, mode: str) -> Optional[dict[str, Any]]:
+    """The last record of (n, mode): its result, or ``'started'`` for a mode whose process
+    ended without one."""
+    found = [r for r in records if r["num_nodes"] == n and r["mode"] == mode]
+    return found[-1] if found else None
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -140,6 +165,45 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def run_size(n: int, args: argparse.Namespace, argv: Optional[list[str]]) -> None:
+    """Measure size ``n`` in a child process, unless every mode has a result. A child
+    killed by a signal (SIGKILL: on Linux, the kernel's out-of-memory killer) gets its
+    unfinished mode recorded as killed, and the modes after it as not run."""
+    records = read(args.out)
+    missing = [m for m in MODES if (o := outcome(records, n, m)) is None
+               or o["status"] == "started"]
+    if not missing:
+        return
+    previous: dict[str, tuple[int, int]] = {}
+    for r in records:  # the largest measured size of each mode, for the projection
+        if r["status"] == "ok" and r["num_nodes"] < n:
+            previous[r["mode"]] = max(previous.get(r["mode"], (0, 0)),
+                                      (r["num_nodes"], r["peak_bytes"]))
+    skip = [mode for mode, (m, peak) in previous.items()
+            if peak * n / m > args.memory_gb * 2**30]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--sizes", str(n),
+               "--deg", str(args.deg), "--batch-size", str(args.batch_size),
+               "--num-codewords", str(args.num_codewords), "--out", str(args.out),
+               "--skip", ",".join(skip),
+               *(["--init-nodes", str(args.init_nodes)] if args.init_nodes else [])]
+    code = subprocess.run(command).returncode
+    if code == 0:
+        return
+    records = read(args.out)
+    unfinished = [m for m in MODES if (o := outcome(records, n, m)) is None
+                  or o["status"] == "started"]
+    for i, mode in enumerate(unfinished):
+        started = outcome(records, n, mode)
+        status = (("killed by signal " + str(-code) + (" (SIGKILL: on Linux, the kernel's "
+                   "out-of-memory killer)" if code == -signal.SIGKILL else ""))
+                  if code < 0 else f"failed: exit status {code}")
+        if i > 0 or started is None:
+            status = f"not run: the process ended in an earlier mode ({status})"
+        base = started or {"num_nodes": n, "mode": mode, "batch_size": args.batch_size,
+                           "num_codewords": args.num_codewords, "init_nodes": args.init_nodes}
+        append_record(args.out, {**base, "status": status})
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000,10000000")
@@ -155,25 +219,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "inference_memory.jsonl")
     parser.add_argument("--plot", type=Path, default=RESULTS / "inference_memory.png")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--skip", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:  # one size, in a process of its own (see below)
+        n = int(args.sizes)
+        records = read(args.out)
+        done = {m for m in MODES if (o := outcome(records, n, m)) and o["status"] != "started"}
+        measure(n, args, set(args.skip.split(",")) if args.skip else set(), done)
+        return
     if not args.table_only:
-        done = {r["num_nodes"] for r in read(args.out)}
-        previous: dict[str, tuple[int, int]] = {}
-        for r in read(args.out):
-            if r["status"] == "ok":
-                previous[r["mode"]] = max(previous.get(r["mode"], (0, 0)),
-                                          (r["num_nodes"], r["peak_bytes"]))
         for n in sorted(int(s) for s in args.sizes.split(",")):
-            if n in done:
-                continue
-            skip = {mode for mode, (m, peak) in previous.items()
-                    if peak * n / m > args.memory_gb * 2**30}
-            for r in measure(n, args, skip):
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(r) + "\n")
-                if r["status"] == "ok":
-                    previous[r["mode"]] = (n, r["peak_bytes"])
-    records = read(args.out)
+            run_size(n, args, argv)
+    records = [r for r in read(args.out) if r["status"] != "started"]
     print(table(records))
     if records:
         plot(records, args.plot)
