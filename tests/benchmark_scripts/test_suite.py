@@ -413,3 +413,13 @@ def test_codebook_size_benchmark_varies_k_and_depth_and_resumes(tmp_path, capsys
     assert (tmp_path / "k.png").stat().st_size > 5_000
     codebook_size.main(argv)  # resumes: nothing new
     assert len(records(out)) == 5
+
+
+def test_batch_edges_counts_the_edges_inside_metis_batches(capsys):
+    from benchmarks import batch_edges
+
+    whole = batch_edges.inside_fraction(DATASET_TINY, 300)  # one batch: every edge inside
+    halves = batch_edges.inside_fraction(DATASET_TINY, 150)
+    assert whole == 1.0 and 0.0 < halves < 1.0
+    batch_edges.main([f"{DATASET_TINY}:150"])
+    assert f"| {DATASET_TINY} | 150 | {100 * halves:.1f}% |" in capsys.readouterr().out

@@ -1,0 +1,51 @@
+"""How many of a graph's edges stay inside VQ inference's METIS batches.
+
+VQ inference computes a batch exactly within itself and sends every message from outside
+the batch through the codebooks, so the fraction of edges inside the batches says how much
+of the graph its error can touch. For each ``dataset:batch_size`` pair, the graph is split
+into METIS parts of about that many nodes (as :class:`~vqgnn.train.VQMethod` does for VQ
+inference) and the fraction of directed edges whose endpoints share a part is printed.
+
+Usage:
+    python benchmarks/batch_edges.py \\
+        synthetic:n=100000,deg=20,signal=0.3:2048 synthetic:n=100000,deg=20,signal=0.3:8192 \\
+        synthetic:n=1000000,deg=10,signal=0.3:32768
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqgnn.batching.samplers import metis_partition  # noqa: E402
+from vqgnn.datasets import load_dataset  # noqa: E402
+
+
+def inside_fraction(name: str, batch_size: int, root: Optional[str] = None,
+                    seed: int = 0) -> float:
+    """Fraction of ``name``'s directed edges inside METIS parts of ``batch_size`` nodes."""
+    data = load_dataset(name, root=root, seed=seed)
+    n = data.num_nodes
+    parts = metis_partition(data.edge_index, n, -(-n // batch_size), seed=seed)
+    src, dst = data.edge_index
+    return float((parts[src] == parts[dst]).float().mean())
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("pairs", nargs="+", help="dataset:batch_size")
+    parser.add_argument("--root", default=None)
+    args = parser.parse_args(argv)
+    print("| dataset | batch size | edges inside a batch |\n|---|---:|---:|")
+    for pair in args.pairs:
+        name, _, size = pair.rpartition(":")
+        fraction = inside_fraction(name, int(size), args.root)
+        print(f"| {name} | {int(size):,} | {100 * fraction:.1f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
