@@ -205,8 +205,14 @@ def prepare_root(preset: DatasetPreset, data_root: Optional[str], ogb_root: Opti
     if data_root is None:
         raise SystemExit(f"grid.py: error: {preset.name} needs --data-root (or "
                          f"$VQGNN_DATA_ROOT): the folder holding {preset.family}/")
-    source = Path(data_root) / preset.family
-    target = RESULTS / "data" / preset.family
+    return copy_root(Path(data_root) / preset.family)
+
+
+def copy_root(source: Path) -> str:
+    """A copy of the dataset folder ``source`` under ``RESULTS/data``, made once: PyG
+    processes a dataset beside its ``raw/`` files, and the source stays as it is (it may be
+    shared or read-only)."""
+    target = RESULTS / "data" / source.name
     if not target.exists():
         if not source.exists():
             raise FileNotFoundError(f"grid: no dataset folder {source} (see --data-root)")

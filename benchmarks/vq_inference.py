@@ -55,6 +55,7 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import grid  # noqa: E402
 from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.batching.samplers import metis_partition, part_batches  # noqa: E402
 from vqgnn.cli import refresh_passes  # noqa: E402
@@ -120,7 +121,9 @@ def run_key_of(record: dict[str, Any]) -> tuple[Any, ...]:
 
 def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
     split, seed = (run, 0) if args.vary == "split" else (0, run)
-    data = load_dataset(args.dataset, root=args.root, split=split, seed=seed)
+    # A copy of the data folder (processing writes beside raw/): the source stays.
+    root = grid.copy_root(Path(args.root)) if args.root else None
+    data = load_dataset(args.dataset, root=root, split=split, seed=seed)
     model_cfg = ModelConfig(conv=args.conv, hidden=args.hidden, layers=args.layers,
                             dropout=args.dropout,
                             codebook=CodebookOptions(num_codewords=args.num_codewords))
