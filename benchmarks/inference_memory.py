@@ -47,16 +47,14 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
-from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.records import append_record, read_records  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("vq", "exact layer-wise", "exact full-graph")
 
 
 def read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path) if path.exists() else []
 
 
 def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]
@@ -125,6 +123,12 @@ def outcome(records: list[dict[str, Any]], n: int, mode: str) -> Optional[dict[s
     return found[-1] if found else None
 
 
+def unfinished(records: list[dict[str, Any]], n: int) -> list[str]:
+    """The modes of size ``n`` without a result (none, or only ``'started'``)."""
+    return [m for m in MODES if (o := outcome(records, n, m)) is None
+            or o["status"] == "started"]
+
+
 def table(records: list[dict[str, Any]]) -> str:
     sizes = sorted({r["num_nodes"] for r in records})
     lines = ["| nodes | " + " | ".join(f"{m} (MB)" for m in MODES) + " |",
@@ -165,14 +169,12 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def run_size(n: int, args: argparse.Namespace, argv: Optional[list[str]]) -> None:
+def run_size(n: int, args: argparse.Namespace) -> None:
     """Measure size ``n`` in a child process, unless every mode has a result. A child
     killed by a signal (SIGKILL: on Linux, the kernel's out-of-memory killer) gets its
     unfinished mode recorded as killed, and the modes after it as not run."""
     records = read(args.out)
-    missing = [m for m in MODES if (o := outcome(records, n, m)) is None
-               or o["status"] == "started"]
-    if not missing:
+    if not unfinished(records, n):
         return
     previous: dict[str, tuple[int, int]] = {}
     for r in records:  # the largest measured size of each mode, for the projection
@@ -190,9 +192,7 @@ def run_size(n: int, args: argparse.Namespace, argv: Optional[list[str]]) -> Non
     if code == 0:
         return
     records = read(args.out)
-    unfinished = [m for m in MODES if (o := outcome(records, n, m)) is None
-                  or o["status"] == "started"]
-    for i, mode in enumerate(unfinished):
+    for i, mode in enumerate(unfinished(records, n)):
         started = outcome(records, n, mode)
         status = (("killed by signal " + str(-code) + (" (SIGKILL: on Linux, the kernel's "
                    "out-of-memory killer)" if code == -signal.SIGKILL else ""))
@@ -224,13 +224,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.child:  # one size, in a process of its own (see below)
         n = int(args.sizes)
-        records = read(args.out)
-        done = {m for m in MODES if (o := outcome(records, n, m)) and o["status"] != "started"}
+        done = set(MODES) - set(unfinished(read(args.out), n))
         measure(n, args, set(args.skip.split(",")) if args.skip else set(), done)
         return
     if not args.table_only:
         for n in sorted(int(s) for s in args.sizes.split(",")):
-            run_size(n, args, argv)
+            run_size(n, args)
     records = [r for r in read(args.out) if r["status"] != "started"]
     print(table(records))
     if records:
