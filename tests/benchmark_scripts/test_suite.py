@@ -391,7 +391,8 @@ def test_inference_memory_records_a_size_whose_process_the_kernel_kills(tmp_path
     assert final["vq"].startswith("killed by signal 9 (SIGKILL")
     assert final["exact layer-wise"].startswith("not run: the process ended in an earlier mode")
     assert final["exact full-graph"].startswith("not run")
-    inference_memory.main(["--sizes", "700", "--out", str(out), "--table-only"])  # resumable
+    inference_memory.main(["--sizes", "700", "--out", str(out), "--table-only", "--plot",
+                           str(tmp_path / "m.png")])  # resumable
 
 
 def test_codebook_size_benchmark_varies_k_and_depth_and_resumes(tmp_path, capsys):
