@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import grid  # noqa: E402
-from vqgnn.cli import main as vqgnn_main  # noqa: E402
+from vqgnn.cli import run as vqgnn_run  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
 
 #: (key, what the user types as --dataset, the suite preset whose data folder it reads;
@@ -36,20 +36,12 @@ def run(dataset: str, root: Optional[str], extra: list[str]) -> list[dict[str, A
     """One ``vqgnn train`` command (vq then full); its two records."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "r.jsonl"
-        code = vqgnn_main_code(["train", "--dataset", dataset,
+        code = vqgnn_run(["train", "--dataset", dataset,
                                 *(["--root", root] if root else []), "--method", "vq,full",
                                 "--quiet", "--json", str(path), *extra])
         if code != 0:
             raise SystemExit(f"defaults.py: vqgnn train exited {code}")
         return read_records(path)
-
-
-def vqgnn_main_code(argv: list[str]) -> int:
-    try:
-        vqgnn_main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -57,8 +57,7 @@ def read(path: Path) -> list[dict[str, Any]]:
     return read_records(path) if path.exists() else []
 
 
-def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]
-            ) -> list[dict[str, Any]]:
+def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) -> None:
     """Build the graph and model of size ``n`` and measure every mode not in ``done``
     (those in ``skip`` are recorded as not run); each record is appended to ``args.out``
     as soon as it exists, after a ``'started'`` one, so that a process killed in a mode
@@ -85,7 +84,6 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]
         "exact layer-wise": lambda: model.inference(data.x, graph, args.batch_size),
         "exact full-graph": lambda: model(data.x, graph),
     }
-    records = []
     for mode, run in runs.items():
         record: dict[str, Any] = {"num_nodes": n, "num_edges": int(data.edge_index.size(1)),
                                   "mode": mode, "batch_size": args.batch_size,
@@ -97,7 +95,6 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]
         if mode in skip:
             record["status"] = f"not run: projected above --memory-gb {args.memory_gb:g}"
             append_record(args.out, record)
-            records.append(record)
             continue
         append_record(args.out, {**record, "status": "started"})
         gc.collect()
@@ -111,9 +108,7 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]
         except (RuntimeError, MemoryError) as err:  # an allocation that does not fit
             record.update(status=f"failed: {str(err).splitlines()[0][:200]}")
         append_record(args.out, record)
-        records.append(record)
         print(json.dumps(record), flush=True)
-    return records
 
 
 def outcome(records: list[dict[str, Any]], n: int, mode: str) -> Optional[dict[str, Any]]:

@@ -105,18 +105,25 @@ def refresh(model: VQGNN, x: Tensor, graph: VQGraph, codewords: bool, chunk: int
     model._layerwise(x, graph, chunk, False, before_layer=layer_inputs)
 
 
-def run_key(args: argparse.Namespace, split: int, seed: int) -> tuple[Any, ...]:
-    """What identifies a run: a record with the same key is not measured again."""
-    return (args.dataset, args.root is not None, split, seed, args.conv, args.epochs,
-            args.batch_size, args.num_codewords, args.dropout, args.inference_batch_size,
-            str(args.inference_refresh), args.quick)
+#: The record fields that identify a run: a record with the same values is not measured
+#: again.
+RUN_KEY = ("arg_dataset", "arg_root", "split", "seed", "conv", "epochs", "batch_size",
+           "num_codewords", "dropout", "inference_batch_size", "inference_refresh", "quick")
 
 
-def run_key_of(record: dict[str, Any]) -> tuple[Any, ...]:
-    return (record.get("arg_dataset"), record.get("arg_root"), record["split"],
-            record["seed"], record["conv"], record["epochs"], record["batch_size"],
-            record["num_codewords"], record["dropout"], record.get("inference_batch_size"),
-            str(record.get("inference_refresh", 1)), record.get("quick"))
+def run_fields(args: argparse.Namespace, split: int, seed: int) -> dict[str, Any]:
+    """The :data:`RUN_KEY` fields of the run ``(split, seed)`` of ``args`` (its record
+    holds them)."""
+    return {"arg_dataset": args.dataset, "arg_root": args.root is not None, "split": split,
+            "seed": seed, "conv": args.conv, "epochs": args.epochs,
+            "batch_size": args.batch_size, "num_codewords": args.num_codewords,
+            "dropout": args.dropout, "inference_batch_size": args.inference_batch_size,
+            "inference_refresh": args.inference_refresh, "quick": args.quick}
+
+
+def run_key(fields: dict[str, Any]) -> tuple[str, ...]:
+    """A run's identity from its record (or :func:`run_fields`)."""
+    return tuple(str(fields.get(k)) for k in RUN_KEY)
 
 
 def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
@@ -167,14 +174,8 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
         "vq metis 4x refreshed": lambda m: m.vq_inference(x, graph, metis_4x()),
     }
     record: dict[str, Any] = {"dataset": data.name if hasattr(data, "name") else args.dataset,
-                              "num_nodes": n, "dropout": args.dropout,
-                              "split": split, "seed": seed, "metric": data.metric,
-                              "batch_size": args.batch_size, "num_codewords": args.num_codewords,
-                              "conv": args.conv, "epochs": args.epochs,
-                              "inference_batch_size": args.inference_batch_size,
-                              "inference_refresh": args.inference_refresh,
-                              "arg_dataset": args.dataset, "arg_root": args.root is not None,
-                              "quick": args.quick,
+                              "num_nodes": n, "metric": data.metric,
+                              **run_fields(args, split, seed),
                               "exact": metric(model.inference(x, graph, args.batch_size))}
     trained = copy.deepcopy(model.state_dict())  # refreshing variants change assignments
     if args.quick:  # only the VQ inference as trained and as the trainer runs it (and the
@@ -294,8 +295,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     records = []
     for run in range(args.runs):
         split, seed = (run, 0) if args.vary == "split" else (0, run)
-        key = run_key(args, split, seed)
-        if any(run_key_of(r) == key for r in done):  # resumable: a finished run is kept
+        if run_key(run_fields(args, split, seed)) in {run_key(r) for r in done}:  # resumable
             print(f"run {run}: done before, skipped", flush=True)
             continue
         record = measure(args, run)

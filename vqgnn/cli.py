@@ -448,10 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The ``vqgnn`` command: exits with :func:`run`'s status."""
+    sys.exit(run(argv))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one ``vqgnn`` command line and return its exit status (``EXIT_*``; argparse's
+    2 for a usage error), printing what the command prints."""
     from vqgnn.distributed import DistributedError
     from vqgnn.errors import ConfigError, DivergenceError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a usage error, or --help
+        return int(exit_.code or 0)
     prefix = f"vqgnn {args.command}"
     try:
         code = args.func(args)
@@ -481,4 +491,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"\n{prefix}: interrupted{f' while training {method}' if method else ''}"
               f"{where}{kept}", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    sys.exit(code)
+    return code

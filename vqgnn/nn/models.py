@@ -332,12 +332,15 @@ class VQGNN(torch.nn.Module):
             h = self._after_conv(i, h, z)
         return self._output(h)
 
-    def _layerwise(self, x: Tensor, graph: VQGraph, batch_size: int, progress: bool,
-                   before_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
-        """Exact outputs of all nodes, one layer at a time over chunks of nodes."""
+    def _check_batch_size(self, batch_size: Any) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"'{type(self).__name__}': 'batch_size' must be an int >= 1, "
                               f"received {batch_size!r}")
+
+    def _layerwise(self, x: Tensor, graph: VQGraph, batch_size: int, progress: bool,
+                   before_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
+        """Exact outputs of all nodes, one layer at a time over chunks of nodes."""
+        self._check_batch_size(batch_size)
         n = graph.num_nodes
         h = x if self.lin_in is None else torch.cat(
             [self._input(x[s:s + batch_size]) for s in range(0, n, batch_size)])
@@ -563,9 +566,7 @@ class VQGNN(torch.nn.Module):
                       progress: bool, init_nodes: int) -> None:
         """:meth:`prepare` with ``init_nodes``: memory bounded by the batch and K."""
         n = graph.num_nodes
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"'{type(self).__name__}': 'batch_size' must be an int >= 1, "
-                              f"received {batch_size!r}")
+        self._check_batch_size(batch_size)
         generator = torch.Generator().manual_seed(seed)
         sample = torch.randperm(n, generator=generator)[:init_nodes].sort().values.to(x.device)
         for i in range(self.num_layers):
