@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,14 +28,27 @@ from vqgnn.batching.samplers import metis_partition  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 
 
+def edges_inside(edge_index: Tensor, part: Tensor) -> float:
+    """Fraction of the directed edges whose endpoints share a part (``part``: (N,) label)."""
+    src, dst = edge_index
+    return float((part[src] == part[dst]).float().mean())
+
+
+def batch_labels(batches: Sequence[Tensor], num_nodes: int) -> Tensor:
+    """(N,) index of the batch holding each node, for batches that partition the nodes."""
+    part = torch.full((num_nodes,), -1, dtype=torch.long)
+    for i, batch in enumerate(batches):
+        part[batch.cpu()] = i
+    return part
+
+
 def inside_fraction(name: str, batch_size: int, root: Optional[str] = None,
                     seed: int = 0) -> float:
     """Fraction of ``name``'s directed edges inside METIS parts of ``batch_size`` nodes."""
     data = load_dataset(name, root=root, seed=seed)
     n = data.num_nodes
-    parts = metis_partition(data.edge_index, n, -(-n // batch_size), seed=seed)
-    src, dst = data.edge_index
-    return float((parts[src] == parts[dst]).float().mean())
+    return edges_inside(data.edge_index,
+                        metis_partition(data.edge_index, n, -(-n // batch_size), seed=seed))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

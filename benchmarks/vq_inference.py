@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import grid  # noqa: E402
+from benchmarks.batch_edges import batch_labels, edges_inside  # noqa: E402
 from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.batching.samplers import metis_partition, part_batches  # noqa: E402
 from vqgnn.cli import refresh_passes  # noqa: E402
@@ -108,7 +109,8 @@ def refresh(model: VQGNN, x: Tensor, graph: VQGraph, codewords: bool, chunk: int
 #: The record fields that identify a run: a record with the same values is not measured
 #: again.
 RUN_KEY = ("arg_dataset", "arg_root", "split", "seed", "conv", "epochs", "batch_size",
-           "num_codewords", "dropout", "inference_batch_size", "inference_refresh", "quick")
+           "num_codewords", "dropout", "inference_batch_size", "inference_refresh", "quick",
+           "sweep_batch_sizes")
 
 
 def run_fields(args: argparse.Namespace, split: int, seed: int) -> dict[str, Any]:
@@ -118,7 +120,9 @@ def run_fields(args: argparse.Namespace, split: int, seed: int) -> dict[str, Any
             "seed": seed, "conv": args.conv, "epochs": args.epochs,
             "batch_size": args.batch_size, "num_codewords": args.num_codewords,
             "dropout": args.dropout, "inference_batch_size": args.inference_batch_size,
-            "inference_refresh": args.inference_refresh, "quick": args.quick}
+            "inference_refresh": args.inference_refresh, "quick": args.quick,
+            # absent from records before the sweep existed: None, as without one
+            "sweep_batch_sizes": args.sweep_batch_sizes or None}
 
 
 def run_key(fields: dict[str, Any]) -> tuple[str, ...]:
@@ -192,6 +196,22 @@ def measure(args: argparse.Namespace, run: int) -> dict[str, Any]:
         record["vq (trainer)"] = metric(trainer.predict("vq"))
     record["vq (trainer) peak MB"] = meter.peak / 2**20
     record["vq (trainer) batches"] = trainer.method.inference_summary()
+    # The same trained model by the trainer's VQ inference at other batch sizes: the
+    # accuracy/memory trade-off of the batch (fewer messages through the codebooks).
+    sweep: dict[str, dict[str, Any]] = {}
+    for size in args.sweep_batch_sizes or ():
+        model.load_state_dict(trained)
+        trainer.method.set_inference(inference_batch_size=size)  # type: ignore[attr-defined]
+        with TensorMemoryMeter() as meter:
+            value = metric(trainer.predict("vq"))
+        batches = trainer.method.inference_summary()
+        sweep[str(size)] = {"test": value, "peak MB": meter.peak / 2**20, "batches": batches,
+                            "edges inside": edges_inside(data.edge_index, batch_labels(
+                                trainer.method.inference_batches(), n))}  # type: ignore[attr-defined]
+        print(f"sweep {size}: {value:.2f} (exact {record['exact']:.2f}), "
+              f"{meter.peak / 2**20:.1f} MB", flush=True)
+    if sweep:
+        record["vq sweep"] = sweep
     with TensorMemoryMeter() as meter:
         model.eval()
         model.inference(x, graph, args.batch_size)
@@ -260,6 +280,48 @@ def summary(records: list[dict[str, Any]], refresh: Optional[str] = None) -> lis
     return lines
 
 
+def positive_ints(text: str) -> list[int]:
+    """``--sweep-batch-sizes``: comma-separated ints >= 1."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, received "
+                                         f"{text!r}")
+    return values
+
+
+def sweep_summary(records: list[dict[str, Any]]) -> list[str]:
+    """One row per (dataset, conv, K, epochs, swept batch size) of the records with a
+    ``--sweep-batch-sizes`` sweep: VQ inference of the same trained models at that batch
+    size against exact inference, with the edges inside a batch and the peak memory."""
+    groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for r in records:
+        for size, point in r.get("vq sweep", {}).items():
+            groups.setdefault((str(r["dataset"]).split(",seed")[0], r["conv"],
+                               r["num_codewords"], r["epochs"], int(size)), []).append(
+                (r, point))
+    if not groups:
+        return []
+    lines = ["| dataset | conv | K | epochs | runs | VQ batches (size, number) | edges inside "
+             "a batch | refresh used per run | exact | VQ inference | minus exact | "
+             "within 1 pt | peak MB: VQ / exact layer-wise |",
+             "|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|---|"]
+    for (name, conv, k, epochs, size), pairs in sorted(groups.items()):
+        exact = statistics.mean(r["exact"] for r, _ in pairs)
+        vq = statistics.mean(p["test"] for _, p in pairs)
+        inside = statistics.mean(p["edges inside"] for _, p in pairs)
+        used = ", ".join(str(p["batches"]["refresh_used"]) for _, p in pairs)
+        peaks = (f"{statistics.mean(p['peak MB'] for _, p in pairs):.1f} / "
+                 f"{statistics.mean(r['exact peak MB'] for r, _ in pairs):.1f}")
+        lines.append(f"| {name} | {conv} | {k} | {epochs} | {len(pairs)} | {size}, "
+                     f"{pairs[0][1]['batches']['num_batches']} | {100 * inside:.1f}% | {used} | "
+                     f"{exact:.2f} | {vq:.2f} | {vq - exact:+.2f} | "
+                     f"{'yes' if abs(vq - exact) <= 1 else 'NO'} | {peaks} |")
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="synthetic:n=100000,deg=20,signal=0.3")
@@ -280,6 +342,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                              "--batch-size)")
     parser.add_argument("--inference-refresh", type=refresh_passes, default="auto",
                         help="the trainer's VQ inference refresh: passes or 'auto'")
+    parser.add_argument("--sweep-batch-sizes", type=positive_ints, default=None,
+                        help="also run the trainer's VQ inference of each trained model at "
+                             "these batch sizes (comma-separated), with its peak memory")
     parser.add_argument("--out", type=Path, default=RESULTS / "vq_inference.jsonl")
     parser.add_argument("--quick", action="store_true",
                         help="skip the diagnostic variants (for large graphs)")
@@ -291,6 +356,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     done = read_records(args.out) if args.out.exists() else []
     if args.summary:
         print("\n".join(summary(done, args.summary_refresh)))
+        sweep = sweep_summary(done)
+        if sweep:
+            print("\nVQ inference of the same models at other batch sizes "
+                  "(--sweep-batch-sizes):\n" + "\n".join(sweep))
         return
     records = []
     for run in range(args.runs):

@@ -305,6 +305,35 @@ def test_vq_inference_diagnostics_measure_every_variant(tmp_path, capsys):
     assert len(row) == 1 and f"| auto ({used}) |" in row[0]
 
 
+def test_vq_inference_sweep_evaluates_the_trained_model_at_other_batch_sizes(tmp_path, capsys):
+    from benchmarks import vq_inference
+
+    out = tmp_path / "v.jsonl"
+    args = ["--dataset", "synthetic:n=600,deg=6,features=8,classes=3", "--epochs", "2",
+            "--batch-size", "128", "--num-codewords", "8", "--hidden", "16", "--quick",
+            "--inference-batch-size", "128", "--out", str(out)]
+    vq_inference.main([*args, "--sweep-batch-sizes", "300,600"])
+    record = json.loads(out.read_text().splitlines()[0])
+    sweep = record["vq sweep"]
+    assert sorted(sweep) == ["300", "600"]
+    assert sweep["300"]["batches"]["batch_size"] == 300
+    assert sweep["300"]["batches"]["num_batches"] == 2
+    assert 0.0 < sweep["300"]["edges inside"] < 1.0
+    # One batch of every node: no message passes through a codebook, so VQ inference is
+    # exact inference (the same trained weights).
+    assert sweep["600"]["edges inside"] == 1.0
+    assert sweep["600"]["test"] == pytest.approx(record["exact"], abs=1e-6)
+    # A run without the sweep is another run; the summary prints the sweep's rows.
+    vq_inference.main(args)
+    assert len(out.read_text().splitlines()) == 2
+    vq_inference.main(["--summary", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| 600, 1 | 100.0% |" in printed and "| 300, 2 |" in printed
+    with pytest.raises(SystemExit):
+        vq_inference.main([*args, "--sweep-batch-sizes", "0,5"])
+    assert "expected comma-separated ints >= 1, received '0,5'" in capsys.readouterr().err
+
+
 def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys):
     attention = _tiny_attention_benchmark(monkeypatch)
     out = tmp_path / "att.jsonl"

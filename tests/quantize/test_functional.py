@@ -91,6 +91,32 @@ def test_nearest_codeword_chunked_equals_brute_force(device, chunk_size):
     assert torch.equal(nearest_codeword(x, codewords, chunk_size=chunk_size), expected)
 
 
+def test_nearest_codeword_chunks_by_distances_too(monkeypatch):
+    # 10 distances per chunk with K = 6: one row per chunk, whatever chunk_size says.
+    monkeypatch.setattr(F, "SEARCH_ENTRIES", 10)
+    gen = torch.Generator().manual_seed(2)
+    x, codewords = torch.randn(20, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    expected = torch.cdist(x, codewords).argmin(dim=1)
+    calls = []
+    argmin = torch.Tensor.argmin
+    monkeypatch.setattr(torch.Tensor, "argmin",
+                        lambda self, *a, **k: calls.append(self.shape) or argmin(self, *a, **k))
+    out = nearest_codeword(x, codewords, chunk_size=1000)
+    assert torch.equal(out, expected)
+    assert calls == [torch.Size([1, 6])] * 20
+
+
+def test_nearest_codeword_memory_is_bounded_by_the_distance_chunk():
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    x, codewords = torch.randn(32768, 8), torch.randn(1024, 8)
+    with TensorMemoryMeter() as meter:
+        nearest_codeword(x, codewords)
+    # Unchunked: a (32768, 1024) float32 matrix, 128 MiB. Now one chunk's 2^22 distances
+    # (16 MiB) at a time, beside the (32768,) int64 output and the small argmins.
+    assert meter.peak < 1.1 * (4 * F.SEARCH_ENTRIES + 32768 * 8)
+
+
 @pytest.mark.parametrize("x_shape, v_shape", [((5,), (3, 5)), ((4, 2), (3, 5)), ((4, 2), (2,))])
 def test_nearest_codeword_rejects_bad_shapes(x_shape, v_shape):
     with pytest.raises(ValueError, match=r"nearest_codeword expects x of shape \(N, D\)"):

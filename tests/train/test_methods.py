@@ -320,6 +320,26 @@ def test_vq_inference_runs_in_batches_within_a_memory_budget(batches):
     assert result.test_vq is not None
 
 
+def test_set_inference_changes_the_batches_of_a_trained_method():
+    data = load_dataset("synthetic:n=1000,deg=6,features=8,classes=3")
+    model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16)
+    trainer = Trainer(model, data, TrainConfig.create("vq", epochs=1, batch_size=256,
+                                                      inference_batches="random"))
+    trainer.fit()
+    method = trainer.method
+    assert [b.numel() for b in method.inference_batches()] == [256, 256, 256, 232]
+    method.set_inference(inference_batch_size=500, inference_refresh=0)
+    assert [b.numel() for b in method.inference_batches()] == [500, 500]
+    trainer.predict("vq")
+    assert method.inference_summary()["refresh_used"] == 0
+    # The options are validated again; a training option cannot be changed this way.
+    with pytest.raises(ConfigError, match="'inference_batch_size' must be an int >= 1"):
+        method.set_inference(inference_batch_size=0)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['batch_size'\]"):
+        method.set_inference(batch_size=64)
+    assert method.options.inference_batch_size == 500 and method.options.batch_size == 256
+
+
 @pytest.mark.parametrize("winner", [0, 1])
 def test_auto_refresh_keeps_the_variant_with_the_better_validation_metric(monkeypatch,
                                                                           winner):

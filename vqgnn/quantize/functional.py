@@ -63,17 +63,24 @@ def laplace_smoothing(counts: Tensor, eps: float) -> Tensor:
     return (counts + eps) / (total + counts.numel() * eps) * total
 
 
+# Most entries of one chunk's (rows, K) distance matrix in the nearest-codeword search
+# (16 MB of float32): a VQ inference batch of 32,768 nodes against K = 1,024 codewords held
+# two 134 MB matrices at once, five times the rest of the batch's inference.
+SEARCH_ENTRIES = 1 << 22
+
+
 @fp32
 def nearest_codeword(x: Tensor, codewords: Tensor, chunk_size: int = 65536) -> Tensor:
     r"""Index of the nearest codeword (squared Euclidean) for every row of ``x``.
 
-    Computed as :math:`\|x\|^2 - 2 x V^\top + \|v\|^2` in chunks of ``chunk_size``
-    rows, so that memory stays :math:`O(\text{chunk} \cdot K)` for any number of rows.
+    Computed as :math:`\|x\|^2 - 2 x V^\top + \|v\|^2` in chunks of at most
+    ``chunk_size`` rows and at most ``SEARCH_ENTRIES`` (2^22) distances, so that memory
+    stays :math:`O(\min(\text{chunk} \cdot K, 2^{22}))` for any number of rows.
 
     Args:
         x: (N, D) vectors.
         codewords: (K, D) codewords.
-        chunk_size: rows per chunk (>= 1).
+        chunk_size: most rows per chunk (>= 1).
 
     Returns:
         (N,) int64 indices into ``codewords``.
@@ -93,11 +100,13 @@ def nearest_codeword(x: Tensor, codewords: Tensor, chunk_size: int = 65536) -> T
     codewords = codewords.float()
     v_sq = codewords.pow(2).sum(dim=1)  # (K,)
     out = torch.empty(x.size(0), dtype=torch.long, device=x.device)
-    for start in range(0, x.size(0), chunk_size):
-        chunk = x[start : start + chunk_size]  # (n, D)
+    rows = max(1, min(chunk_size, SEARCH_ENTRIES // max(1, codewords.size(0))))
+    for start in range(0, x.size(0), rows):
+        chunk = x[start : start + rows]  # (n, D)
         # ||x||^2 is constant per row and does not change the argmin.
-        dist = v_sq.unsqueeze(0) - 2.0 * chunk @ codewords.t()  # (n, K)
-        out[start : start + chunk_size] = dist.argmin(dim=1)
+        dist = torch.addmm(v_sq.unsqueeze(0), chunk, codewords.t(), alpha=-2.0)  # (n, K)
+        out[start : start + rows] = dist.argmin(dim=1)
+        del dist  # before the next chunk's is made: one (rows, K) matrix at a time
     return out
 
 

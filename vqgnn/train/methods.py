@@ -640,6 +640,27 @@ class VQMethod(TrainingMethod):
         self._refresh_chosen = 1
         return fresh
 
+    #: The options :meth:`set_inference` may change after training.
+    INFERENCE_OPTIONS = ("inference_batch_size", "inference_memory_mb", "inference_batches",
+                         "inference_refresh")
+
+    def set_inference(self, **changes: Any) -> None:
+        """Change VQ inference's options (``inference_batch_size``, ``inference_memory_mb``,
+        ``inference_batches``, ``inference_refresh``) of a set-up method, e.g. to evaluate
+        one trained model at several batch sizes; the cached batches are dropped.
+
+        Example:
+            >>> trainer.method.set_inference(inference_batch_size=65536)
+            >>> out = trainer.predict("vq")
+        """
+        unknown = sorted(set(changes) - set(self.INFERENCE_OPTIONS))
+        if unknown:
+            raise ConfigError(f"'VQMethod.set_inference': unknown option(s) {unknown}; "
+                              f"expected some of {list(self.INFERENCE_OPTIONS)}")
+        self.options = replace(self.options, **changes)  # validated again
+        self._inference_batches = None
+        self._probed_size = None
+
     def inference_batches(self) -> list[Tensor]:
         """VQ inference's batches (cached): METIS parts or a random partition, of
         :meth:`inference_batch_size` nodes."""
