@@ -4,6 +4,13 @@ Usage:
     python benchmarks/inference_memory.py --sizes 10000,100000,1000000,10000000 \
         --init-nodes 65536
     python benchmarks/inference_memory.py --table-only
+    python benchmarks/inference_memory.py --power 10 --modes "vq,exact layer-wise" \
+        --init-nodes 65536 --out benchmarks/results/inference_memory_flat.jsonl \
+        --plot benchmarks/results/inference_memory_flat.png
+
+``--power`` sets the degrees' power-law exponent (2.5 by default: hubs whose degree grows
+with N, so the largest batch's in-edges do too; 10: nearly uniform degrees). ``--modes``
+measures only some modes.
 
 For each size N a synthetic graph (average degree 10, 32 features) and a VQ-GNN (GCN, 3
 layers, 64 hidden, K = 256, prepared: k-means codebooks) are built, then one inference of
@@ -53,8 +60,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("vq", "exact layer-wise", "exact full-graph")
 
 
-def read(path: Path) -> list[dict[str, Any]]:
-    return read_records(path) if path.exists() else []
+def read(path: Path, power: float = 2.5) -> list[dict[str, Any]]:
+    """The records of ``path`` for graphs of power-law exponent ``power`` (records from
+    before ``--power`` existed: 2.5)."""
+    records = read_records(path) if path.exists() else []
+    return [r for r in records if r.get("power", 2.5) == power]
 
 
 def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) -> None:
@@ -64,7 +74,7 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) ->
     (the kernel's out-of-memory killer) leaves that mode marked."""
     torch.manual_seed(0)
     start = time.perf_counter()
-    data = load_dataset(f"synthetic:n={n},deg={args.deg:g}", seed=0)
+    data = load_dataset(f"synthetic:n={n},deg={args.deg:g},power={args.power:g}", seed=0)
     graph = VQGraph(data.edge_index, n)
     model = VQGNN(data.num_features, 64, 3, data.num_classes, num_nodes=n,
                   num_codewords=args.num_codewords).eval()
@@ -74,6 +84,7 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) ->
     # What one VQ batch holds grows with its in-edges: on a power-law graph the hubs, and
     # so the largest batch's edges, grow with N.
     max_batch_edges = max(int(graph.in_degree[b].sum()) for b in batches)
+    max_degree = int(graph.in_degree.max())
 
     def vq() -> None:
         for _batch, _out in model.vq_batches(data.x, graph, batches):
@@ -89,8 +100,9 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) ->
                                   "mode": mode, "batch_size": args.batch_size,
                                   "num_codewords": args.num_codewords, "setup_seconds": setup,
                                   "init_nodes": args.init_nodes,
-                                  "max_batch_edges": max_batch_edges}
-        if mode in done:
+                                  "max_batch_edges": max_batch_edges,
+                                  "max_degree": max_degree, "power": args.power}
+        if mode in done or mode not in args.modes:
             continue
         if mode in skip:
             record["status"] = f"not run: projected above --memory-gb {args.memory_gb:g}"
@@ -118,9 +130,10 @@ def outcome(records: list[dict[str, Any]], n: int, mode: str) -> Optional[dict[s
     return found[-1] if found else None
 
 
-def unfinished(records: list[dict[str, Any]], n: int) -> list[str]:
-    """The modes of size ``n`` without a result (none, or only ``'started'``)."""
-    return [m for m in MODES if (o := outcome(records, n, m)) is None
+def unfinished(records: list[dict[str, Any]], n: int,
+               modes: tuple[str, ...] = MODES) -> list[str]:
+    """The ``modes`` of size ``n`` without a result (none, or only ``'started'``)."""
+    return [m for m in modes if (o := outcome(records, n, m)) is None
             or o["status"] == "started"]
 
 
@@ -168,8 +181,8 @@ def run_size(n: int, args: argparse.Namespace) -> None:
     """Measure size ``n`` in a child process, unless every mode has a result. A child
     killed by a signal (SIGKILL: on Linux, the kernel's out-of-memory killer) gets its
     unfinished mode recorded as killed, and the modes after it as not run."""
-    records = read(args.out)
-    if not unfinished(records, n):
+    records = read(args.out, args.power)
+    if not unfinished(records, n, args.modes):
         return
     previous: dict[str, tuple[int, int]] = {}
     for r in records:  # the largest measured size of each mode, for the projection
@@ -179,15 +192,16 @@ def run_size(n: int, args: argparse.Namespace) -> None:
     skip = [mode for mode, (m, peak) in previous.items()
             if peak * n / m > args.memory_gb * 2**30]
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--sizes", str(n),
-               "--deg", str(args.deg), "--batch-size", str(args.batch_size),
+               "--deg", str(args.deg), "--power", str(args.power),
+               "--modes", ",".join(args.modes), "--batch-size", str(args.batch_size),
                "--num-codewords", str(args.num_codewords), "--out", str(args.out),
                "--skip", ",".join(skip),
                *(["--init-nodes", str(args.init_nodes)] if args.init_nodes else [])]
     code = subprocess.run(command).returncode
     if code == 0:
         return
-    records = read(args.out)
-    for i, mode in enumerate(unfinished(records, n)):
+    records = read(args.out, args.power)
+    for i, mode in enumerate(unfinished(records, n, args.modes)):
         started = outcome(records, n, mode)
         status = (("killed by signal " + str(-code) + (" (SIGKILL: on Linux, the kernel's "
                    "out-of-memory killer)" if code == -signal.SIGKILL else ""))
@@ -199,10 +213,27 @@ def run_size(n: int, args: argparse.Namespace) -> None:
         append_record(args.out, {**base, "status": status})
 
 
+def modes_list(text: str) -> tuple[str, ...]:
+    """``--modes``: comma-separated names from :data:`MODES`."""
+    modes = tuple(m.strip() for m in text.split(","))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"expected modes among {', '.join(MODES)}; "
+                                         f"received {text!r}")
+    return modes
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000,10000000")
     parser.add_argument("--deg", type=float, default=10.0)
+    parser.add_argument("--power", type=float, default=2.5,
+                        help="power-law exponent of the degrees (2.5: hubs that grow with N; "
+                             "10: nearly uniform degrees, the largest about N^(1/9) times "
+                             "the smallest propensity)")
+    parser.add_argument("--modes", type=modes_list, default=MODES,
+                        help="comma-separated modes to measure (default: all of "
+                             + ", ".join(MODES) + ")")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--num-codewords", type=int, default=256)
     parser.add_argument("--init-nodes", type=int, default=None,
@@ -219,13 +250,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.child:  # one size, in a process of its own (see below)
         n = int(args.sizes)
-        done = set(MODES) - set(unfinished(read(args.out), n))
+        done = set(MODES) - set(unfinished(read(args.out, args.power), n))
         measure(n, args, set(args.skip.split(",")) if args.skip else set(), done)
         return
     if not args.table_only:
         for n in sorted(int(s) for s in args.sizes.split(",")):
             run_size(n, args)
-    records = [r for r in read(args.out) if r["status"] != "started"]
+    records = [r for r in read(args.out, args.power) if r["status"] != "started"]
     print(table(records))
     if records:
         plot(records, args.plot)

@@ -399,6 +399,30 @@ def test_inference_memory_script_measures_every_mode_with_the_bounded_init(tmp_p
     assert "| 1,000 |" in capsys.readouterr().out
 
 
+def test_inference_memory_power_and_modes_make_a_series_of_their_own(tmp_path, capsys):
+    from benchmarks import inference_memory
+
+    out = tmp_path / "m.jsonl"
+    common = ["--sizes", "2000", "--batch-size", "128", "--num-codewords", "8",
+              "--init-nodes", "100", "--out", str(out), "--plot", str(tmp_path / "m.png")]
+    inference_memory.main([*common, "--modes", "vq"])  # power 2.5: hubs
+    inference_memory.main([*common, "--modes", "vq,exact layer-wise", "--power", "10"])
+    written = [r for r in records(out) if r["status"] != "started"]
+    assert sorted((r["power"], r["mode"]) for r in written) == [
+        (2.5, "vq"), (10.0, "exact layer-wise"), (10.0, "vq")]
+    hubs, flat = (next(r for r in written if r["power"] == p and r["mode"] == "vq")
+                  for p in (2.5, 10.0))
+    assert flat["max_degree"] < hubs["max_degree"]
+    # Each series' table holds its own records only: power 10 has no full-graph figure.
+    capsys.readouterr()
+    inference_memory.main([*common, "--power", "10", "--table-only"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if "| 2,000 |" in line)
+    assert row.endswith("| - |")
+    with pytest.raises(SystemExit):
+        inference_memory.main([*common, "--modes", "vq,exact"])
+    assert "expected modes among vq, exact layer-wise" in capsys.readouterr().err
+
+
 def test_inference_memory_records_a_size_whose_process_the_kernel_kills(tmp_path, monkeypatch):
     """A child process killed in a mode (as the out-of-memory killer does) leaves that mode
     recorded as killed and the later ones as not run; nothing is lost or invented."""
