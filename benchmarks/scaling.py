@@ -48,14 +48,23 @@ def command(n: int, method: str, json_path: str, args: argparse.Namespace) -> li
     takes = method_class(method).Options.option_names()
     own = [flag for name, flag, value in (
         ("batch_size", "--batch-size", args.batch_size),
-        ("saint_coverage", "--saint-coverage", args.saint_coverage)) if name in takes
-        for flag in (flag, str(value))]
+        ("saint_coverage", "--saint-coverage", args.saint_coverage),
+        ("init_nodes", "--init-nodes", args.init_nodes)) if name in takes
+        and value is not None for flag in (flag, str(value))]
     return [sys.executable, "-m", "vqgnn", "train", "--dataset", dataset(n, args),
             "--method", method, "--conv", args.conv, "--epochs", str(args.epochs),
             "--eval-every", str(args.epochs), *own,
             "--num-codewords", str(args.num_codewords), "--hidden", str(args.hidden),
             "--layers", str(args.layers), "--device", args.device, "--quiet",
             "--json", json_path]
+
+
+def child_env(args: argparse.Namespace) -> Optional[dict[str, str]]:
+    """The child's environment: ``--threads`` torch (OpenMP) threads, else inherited."""
+    if args.threads is None:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+            "MKL_NUM_THREADS": str(args.threads)}
 
 
 def _limit_memory(gib: Optional[float]) -> Any:
@@ -72,7 +81,8 @@ def _limit_memory(gib: Optional[float]) -> Any:
 
 
 KEY_FIELDS = ("n", "deg", "classes", "features", "method", "conv", "batch_size", "epochs",
-              "num_codewords", "hidden", "layers", "saint_coverage", "device")
+              "num_codewords", "hidden", "layers", "saint_coverage", "device", "threads",
+              "init_nodes")
 SERIES_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("n", "method"))
 
 
@@ -82,7 +92,8 @@ def base_record(n: int, method: str, args: argparse.Namespace) -> dict[str, Any]
             "method": method, "conv": args.conv, "batch_size": args.batch_size,
             "epochs": args.epochs, "num_codewords": args.num_codewords, "hidden": args.hidden,
             "layers": args.layers, "saint_coverage": args.saint_coverage,
-            "device": args.device, "time_limit": args.time_limit,
+            "device": args.device, "threads": args.threads, "init_nodes": args.init_nodes,
+            "time_limit": args.time_limit,
             "memory_limit_gib": args.memory_gib}
 
 
@@ -107,7 +118,7 @@ def run_one(n: int, method: str, args: argparse.Namespace) -> dict[str, Any]:
         start = time.time()
         try:
             proc = subprocess.run(command(n, method, path, args), capture_output=True,
-                                  text=True, timeout=args.time_limit,
+                                  text=True, timeout=args.time_limit, env=child_env(args),
                                   preexec_fn=_limit_memory(args.memory_gib))
         except subprocess.TimeoutExpired:
             return {**base, "status": "timeout", "wall_seconds": time.time() - start}
@@ -131,7 +142,7 @@ def failure_status(returncode: int, output_tail: str) -> str:
 
 
 def _key(r: dict[str, Any]) -> tuple:
-    return tuple(r[k] for k in KEY_FIELDS)
+    return tuple(r.get(k) for k in KEY_FIELDS)  # records before 'threads': None
 
 
 def _first_failure(failed: Optional[dict[str, Any]], record: dict[str, Any]
@@ -229,6 +240,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--memory-gib", type=float, default=None,
                         help="address-space limit per run (default: the machine's memory)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each run (OMP_NUM_THREADS; default: "
+                             "inherited); part of a record's identity")
+    parser.add_argument("--init-nodes", type=int, default=None,
+                        help="vq: codebook k-means on this many nodes' inputs, memory "
+                             "bounded by the batch (needed at 10^7 nodes on 24 GB)")
     parser.add_argument("--out", default=str(HERE / "results" / "scaling.jsonl"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
@@ -267,8 +284,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     shown_records = [r for r in records if r["method"] in methods
                      and all(r.get(k) == v for k, v in series.items())]
     given = " ".join(sys.argv[1:] if argv is None else argv)
+    threads = "inherited" if args.threads is None else args.threads
     title = (f"Scaling ({args.conv}, average degree {args.deg}, batch {args.batch_size}, "
-             f"K {args.num_codewords}, device {args.device}, {args.time_limit:.0f} s per run); "
+             f"K {args.num_codewords}, device {args.device}, threads {threads}, "
+             f"{args.time_limit:.0f} s per run); "
              f"command: python benchmarks/scaling.py {given}")
     text = "\n".join([title, "", *table(shown_records, methods), "",
                       *memory_targets(shown_records)]) + "\n"

@@ -2,6 +2,7 @@
 failures, the OGB script runs on OGB-format folders the test writes."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from dataclasses import replace
@@ -171,6 +172,28 @@ def test_scaling_records_sizes_and_failures(tmp_path, capsys):
     assert "| 300 | timeout |" in (tmp_path / "scaling.md").read_text()
     scaling.main(["--sizes", "200,400", *common])  # resumes
     assert capsys.readouterr().out.count("done before") == 4
+
+
+def test_scaling_threads_and_init_nodes_reach_the_runs_and_name_their_series(tmp_path):
+    out = tmp_path / "scaling.jsonl"
+    common = ["--methods", "vq,full", "--epochs", "1", "--batch-size", "64", "--sizes", "300",
+              "--num-codewords", "16", "--hidden", "8", "--features", "8", "--out", str(out)]
+    scaling.main(common)  # a series with inherited threads
+    scaling.main([*common, "--threads", "1", "--init-nodes", "100"])
+    rows = records(out)
+    assert sorted(((r["method"], r.get("threads"), r.get("init_nodes"), r["status"])
+                   for r in rows), key=str) == [
+        ("full", 1, 100, "ok"), ("full", None, None, "ok"), ("vq", 1, 100, "ok"),
+        ("vq", None, None, "ok")]
+    args = argparse.Namespace(threads=1, init_nodes=100, deg=10, classes=5, features=8,
+                              batch_size=64, saint_coverage=5.0, conv="gcn", epochs=1,
+                              num_codewords=16, hidden=8, layers=2, device="cpu")
+    vq = scaling.command(300, "vq", "r.jsonl", args)
+    assert vq[vq.index("--init-nodes") + 1] == "100"
+    assert "--init-nodes" not in scaling.command(300, "full", "r.jsonl", args)
+    assert scaling.child_env(args)["OMP_NUM_THREADS"] == "1"
+    assert scaling.child_env(argparse.Namespace(threads=None)) is None
+    assert "threads 1" in (tmp_path / "scaling.md").read_text()
 
 
 @pytest.mark.parametrize("code, tail, status", [
