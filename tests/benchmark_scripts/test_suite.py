@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import grid, ogb, report, scaling
 from vqgnn.quantize import CodebookOptions
@@ -500,3 +501,28 @@ def test_batch_edges_counts_the_edges_inside_metis_batches(capsys):
     assert whole == 1.0 and 0.0 < halves < 1.0
     batch_edges.main([f"{DATASET_TINY}:150"])
     assert f"| {DATASET_TINY} | 150 | {100 * halves:.1f}% |" in capsys.readouterr().out
+
+
+def test_resident_memory_counts_each_storage_once_under_its_component(capsys):
+    from benchmarks import resident_memory
+
+    resident_memory.main(["--nodes", "600", "--deg", "6", "--batch-size", "128",
+                          "--num-codewords", "16", "--hidden", "16"])
+    rows = {line.split(" | ")[0].strip("| *"): line.split(" | ")
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    # Features: N x 32 float32, 128 bytes per node and none per edge; the CSR operators
+    # (GCN, self-loops): per layout an int64 column and a float32 value per entry.
+    assert rows["features"][1:3] == ["128.0", "0.0"]
+    assert rows["convolution operators (CSR, both layouts)"][2] == "24.0"
+    assert rows["codeword assignments"][1] == "4.0"  # int32
+    assert rows["last step's batch rows (bounded by the batch)"][1] == "-"
+    assert "other" not in rows  # every resident tensor has a component
+
+
+def test_resident_memory_walker_finds_nested_tensors_once():
+    from benchmarks import resident_memory
+
+    t = torch.zeros(3)
+    obj = {"a": [t, (t[1:], 5)], "b": {"c": torch.ones(2)}}
+    found = list(resident_memory.tensors(obj, "root"))
+    assert [p for p, _ in found] == ["root['a'][0]", "root['a'][1][0]", "root['b']['c']"]

@@ -562,8 +562,9 @@ class VQMethod(TrainingMethod):
         # A fixed batch (seeded) on which every exact evaluation measures the codebooks'
         # message errors (VQConv.message_error).
         generator = torch.Generator().manual_seed(ctx.seed)
-        self.error_nodes = torch.randperm(n, generator=generator)[:min(opts.batch_size, n)].to(
-            ctx.device)
+        # (cloned: a slice would keep the whole (N,) permutation alive)
+        self.error_nodes = torch.randperm(n, generator=generator)[:min(opts.batch_size, n)].clone(
+            ).to(ctx.device)
         self._errors_fresh = False
         self._inference_batches: Optional[list[Tensor]] = None
         self._probed_size: Optional[int] = None
