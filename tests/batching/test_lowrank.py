@@ -93,6 +93,24 @@ def test_build_operator_matches_dense_in_both_layouts(device):
         assert bool((key.diff() > 0).all())  # sorted by (row, col), no duplicates
 
 
+def test_build_operator_shares_the_transpose_of_a_symmetric_matrix():
+    src = torch.tensor([0, 1, 1, 2, 2, 3])
+    dst = torch.tensor([1, 0, 2, 1, 3, 2])  # an undirected path 0 - 1 - 2 - 3
+    edge_index = torch.stack([src, dst])
+    deg = torch.bincount(dst, minlength=4).float()
+    sym = build_operator(edge_index, (deg[src] * deg[dst]).rsqrt(), 4)  # GCN-like
+    assert sym.t_rowptr is sym.rowptr and sym.t_col is sym.col and sym.t_value is sym.value
+    mean = build_operator(edge_index, 1.0 / deg[dst], 4)  # one pattern, other values
+    assert mean.t_rowptr is mean.rowptr and mean.t_col is mean.col
+    assert mean.t_value is not mean.value
+    dense = torch.zeros(4, 4)
+    dense[dst, src] = 1.0 / deg[dst]
+    row = torch.repeat_interleave(torch.arange(4), mean.t_rowptr.diff())
+    assert_close(to_dense(row, mean.t_col, mean.t_value, (4, 4)), dense.t())
+    directed = build_operator(edge_index[:, :3], torch.ones(3), 4)  # 0 -> 1 without 1 <- ...
+    assert directed.t_col is not directed.col
+
+
 def test_sorted_csr_rectangular_with_empty_rows():
     row = torch.tensor([3, 0, 3, 0, 1])
     col = torch.tensor([4, 6, 0, 1, 2])

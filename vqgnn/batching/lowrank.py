@@ -50,6 +50,13 @@ def build_operator(edge_index: Tensor, value: Tensor, num_nodes: int) -> SparseO
     value = value.float()
     rowptr, col, val = sorted_csr(dst, src, value, num_nodes)
     t_rowptr, t_col, t_val = sorted_csr(src, dst, value, num_nodes)
+    # An undirected graph's two layouts have one pattern, and a symmetric normalisation
+    # (GCN's) one set of values: the transpose then shares the forward layout's tensors
+    # instead of a copy (12 bytes per entry less for GCN, 8 for a mean aggregation).
+    if torch.equal(rowptr, t_rowptr) and torch.equal(col, t_col):
+        t_rowptr, t_col = rowptr, col
+        if torch.equal(val, t_val):
+            t_val = val
     return SparseOperator(rowptr, col, val, t_rowptr, t_col, t_val)
 
 
