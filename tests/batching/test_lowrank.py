@@ -100,6 +100,7 @@ def test_build_operator_shares_the_transpose_of_a_symmetric_matrix():
     deg = torch.bincount(dst, minlength=4).float()
     sym = build_operator(edge_index, (deg[src] * deg[dst]).rsqrt(), 4)  # GCN-like
     assert sym.t_rowptr is sym.rowptr and sym.t_col is sym.col and sym.t_value is sym.value
+    assert sym.rowptr.dtype == sym.col.dtype == torch.int32  # N and E below 2^31
     mean = build_operator(edge_index, 1.0 / deg[dst], 4)  # one pattern, other values
     assert mean.t_rowptr is mean.rowptr and mean.t_col is mean.col
     assert mean.t_value is not mean.value
@@ -107,8 +108,8 @@ def test_build_operator_shares_the_transpose_of_a_symmetric_matrix():
     dense[dst, src] = 1.0 / deg[dst]
     row = torch.repeat_interleave(torch.arange(4), mean.t_rowptr.diff())
     assert_close(to_dense(row, mean.t_col, mean.t_value, (4, 4)), dense.t())
-    directed = build_operator(edge_index[:, :3], torch.ones(3), 4)  # 0 -> 1 without 1 <- ...
-    assert directed.t_col is not directed.col
+    directed = build_operator(edge_index[:, :3], torch.ones(3), 4)  # 1 -> 2 without 2 -> 1
+    assert directed.t_col is not directed.col and directed.t_col.dtype == torch.int32
 
 
 def test_sorted_csr_rectangular_with_empty_rows():

@@ -57,6 +57,12 @@ def build_operator(edge_index: Tensor, value: Tensor, num_nodes: int) -> SparseO
         t_rowptr, t_col = rowptr, col
         if torch.equal(val, t_val):
             t_val = val
+    # int32 row pointers and columns where N and the entries allow (4 bytes per entry
+    # less); torch's CSR products, gathers and index_add take them as they are.
+    if max(num_nodes, col.numel()) < 2**31:
+        shared_t = t_rowptr is rowptr
+        rowptr, col = rowptr.int(), col.int()
+        t_rowptr, t_col = (rowptr, col) if shared_t else (t_rowptr.int(), t_col.int())
     return SparseOperator(rowptr, col, val, t_rowptr, t_col, t_val)
 
 
