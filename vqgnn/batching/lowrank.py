@@ -52,7 +52,8 @@ def build_operator(edge_index: Tensor, value: Tensor, num_nodes: int) -> SparseO
     t_rowptr, t_col, t_val = sorted_csr(src, dst, value, num_nodes)
     # An undirected graph's two layouts have one pattern, and a symmetric normalisation
     # (GCN's) one set of values: the transpose then shares the forward layout's tensors
-    # instead of a copy (12 bytes per entry less for GCN, 8 for a mean aggregation).
+    # instead of a copy (for GCN the whole second layout, for a mean aggregation its
+    # pattern; docs/method.md, section 9).
     if torch.equal(rowptr, t_rowptr) and torch.equal(col, t_col):
         t_rowptr, t_col = rowptr, col
         if torch.equal(val, t_val):
