@@ -246,8 +246,8 @@ def table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def summary(records: list[dict[str, Any]], refresh: Optional[str] = None) -> list[str]:
-    """One row per (dataset, conv, ``inference_refresh``, dropout, K, epochs; only the
-    ``inference_refresh`` setting ``refresh`` if given): the
+    """One row per (dataset, conv, ``inference_refresh``, dropout, K, epochs, inference
+    batch size, sweep; only the ``inference_refresh`` setting ``refresh`` if given): the
     library's VQ inference against exact inference. "refresh (used)": the setting and, per
     run, the passes it used ('auto' chooses 0 or 1 by the validation metric)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -257,14 +257,15 @@ def summary(records: list[dict[str, Any]], refresh: Optional[str] = None) -> lis
             groups.setdefault((str(r["dataset"]).split(",seed")[0], r["conv"],
                                r.get("inference_refresh", 1), r["dropout"],
                                r["num_codewords"], r["epochs"],
-                               r.get("inference_batch_size")), []).append(r)
+                               r.get("inference_batch_size"),
+                               str(r.get("sweep_batch_sizes"))), []).append(r)
     lines = ["| dataset | nodes | conv | dropout | K | epochs | runs | VQ batches (size, number) "
              "| refresh (used) | "
              "exact | VQ inference (trainer) | minus exact | within 1 pt | VQ as trained "
              "(contiguous, stale) | peak MB: VQ / exact layer-wise | METIS 4x batches + "
              "refresh |",
              "|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|---:|---|---:|"]
-    for (name, conv, setting, dropout, k, epochs, _), rs in groups.items():
+    for (name, conv, setting, dropout, k, epochs, _, _), rs in groups.items():
         exact = statistics.mean(r["exact"] for r in rs)
         vq = statistics.mean(r["vq (trainer)"] for r in rs)
         old = statistics.mean(r["vq"] for r in rs)
