@@ -510,10 +510,11 @@ def test_resident_memory_counts_each_storage_once_under_its_component(capsys):
                           "--num-codewords", "16", "--hidden", "16"])
     rows = {line.split(" | ")[0].strip("| *"): line.split(" | ")
             for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
-    # Features: N x 32 float32, 128 bytes per node and none per edge; the CSR operators
-    # (GCN, self-loops): per layout an int64 column and a float32 value per entry.
+    # Features: N x 32 float32, 128 bytes per node and none per edge; the CSR operator
+    # (GCN on an undirected graph: its own transpose, one layout): an int32 column and a
+    # float32 value per entry.
     assert rows["features"][1:3] == ["128.0", "0.0"]
-    assert rows["convolution operators (CSR, both layouts)"][2] == "24.0"
+    assert rows["convolution operators (CSR, both layouts)"][2] == "8.0"
     assert rows["codeword assignments"][1] == "4.0"  # int32
     assert rows["last step's batch rows (bounded by the batch)"][1] == "-"
     assert "other" not in rows  # every resident tensor has a component
