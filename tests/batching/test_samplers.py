@@ -180,6 +180,30 @@ def test_metis_partition_cache(data, tmp_path, monkeypatch):
         metis_partition(data.edge_index, data.num_nodes, 6, seed=1, cache_dir=tmp_path)
 
 
+def test_metis_partition_cache_survives_a_concurrent_writer(data, tmp_path, monkeypatch):
+    """Two data-parallel ranks partition the same graph at once: the one that finishes
+    second must not find its temporary file renamed away by the first."""
+    from vqgnn.batching import samplers
+
+    state = {"nested": False}
+    monkeypatch.setattr(samplers.os, "getpid", lambda: 202 if state["nested"] else 101)
+    save = torch.save
+
+    def racing_save(obj, path):
+        save(obj, path)
+        if not state["nested"]:  # the other rank writes and renames its file now
+            state["nested"] = True
+            samplers.metis_partition(data.edge_index, data.num_nodes, 6, seed=0,
+                                     cache_dir=tmp_path)
+
+    monkeypatch.setattr(samplers.torch, "save", racing_save)
+    labels = samplers.metis_partition(data.edge_index, data.num_nodes, 6, seed=0,
+                                      cache_dir=tmp_path)
+    assert state["nested"]
+    assert torch.equal(torch.load(next(tmp_path.glob("metis-*.pt"))), labels)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 @pytest.mark.parametrize("num_parts", [0, -2, 2.5])
 def test_metis_partition_errors(data, num_parts):
     with pytest.raises(ValueError, match="'num_parts' must be an int >= 1"):

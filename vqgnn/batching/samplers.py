@@ -127,7 +127,9 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
     result = torch.as_tensor(np.asarray(parts), dtype=torch.long)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        # A temporary name of this process's own: data-parallel ranks partition the same
+        # graph at once and would otherwise rename one another's file away.
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         torch.save(result, tmp)
         tmp.replace(cache)  # atomic: never a half-written cache file
     return result
