@@ -565,3 +565,19 @@ def test_records_hold_each_inference_modes_peak_memory(data):
 def test_lr_per_epoch_must_be_a_bool():
     with pytest.raises(ValueError, match="'lr_per_epoch' must be a bool, received 'yes'"):
         TrainConfig.create("vq", lr_per_epoch="yes")
+
+
+def test_graph_digest_samples_valid_rows_of_a_graph_with_10_to_the_8_edges():
+    """Evenly spaced rows of a tensor with more than 2^24 rows: float32 spacing rounded
+    past the last row (an IndexError at 10^7 nodes, 10^8 edges); rows below 2^24 keep
+    their digests."""
+    from vqgnn.train.checkpoint import _digest
+
+    big = torch.zeros((1 << 25) + 4, dtype=torch.uint8)  # the last row, 2^25 + 3: float32 2^25 + 4
+    big[-1] = 7
+    assert _digest(big, max_rows=1 << 20) != _digest(torch.zeros_like(big), max_rows=1 << 20)
+    small = torch.arange(10_000)
+    rows = torch.linspace(0, 9_999, 4096).long()  # the spacing digests always had
+    import hashlib
+
+    assert _digest(small) == hashlib.sha1(small[rows].numpy().tobytes()).hexdigest()[:16]

@@ -155,7 +155,11 @@ def _digest(tensor: Tensor, max_rows: int = 4096) -> str:
     """SHA-1 of up to ``max_rows`` evenly spaced rows (whole for small tensors)."""
     t = tensor.detach().cpu()
     if t.dim() > 0 and t.size(0) > max_rows:
-        t = t[torch.linspace(0, t.size(0) - 1, max_rows).long()]
+        # float32 spacing rounds past the last row from 2^24 rows on (10^8 edges: index
+        # 99,503,424 of 99,503,422); float64 there. Below it, float32 as before, so that
+        # the digests of existing checkpoints stay the same.
+        dtype = torch.float64 if t.size(0) >= 1 << 24 else torch.float32
+        t = t[torch.linspace(0, t.size(0) - 1, max_rows, dtype=dtype).long()]
     return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
