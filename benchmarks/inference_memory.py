@@ -4,9 +4,10 @@ Usage:
     python benchmarks/inference_memory.py --sizes 10000,100000,1000000,10000000 \
         --init-nodes 65536
     python benchmarks/inference_memory.py --table-only
-    python benchmarks/inference_memory.py --power 10 --modes "vq,exact layer-wise" \
-        --init-nodes 65536 --out benchmarks/results/inference_memory_flat.jsonl \
-        --plot benchmarks/results/inference_memory_flat.png
+    python benchmarks/inference_memory.py --power 10 --modes vq --init-nodes 65536 \
+        --out benchmarks/results/inference_memory_flat.jsonl \
+        --plot benchmarks/results/inference_memory_flat.png \
+        --plot-with benchmarks/results/inference_memory.jsonl
 
 ``--power`` sets the degrees' power-law exponent (2.5 by default: hubs whose degree grows
 with N, so the largest batch's in-edges do too; 10: nearly uniform degrees). ``--modes``
@@ -162,11 +163,15 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in MODES:
-        points = sorted((r["num_nodes"], r["peak_bytes"] / 2**20) for r in records
-                        if r["mode"] == mode and r["status"] == "ok")
-        if points:
-            ax.plot(*zip(*points), marker="o", label=mode)
+    powers = sorted({r.get("power", 2.5) for r in records})
+    for power in powers:
+        for mode in MODES:
+            points = sorted((r["num_nodes"], r["peak_bytes"] / 2**20) for r in records
+                            if r["mode"] == mode and r["status"] == "ok"
+                            and r.get("power", 2.5) == power)
+            if points:  # one series per mode and degree exponent
+                label = mode if len(powers) == 1 else f"{mode}, degree exponent {power:g}"
+                ax.plot(*zip(*points), marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("nodes N")
@@ -245,6 +250,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "inference_memory.jsonl")
     parser.add_argument("--plot", type=Path, default=RESULTS / "inference_memory.png")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--plot-with", type=Path, default=None,
+                        help="another records file whose series the plot also draws "
+                             "(e.g. the exact modes of another degree exponent)")
     parser.add_argument("--skip", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -259,7 +267,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     records = [r for r in read(args.out, args.power) if r["status"] != "started"]
     print(table(records))
     if records:
-        plot(records, args.plot)
+        others = [r for r in (read_records(args.plot_with) if args.plot_with else [])
+                  if r["status"] != "started"]  # drawn beside, every exponent
+        plot(records + others, args.plot)
         print(f"plot: {args.plot}")
 
 

@@ -442,6 +442,10 @@ def test_inference_memory_power_and_modes_make_a_series_of_their_own(tmp_path, c
     inference_memory.main([*common, "--power", "10", "--table-only"])
     row = next(line for line in capsys.readouterr().out.splitlines() if "| 2,000 |" in line)
     assert row.endswith("| - |")
+    # The plot may draw another file's series beside (every exponent, labelled).
+    (tmp_path / "m.png").unlink()
+    inference_memory.main([*common, "--power", "10", "--table-only", "--plot-with", str(out)])
+    assert (tmp_path / "m.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         inference_memory.main([*common, "--modes", "vq,exact"])
     assert "expected modes among vq, exact layer-wise" in capsys.readouterr().err
