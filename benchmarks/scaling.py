@@ -49,7 +49,8 @@ def command(n: int, method: str, json_path: str, args: argparse.Namespace) -> li
     own = [flag for name, flag, value in (
         ("batch_size", "--batch-size", args.batch_size),
         ("saint_coverage", "--saint-coverage", args.saint_coverage),
-        ("init_nodes", "--init-nodes", args.init_nodes)) if name in takes
+        ("init_nodes", "--init-nodes", args.init_nodes),
+        ("inference_batches", "--inference-batches", args.vq_inference_batches)) if name in takes
         and value is not None for flag in (flag, str(value))]
     return [sys.executable, "-m", "vqgnn", "train", "--dataset", dataset(n, args),
             "--method", method, "--conv", args.conv, "--epochs", str(args.epochs),
@@ -82,7 +83,7 @@ def _limit_memory(gib: Optional[float]) -> Any:
 
 KEY_FIELDS = ("n", "deg", "classes", "features", "method", "conv", "batch_size", "epochs",
               "num_codewords", "hidden", "layers", "saint_coverage", "device", "threads",
-              "init_nodes")
+              "init_nodes", "vq_inference_batches")
 SERIES_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("n", "method"))
 
 
@@ -93,6 +94,7 @@ def base_record(n: int, method: str, args: argparse.Namespace) -> dict[str, Any]
             "epochs": args.epochs, "num_codewords": args.num_codewords, "hidden": args.hidden,
             "layers": args.layers, "saint_coverage": args.saint_coverage,
             "device": args.device, "threads": args.threads, "init_nodes": args.init_nodes,
+            "vq_inference_batches": args.vq_inference_batches,
             "time_limit": args.time_limit,
             "memory_limit_gib": args.memory_gib}
 
@@ -246,6 +248,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--init-nodes", type=int, default=None,
                         help="vq: codebook k-means on this many nodes' inputs, memory "
                              "bounded by the batch (needed at 10^7 nodes on 24 GB)")
+    parser.add_argument("--vq-inference-batches", choices=["metis", "random"], default=None,
+                        help="vq: the batches of the record's VQ inference after training "
+                             "(default: the library's, METIS; its partition took 327 of a "
+                             "3*10^6-node run's 384 s, and more than the limit at 10^7)")
     parser.add_argument("--out", default=str(HERE / "results" / "scaling.jsonl"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)

@@ -189,9 +189,12 @@ def test_scaling_threads_and_init_nodes_reach_the_runs_and_name_their_series(tmp
     args = argparse.Namespace(threads=1, init_nodes=100, deg=10, classes=5, features=8,
                               batch_size=64, saint_coverage=5.0, conv="gcn", epochs=1,
                               num_codewords=16, hidden=8, layers=2, device="cpu")
+    args.vq_inference_batches = "random"
     vq = scaling.command(300, "vq", "r.jsonl", args)
     assert vq[vq.index("--init-nodes") + 1] == "100"
-    assert "--init-nodes" not in scaling.command(300, "full", "r.jsonl", args)
+    assert vq[vq.index("--inference-batches") + 1] == "random"
+    full = scaling.command(300, "full", "r.jsonl", args)
+    assert "--init-nodes" not in full and "--inference-batches" not in full
     assert scaling.child_env(args)["OMP_NUM_THREADS"] == "1"
     assert scaling.child_env(argparse.Namespace(threads=None)) is None
     assert "threads 1" in (tmp_path / "scaling.md").read_text()
