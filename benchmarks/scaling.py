@@ -14,6 +14,8 @@ Usage:
     python benchmarks/scaling.py                                   # 10^4 .. 2*10^6 nodes
     python benchmarks/scaling.py --sizes 10000,100000 --methods vq,full --time-limit 120
     python benchmarks/scaling.py --table-only
+    python benchmarks/scaling.py --sizes 10000,100000,1000000,10000000 --threads 2 \
+        --init-nodes 65536 --vq-inference-batches random     # to 10^7, on 24 GB
 """
 from __future__ import annotations
 

@@ -30,6 +30,10 @@ are not the fix. The candidate fixes, whose memory is bounded by the batch and K
   peak tensor memory (:class:`~vqgnn.train.meters.TensorMemoryMeter`) beside exact
   inference's.
 
+With ``--sweep-batch-sizes``, each trained model is also evaluated by the trainer's VQ
+inference at those batch sizes (``VQMethod.set_inference``), with the fraction of edges
+inside a batch and the peak memory: the batch's accuracy/memory trade-off.
+
 Seeds/splits given by ``--runs``; one JSON record per run in ``--out``. A run whose record
 is already in ``--out`` (same options) is skipped, so an interrupted command resumes.
 
