@@ -145,7 +145,7 @@ def table(records: list[dict[str, Any]]) -> str:
     for n in sizes:
         cells = []
         for mode in MODES:
-            r = next((r for r in records if r["num_nodes"] == n and r["mode"] == mode), None)
+            r = outcome(records, n, mode)
             if r is None:
                 cells.append("-")
             elif r["status"] == "ok":
@@ -214,7 +214,8 @@ def run_size(n: int, args: argparse.Namespace) -> None:
         if i > 0 or started is None:
             status = f"not run: the process ended in an earlier mode ({status})"
         base = started or {"num_nodes": n, "mode": mode, "batch_size": args.batch_size,
-                           "num_codewords": args.num_codewords, "init_nodes": args.init_nodes}
+                           "num_codewords": args.num_codewords, "init_nodes": args.init_nodes,
+                           "power": args.power}  # its series (read() selects by power)
         append_record(args.out, {**base, "status": status})
 
 
