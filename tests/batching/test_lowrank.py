@@ -7,15 +7,22 @@ from torch.testing import assert_close
 
 from vqgnn.batching.graph import sorted_csr
 from vqgnn.batching.lowrank import (
+    THIN_BACKWARD,
+    THIN_FORWARD,
     BackwardEdges,
     BatchEdges,
     backward_edges,
     batch_edges,
+    batch_rows,
     build_operator,
     csr_matmul,
     gather_rows,
     lowrank_backward,
+    lowrank_matmul,
     merge_duplicates,
+    operator_matmul,
+    thin_matmul,
+    thin_matmul_t,
     to_sparse_csr,
 )
 
@@ -250,6 +257,98 @@ def test_csr_matmul_equals_dense_product(device):
     y = torch.randn(N, 3, generator=torch.Generator().manual_seed(0)).to(device)
     assert_close(csr_matmul(op.rowptr, op.col, op.value, y), dense @ y)
     assert_close(csr_matmul(op.t_rowptr, op.t_col, op.t_value, y), dense.t() @ y)
+
+
+# --- the lean step's products -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", [1, THIN_FORWARD - 1, THIN_FORWARD, THIN_BACKWARD,
+                                     THIN_BACKWARD + 1])
+def test_thin_matmul_forms_equal_the_plain_products(device, columns):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(37, 23, generator=gen).to(device)
+    b = torch.randn(23, columns, generator=gen).to(device)
+    g = torch.randn(37, columns, generator=gen).to(device)
+    assert_close(thin_matmul(a, b), a @ b)
+    assert_close(thin_matmul_t(a, g), a.t() @ g)
+
+
+@pytest.mark.parametrize("columns", [2, THIN_BACKWARD + 1])
+def test_lowrank_matmul_gradients_equal_autograd_of_the_plain_product(device, columns):
+    gen = torch.Generator().manual_seed(1)
+    dense = torch.randn(9, 5, generator=gen, dtype=torch.float64).to(device)
+    values = torch.randn(5, columns, generator=gen, dtype=torch.float64).to(device)
+    grad = torch.randn(9, columns, generator=gen, dtype=torch.float64).to(device)
+    d1, v1 = dense.clone().requires_grad_(), values.clone().requires_grad_()
+    d2, v2 = dense.clone().requires_grad_(), values.clone().requires_grad_()
+    out = lowrank_matmul(d1, v1)
+    out.backward(grad)
+    (d2 @ v2).backward(grad)
+    assert_close(out, d2 @ v2)
+    assert_close(v1.grad, v2.grad)
+    assert_close(d1.grad, d2.grad)
+    assert torch.autograd.gradcheck(lowrank_matmul, (d1.detach().requires_grad_(),
+                                                     v1.detach().requires_grad_()))
+
+
+@pytest.mark.parametrize("case", ["gcn", "mean", "directed"])
+def test_inner_matmul_backward_equals_the_dense_in_batch_matrix(device, case):
+    """C_BB x and its gradient C_BB^T g: one transposed CSR product on a symmetric pattern
+    (the matrix itself for symmetric values), torch's own backward on a directed one."""
+    src = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 0, 4, 0, 2])
+    dst = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3, 4, 0, 2, 0])  # a 5-cycle and a chord 0 - 2
+    if case == "directed":
+        src, dst = src[::2], dst[::2]
+    edge_index = torch.stack([src, dst]).to(device)
+    deg = torch.bincount(dst, minlength=5).float().clamp_min(1).to(device)
+    src, dst = edge_index
+    value = (deg[src] * deg[dst]).rsqrt() if case == "gcn" else 1.0 / deg[dst]
+    op = build_operator(edge_index, value, 5)
+    symmetric = case != "directed"
+    batch = torch.tensor([3, 0, 4, 1], device=device)
+    local = torch.full((5,), -1, dtype=torch.long, device=device)
+    local[batch] = torch.arange(4, device=device)
+    rows = batch_rows(op, batch, local, symmetric)
+    assert (rows.inner_t_value is rows.inner_value) == (case == "gcn")
+    assert (rows.inner_t_value is None) == (case == "directed")
+    full = torch.zeros(5, 5, device=device)
+    full[dst, src] = value  # C[i, j]: weight of j -> i
+    c_bb = full[batch][:, batch]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, generator=gen).to(device)
+    grad = torch.randn(4, 3, generator=gen).to(device)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = rows.inner_matmul(x1)
+    out.backward(grad)
+    (c_bb @ x2).backward(grad)
+    assert_close(out, c_bb @ x)
+    assert_close(x1.grad, x2.grad)
+    if symmetric:
+        assert_close(rows.inner(torch.float32, transposed=True).to_dense(), c_bb.t())
+    else:
+        with pytest.raises(ValueError, match="not symmetric"):
+            rows.inner(torch.float32, transposed=True)
+
+
+@pytest.mark.parametrize("case", ["gcn", "mean", "directed"])
+def test_operator_matmul_backward_is_the_transposed_product(device, case):
+    src = torch.tensor([0, 1, 1, 2, 2, 3, 0, 2])
+    dst = torch.tensor([1, 0, 2, 1, 3, 2, 2, 0])
+    if case == "directed":
+        src, dst = src[::2], dst[::2]
+    deg = torch.bincount(dst, minlength=4).float().clamp_min(1)
+    value = (deg[src] * deg[dst]).rsqrt() if case == "gcn" else 1.0 / deg[dst]
+    op = build_operator(torch.stack([src, dst]).to(device), value.to(device), 4)
+    dense = torch.zeros(4, 4)
+    dense[dst, src] = value
+    dense = dense.to(device)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 2, generator=gen).to(device).requires_grad_()
+    grad = torch.randn(4, 2, generator=gen).to(device)
+    out = operator_matmul(op, x)
+    out.backward(grad)
+    assert_close(out, dense @ x.detach())
+    assert_close(x.grad, dense.t() @ grad)
 
 
 # --- large indices: no int16 overflow -------------------------------------------------------------

@@ -7,7 +7,7 @@ from torch_geometric.nn import GraphConv
 
 from vqgnn import ConfigError, VQGraph
 from vqgnn.datasets import load_dataset
-from vqgnn.nn.models import VQGNN
+from vqgnn.nn.models import VQGNN, dropout
 
 CONVS = ["gcn", "sage", "gat"]
 
@@ -487,3 +487,20 @@ def test_bounded_init_memory_does_not_grow_with_the_graph():
         peaks[n] = (bounded.peak, exact.peak)
     assert peaks[20000][0] <= 1.1 * peaks[2000][0], peaks
     assert peaks[20000][1] >= 5 * peaks[2000][1], peaks
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_keeps_each_entry_with_probability_one_minus_p(device, p):
+    x = torch.randn(200_000, device=device, requires_grad=True)
+    torch.manual_seed(0)
+    out = dropout(x, p, True)
+    kept = out != 0
+    # 200,000 draws: the kept share's standard deviation is about 0.0011.
+    assert abs(float(kept.float().mean()) - (1 - p)) < 0.006
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    assert dropout(x, p, False) is x and dropout(x, 0.0, True) is x
+    torch.manual_seed(0)
+    again = dropout(x.detach(), p, True)
+    assert torch.equal(again != 0, kept)  # reproducible under the seed

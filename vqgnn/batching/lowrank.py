@@ -9,7 +9,7 @@ Letter code: ``N`` nodes, ``B``/``b`` batch nodes, ``K`` codewords, ``M`` entrie
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -73,12 +73,12 @@ def row_positions(rowptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(row, idx)``: (M,) position in ``rows`` of each entry, (M,) its CSR position.
     """
-    start = rowptr[rows]
-    count = rowptr[rows + 1] - start
+    start = rowptr.index_select(0, rows)
+    count = rowptr.index_select(0, rows + 1) - start
     row = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
     # Offsets within each row: a global arange minus each row's first output position.
     shift = start - (torch.cumsum(count, 0) - count)
-    return row, torch.arange(row.numel(), device=rows.device) + shift[row]
+    return row, torch.arange(row.numel(), device=rows.device) + shift.index_select(0, row)
 
 
 def gather_rows(rowptr: Tensor, col: Tensor, value: Tensor,
@@ -196,9 +196,84 @@ def csr_matmul(rowptr: Tensor, col: Tensor, value: Tensor, dense: Tensor) -> Ten
     return matrix @ dense
 
 
+def operator_matmul(op: SparseOperator, x: Tensor) -> Tensor:
+    r""":math:`C x` over the whole graph for (N, D) ``x``, differentiable in ``x``: its
+    backward is one CSR product with the operator's transposed layout (torch's own backward
+    of a CSR product would transpose the matrix, a sort of its E entries, every step; on
+    Tolokers that made a full-graph GCN epoch 4 times slower)."""
+    n = op.num_nodes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        a = torch.sparse_csr_tensor(op.rowptr, op.col, op.value.to(x.dtype), (n, n),
+                                    check_invariants=False)
+        a_t = a if op.t_value is op.value and op.t_col is op.col else torch.sparse_csr_tensor(
+            op.t_rowptr, op.t_col, op.t_value.to(x.dtype), (n, n), check_invariants=False)
+    return _TransposedSpMM.apply(a, a_t, x)
+
+
 # Largest b * K for which a layer's out-of-batch part is a dense (b, K) matrix (the lean
 # path); above it, the merged sparse operator (one ``unique`` per layer) keeps memory down.
 DENSE_LOWRANK_MAX = 1 << 24
+
+# Products (b, K) @ (K, D) with fewer than ``THIN_FORWARD`` columns D run as
+# ((K, D)^T (b, K)^T)^T, and (b, K)^T @ (b, D) with at most ``THIN_BACKWARD`` as
+# ((b, D)^T (b, K))^T, the thin operand transposed into a contiguous left-hand one: the same
+# sums, but CPU GEMM kernels are 3-12 times slower on a thin right-hand (or transposed)
+# operand (2 torch threads, b = 1,024, K = 1,024: 0.72 ms against 0.16-0.28 ms for D = 2
+# forward, 1.94 ms against 0.16-0.25 ms backward; at D = 64 the plain form is faster).
+THIN_FORWARD = 16
+THIN_BACKWARD = 32
+
+
+def thin_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for (n, K) ``a`` and (K, D) ``b``, in the faster form for thin ``b``."""
+    if b.size(1) < THIN_FORWARD:  # a contiguous (D, K) left operand: the fast kernel
+        return (b.t().contiguous() @ a.t()).t()
+    return a @ b
+
+
+def thin_matmul_t(a: Tensor, b: Tensor) -> Tensor:
+    """``a.t() @ b`` for (n, K) ``a`` and (n, D) ``b``, in the faster form for thin ``b``."""
+    if b.size(1) <= THIN_BACKWARD:
+        return (b.t().contiguous() @ a).t()
+    return a.t() @ b
+
+
+class _LowRankMatmul(torch.autograd.Function):
+    """``dense @ values`` with both directions in :func:`thin_matmul`'s faster forms."""
+
+    @staticmethod
+    def forward(ctx: Any, dense: Tensor, values: Tensor) -> Tensor:
+        ctx.save_for_backward(dense, values)
+        return thin_matmul(dense, values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        dense, values = ctx.saved_tensors
+        grad_dense = grad @ values.t() if ctx.needs_input_grad[0] else None
+        grad_values = thin_matmul_t(dense, grad) if ctx.needs_input_grad[1] else None
+        return grad_dense, grad_values
+
+
+def lowrank_matmul(dense: Tensor, values: Tensor) -> Tensor:
+    """(b, D) product of a layer's dense (b, K) low-rank part with (K, D) codeword
+    messages, differentiable in both."""
+    return _LowRankMatmul.apply(dense, values)
+
+
+class _TransposedSpMM(torch.autograd.Function):
+    """``a @ x`` for a CSR ``a`` whose transpose ``a_t`` is given: the backward is one more
+    CSR product instead of torch's transposition of ``a`` (a conversion with a sort)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(a_t)
+        return a @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Optional[Tensor]]:
+        (a_t,) = ctx.saved_tensors
+        return None, None, (a_t @ grad) if ctx.needs_input_grad[2] else None
 
 
 class BatchRows(NamedTuple):
@@ -224,20 +299,37 @@ class BatchRows(NamedTuple):
     inner_value: Tensor  # (num_inner,) their weights
     t_row: Tensor  # (M',) batch position of the sender i
     t_target: Tensor  # (M',) global id of the receiver j
-    t_outer: Tensor  # (M',) C_ji where j is outside the batch, else 0
+    t_outer: Tensor  # (M',) C_ji where j is outside the batch, else 0 (``outer`` if C^T = C)
+    # (num_inner,) C_ji at each in-batch entry (i, j): the values of C_BB^T on the same
+    # pattern, when the operator's pattern is symmetric (else None)
+    inner_t_value: Optional[Tensor] = None
 
     @property
     def num_rows(self) -> int:
         return self.crow.numel() - 1
 
-    def inner(self, dtype: torch.dtype) -> Tensor:
-        """(b, b) ``torch.sparse_csr`` matrix :math:`C_{B,B}` (built on use: plain tensors
-        are kept, so that models and graphs holding them can be deep-copied)."""
+    def inner(self, dtype: torch.dtype, transposed: bool = False) -> Tensor:
+        """(b, b) ``torch.sparse_csr`` matrix :math:`C_{B,B}`, or with ``transposed`` its
+        transpose on a symmetric pattern (built on use: plain tensors are kept, so that
+        models and graphs holding them can be deep-copied)."""
         b = self.num_rows
+        value = self.inner_t_value if transposed else self.inner_value
+        if value is None:
+            raise ValueError("BatchRows.inner: no transposed values (the pattern is not "
+                             "symmetric)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(self.crow, self.inner_col, self.inner_value.to(dtype),
-                                           (b, b), check_invariants=False)
+            return torch.sparse_csr_tensor(self.crow, self.inner_col, value.to(dtype), (b, b),
+                                           check_invariants=False)
+
+    def inner_matmul(self, x: Tensor) -> Tensor:
+        r""":math:`C_{B,B}\, x` for (b, D) ``x``; its backward, on a symmetric pattern, is
+        one CSR product with :math:`C_{B,B}^\top` (the same matrix for GCN's values)."""
+        a = self.inner(x.dtype)
+        if self.inner_t_value is None:
+            return a @ x
+        a_t = a if self.inner_t_value is self.inner_value else self.inner(x.dtype, True)
+        return _TransposedSpMM.apply(a, a_t, x)
 
 
 def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool) -> BatchRows:
@@ -251,25 +343,36 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
             backward entries reuse the forward gather).
     """
     b = batch.numel()
+    # Gathers by ``index_select``: on the CPU several times faster than indexing.
     row, idx = row_positions(op.rowptr, batch)
-    col = op.col[idx]
-    pos = local[col]
+    col = op.col.index_select(0, idx)
+    pos = local.index_select(0, col)
     inside = pos >= 0
-    outer = torch.where(inside, 0.0, op.value[idx])
+    value = op.value.index_select(0, idx)
+    outer = torch.where(inside, 0.0, value)
     sel = inside.nonzero().view(-1)
     # In-batch entries sorted by (row, batch position): a valid CSR, no duplicates.
-    order = torch.argsort(row[sel] * b + pos[sel])
-    sel = sel[order]
-    inner_row = row[sel]
+    inner_pos = pos.index_select(0, sel)
+    order = torch.argsort(row.index_select(0, sel) * b + inner_pos)
+    sel = sel.index_select(0, order)
+    inner_row = row.index_select(0, sel)
     crow = torch.searchsorted(inner_row, torch.arange(b + 1, device=row.device))
+    inner_value = value.index_select(0, sel)
+    inner_t_value = None
     if symmetric:
-        t_row, t_target, t_value = row, col, op.t_value[idx]
+        t_row, t_target = row, col
+        if op.t_value is op.value:  # symmetric values too (GCN): C^T = C
+            inner_t_value, t_outer = inner_value, outer
+        else:
+            t_value = op.t_value.index_select(0, idx)
+            inner_t_value = t_value.index_select(0, sel)
+            t_outer = torch.where(inside, 0.0, t_value)
     else:
         t_row, t_idx = row_positions(op.t_rowptr, batch)
-        t_target, t_value = op.t_col[t_idx], op.t_value[t_idx]
-    t_outer = torch.where(local[t_target] < 0, t_value, 0.0)
-    return BatchRows(row, col, outer, sel.numel(), crow, pos[sel], op.value[idx[sel]], t_row,
-                     t_target, t_outer)
+        t_target, t_value = op.t_col.index_select(0, t_idx), op.t_value.index_select(0, t_idx)
+        t_outer = torch.where(local.index_select(0, t_target) < 0, t_value, 0.0)
+    return BatchRows(row, col, outer, sel.numel(), crow, inner_pos.index_select(0, order),
+                     inner_value, t_row, t_target, t_outer, inner_t_value)
 
 
 def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int) -> Tensor:
@@ -277,7 +380,8 @@ def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int) -> 
     through each codeword, for one layer's assignment."""
     b = rows.num_rows
     out = torch.zeros(b * num_codewords, dtype=rows.outer.dtype, device=rows.outer.device)
-    out.index_add_(0, rows.row * num_codewords + assignment[rows.col].long(), rows.outer)
+    codes = assignment.index_select(0, rows.col).long()
+    out.index_add_(0, rows.row * num_codewords + codes, rows.outer)
     return out.view(b, num_codewords)
 
 
@@ -289,9 +393,10 @@ def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: in
     b = rows.num_rows
     value = rows.t_outer
     if mask is not None:
-        value = value * mask[rows.t_target].to(value.dtype)
+        value = value * mask.index_select(0, rows.t_target).to(value.dtype)
     out = torch.zeros(b * num_codewords, dtype=value.dtype, device=value.device)
-    out.index_add_(0, rows.t_row * num_codewords + assignment[rows.t_target].long(), value)
+    codes = assignment.index_select(0, rows.t_target).long()
+    out.index_add_(0, rows.t_row * num_codewords + codes, value)
     return out.view(b, num_codewords)
 
 

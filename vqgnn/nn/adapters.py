@@ -30,7 +30,14 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import softmax
 
 from vqgnn.batching.graph import VQGraph
-from vqgnn.batching.lowrank import BatchEdges, SparseOperator, build_operator, to_sparse_csr
+from vqgnn.batching.lowrank import (
+    BatchEdges,
+    BatchRows,
+    SparseOperator,
+    build_operator,
+    lowrank_matmul,
+    to_sparse_csr,
+)
 from vqgnn.errors import ConfigError, ConfigTypeError
 
 LINEAR_AGGRS = ("add", "sum", "mean")
@@ -156,12 +163,12 @@ class LinearAdapter(ConvAdapter):
         return self.update(conv, agg, x_dst), agg
 
     def forward_lowrank(self, conv: MessagePassing, x_dst: Tensor, features: Tensor,
-                        inner: Tensor, dense: Tensor) -> tuple[Tensor, Tensor]:
-        """The batch from its in-batch CSR part ``inner`` (b, b, in ``x_dst``'s dtype) and
-        its dense low-rank part ``dense`` (b, K) over the codeword ``features`` (K, D_in):
-        ``(out, agg)``."""
-        agg = (inner @ self.message(conv, x_dst)
-               + dense.to(x_dst.dtype) @ self.message(conv, features))  # (b, D_agg)
+                        rows: BatchRows, dense: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch from its in-batch CSR part (``rows``) and its dense low-rank part
+        ``dense`` (b, K) over the codeword ``features`` (K, D_in): ``(out, agg)``."""
+        agg = (rows.inner_matmul(self.message(conv, x_dst))
+               + lowrank_matmul(dense.to(x_dst.dtype),
+                                self.message(conv, features)))  # (b, D_agg)
         return self.update(conv, agg, x_dst), agg
 
 

@@ -22,7 +22,9 @@ from vqgnn.batching.lowrank import (
     lowrank_backward,
     lowrank_backward_rows,
     lowrank_forward,
+    operator_matmul,
     step_rows,
+    thin_matmul,
 )
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.adapters import (
@@ -211,6 +213,10 @@ class VQConv(QuantizedLayer):
 
     def _full_pair(self, x: Tensor, graph: VQGraph) -> tuple[Tensor, Tensor]:
         op = self.operator(graph)
+        adapter = self.adapter
+        if isinstance(adapter, LinearAdapter):  # one CSR product, its backward by C^T's
+            agg = operator_matmul(op, adapter.message(self.conv, x))
+            return adapter.update(self.conv, agg, x), agg
         n = graph.num_nodes
         row = graph.cached(("rows", id(op)), lambda: torch.repeat_interleave(
             torch.arange(n, device=x.device), op.rowptr.diff()))
@@ -320,10 +326,13 @@ class VQConv(QuantizedLayer):
         k = self.num_codewords
         dense = lowrank_forward(rows, quantizer.assignment, k)  # (b, K)
         out, agg = self.adapter.forward_lowrank(self.conv, x, quantizer.features().to(x.dtype),
-                                                rows.inner(x.dtype), dense)
+                                                rows, dense)
         if training and self.backward_approx and quantizer.initialized:
-            weights = lowrank_backward_rows(rows, quantizer.assignment, k,
-                                            self._gradient_nodes)
+            if rows.t_outer is rows.outer and self._gradient_nodes is None:
+                weights = dense  # C^T = C (GCN's values): the backward weights are C_BB~ R
+            else:
+                weights = lowrank_backward_rows(rows, quantizer.assignment, k,
+                                                self._gradient_nodes)
             out = self._inject_weights(out, x, weights)
         return out, agg
 
@@ -362,7 +371,7 @@ class VQConv(QuantizedLayer):
             return self._exact(x_all, graph, batch, x)
         adapter = self.adapter
         assert isinstance(adapter, LinearAdapter)
-        agg = adapter.message(self.conv, aggregated[batch].to(x.dtype))
+        agg = adapter.message(self.conv, aggregated.index_select(0, batch).to(x.dtype))
         return adapter.update(self.conv, agg, x)
 
     def inference(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
@@ -456,7 +465,7 @@ class VQConv(QuantizedLayer):
         :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}`."""
         grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
         target = self.adapter.backward_message(self.conv, x)  # (b, D_agg)
-        extra = weights.to(x.dtype) @ grads  # (b, D_agg)
+        extra = thin_matmul(weights.to(x.dtype), grads)  # (b, D_agg)
         return _InjectGradient.apply(out, target, extra)
 
     def _generic_backward_message(self, x: Tensor, graph: VQGraph, edges: BackwardEdges,

@@ -230,7 +230,7 @@ class Codebook(torch.nn.Module):
         elif codes is None:
             codes = self.assign(x)
         counts, sums = batch_statistics(codes, x, self.num_codewords)
-        residual = x - self.embed[codes]
+        residual = x - self.embed.index_select(0, codes)
         err = torch.stack([residual.pow(2).sum(), x.pow(2).sum()])
         self.all_reduce_fn(counts)
         self.all_reduce_fn(sums)

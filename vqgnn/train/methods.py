@@ -327,8 +327,9 @@ class TrainContext:
 
     def node_loss(self, out: Tensor, nodes: Tensor, scale: float) -> Tensor:
         """The loss of the training nodes among ``nodes`` (rows of ``out``), over ``scale``."""
-        labeled = self.masks["train"][nodes]
-        return self.weighted_loss(out[labeled], self.y[nodes][labeled], 1.0 / scale)
+        labeled = self.masks["train"].index_select(0, nodes)
+        return self.weighted_loss(out[labeled], self.y.index_select(0, nodes)[labeled],
+                                  1.0 / scale)
 
 
 class Step(NamedTuple):
@@ -591,7 +592,7 @@ class VQMethod(TrainingMethod):
 
     def loss(self, batch: Tensor) -> Step:
         ctx = self.ctx
-        xb = ctx.x[batch]
+        xb = ctx.x.index_select(0, batch)  # on the CPU several times faster than x[batch]
         out = ctx.train_model(xb, ctx.graph, batch)
         return Step(ctx.node_loss(out, batch, self.loss_scale), (xb, batch))
 
