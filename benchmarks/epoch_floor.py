@@ -5,8 +5,8 @@ drift of a noisy machine falls on all three alike):
 
 * ``floor``: what hand-written PyTorch costs for the same model on the whole graph, one
   optimizer step per epoch: the symmetric-normalised adjacency with self-loops as one
-  ``torch.sparse_csr`` matrix ``A``, ``A relu(A X W1) W2`` (dropout as
-  ``torch.nn.functional.dropout``), cross-entropy on the training nodes, backward, Adam.
+  ``torch.sparse_csr`` matrix ``A``, ``A relu(A X W1) W2`` (dropout between the layers, as
+  ``torch.nn.functional.dropout``, as in vqgnn's model), cross-entropy on the training nodes, backward, Adam.
   ``A`` is symmetric, so the backward of each product is one more product with ``A``;
 * ``floor-autograd``: the same, with torch's own backward of the CSR product (which
   transposes ``A``, a sort of its entries, every step): what a first attempt costs;
@@ -91,8 +91,7 @@ class FloorGCN(torch.nn.Module):
             SymmetricSpMM.apply if symmetric else torch.matmul)  # type: ignore[assignment]
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
-        h = F.dropout(x, DROPOUT, self.training)
-        h = F.relu(self.product(adj, self.lin1(h)) + self.bias1)
+        h = F.relu(self.product(adj, self.lin1(x)) + self.bias1)
         h = F.dropout(h, DROPOUT, self.training)
         return self.product(adj, self.lin2(h)) + self.bias2
 

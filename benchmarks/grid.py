@@ -14,6 +14,8 @@ Presets:
     accuracy  VQ-GNN against full-graph training, GCN, SAGE and GAT backbones, 5 seeds
               (10 given splits on Tolokers).
     batch     peak training memory against batch size on a synthetic graph.
+    converge  time to 99% of full-graph training's best validation accuracy on the
+              10^6-node synthetic graph of the scaling run, all five methods.
     ogbn-arxiv, ogbn-products
               OGB-example hyper-parameters (see ``benchmarks/ogb.py``).
 
@@ -77,6 +79,9 @@ class DatasetPreset:
     train: dict[str, Any]  # flat training options (TrainConfig.create's keywords)
     runs: int = 5
     source: Optional[str] = "shared"
+    # per-method overrides of ``train`` (e.g. more epochs for full-graph training's one
+    # step per epoch)
+    method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _cfg(**kw: Any) -> dict[str, Any]:
@@ -135,6 +140,19 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
             _model(256, hidden=64, layers=2, dropout=0.5),
             _cfg(epochs=2, lr=0.01, eval_every=2, saint_coverage=10.0), runs=1, source=None),
     },
+    # Time to 99% of full-graph training's best validation accuracy on the scaling run's
+    # 10^6-node graph (GCN, batches of 4,096, K = 256): every method evaluated after every
+    # epoch; full-graph training takes one step per epoch, so it gets 150 epochs, the
+    # mini-batch methods 10 (GraphSAGE, at about 2 minutes an epoch here, 3).
+    "converge": {
+        "synthetic": DatasetPreset(
+            "synthetic:n=1000000,deg=10,classes=10,features=32,seed=0", None, "seed",
+            _model(256, hidden=64, layers=2, dropout=0.2),
+            _cfg(epochs=10, batch_size=4096, lr=0.01, eval_every=1, init_nodes=65536,
+                 inference_batches="random", saint_coverage=5.0),
+            runs=1, source=None,
+            method_train={"full": {"epochs": 150}, "sage": {"epochs": 3}}),
+    },
     # OGB examples' hyper-parameters (examples/nodeproppred/{arxiv,products}/gnn.py):
     # 3 layers, 256 hidden channels, dropout 0.5, Adam lr 0.01; batch norm for arxiv.
     "ogbn-arxiv": {
@@ -154,8 +172,9 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
 }
 ALL_METHODS = "vq,full,sage,cluster,saint"
 DEFAULT_METHODS = {"suite": ALL_METHODS, "accuracy": "vq,full", "batch": ALL_METHODS,
+                   "converge": ALL_METHODS,
                    "ogbn-arxiv": ALL_METHODS, "ogbn-products": "vq,sage,cluster,saint"}
-DEFAULT_CONVS = {"suite": "gcn", "accuracy": "gcn,sage,gat", "batch": "gcn",
+DEFAULT_CONVS = {"suite": "gcn", "accuracy": "gcn,sage,gat", "batch": "gcn", "converge": "gcn",
                  "ogbn-arxiv": "gcn", "ogbn-products": "sage"}
 BATCH_SIZES = "256,512,1024,2048,4096"
 
@@ -245,7 +264,8 @@ class Run:
     def __post_init__(self) -> None:
         self.model = replace(self.preset.model, conv=self.conv)
         seed = self.index if self.preset.vary == "seed" else 0
-        values: dict[str, Any] = {**self.preset.train, "seed": seed}
+        values: dict[str, Any] = {**self.preset.train,
+                                  **self.preset.method_train.get(self.method, {}), "seed": seed}
         if self.batch_size is not None:
             values["batch_size"] = self.batch_size
         if self.epochs is not None:
