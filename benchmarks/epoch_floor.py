@@ -1,23 +1,23 @@
 """VQ-GNN's training epoch against the floor: a plain torch.sparse full-graph GCN epoch.
 
-For each graph, three epochs are timed in turn in one process, round after round (so that
-drift of a noisy machine falls on all three alike):
+For each graph, four kinds of training epoch are timed in one process, each kind's epochs
+one after the other (each on its own warm caches and allocator state):
 
 * ``floor``: what hand-written PyTorch costs for the same model on the whole graph, one
   optimizer step per epoch: the symmetric-normalised adjacency with self-loops as one
-  ``torch.sparse_csr`` matrix ``A``, ``A relu(A X W1) W2`` (dropout between the layers, as
-  ``torch.nn.functional.dropout``, as in vqgnn's model), cross-entropy on the training nodes, backward, Adam.
-  ``A`` is symmetric, so the backward of each product is one more product with ``A``;
+  ``torch.sparse_csr`` matrix ``A``, ``A relu(A X W1) W2`` (dropout between the layers,
+  ``torch.nn.functional.dropout``, as in vqgnn's model), cross-entropy on the training
+  nodes, backward, Adam. ``A`` is symmetric, so the backward of each product is one more
+  product with ``A``;
 * ``floor-autograd``: the same, with torch's own backward of the CSR product (which
   transposes ``A``, a sort of its entries, every step): what a first attempt costs;
-* ``full``: vqgnn's full-graph training of its 2-layer GCN (``Trainer`` with method
-  ``full``);
+* ``full``: vqgnn's full-graph training of its 2-layer GCN (``Trainer``, method ``full``);
 * ``vq``: VQ-GNN (method ``vq``) with the same model, N / b mini-batch steps per epoch.
 
-All three have 64 hidden channels, dropout 0.2 and Adam at lr 0.01, so their epochs differ
-only in how the graph is used. The trainers run as ``vqgnn train`` does by default (the
-saved-tensor memory meter on). Medians over ``--epochs`` rounds after one warm-up round;
-records (one per graph and method, with every epoch's time) are appended to ``--out`` and
+All have 64 hidden channels, dropout 0.2 and Adam at lr 0.01, so their epochs differ only
+in how the graph is used. The trainers run as ``vqgnn train`` does by default (the
+saved-tensor memory meter on). Medians of ``--epochs`` epochs after one warm-up epoch;
+records (one per graph and kind, with every epoch's time) are appended to ``--out``, and
 the table compares VQ-GNN with the floor (target: within 1.15x) and with full-graph
 training (target: no slower).
 

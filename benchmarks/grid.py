@@ -14,6 +14,9 @@ Presets:
     accuracy  VQ-GNN against full-graph training, GCN, SAGE and GAT backbones, 5 seeds
               (10 given splits on Tolokers).
     batch     peak training memory against batch size on a synthetic graph.
+    all-quantized
+              the accuracy preset's Cora and CiteSeer with every layer quantized (the
+              first layer's raw features through a codebook too).
     converge  time to 99% of full-graph training's best validation accuracy on the
               10^6-node synthetic graph of the scaling run, all five methods.
     ogbn-arxiv, ogbn-products
@@ -133,6 +136,15 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
                                   _PLANETOID_TRAIN),
         "tolokers": _TOLOKERS,
     },
+    # The accuracy preset's Cora and CiteSeer with both layers quantized (the first layer's
+    # raw features through a codebook too, not exact): every layer of the model quantized.
+    "all-quantized": {
+        key: replace(preset, model=replace(preset.model, exact_first_layer=False))
+        for key, preset in (
+            ("cora", DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL,
+                                   _PLANETOID_TRAIN)),
+            ("citeseer", DatasetPreset("CiteSeer", "planetoid", "seed", _PLANETOID_MODEL,
+                                       _PLANETOID_TRAIN)))},
     # Peak training memory against batch size (--batch-sizes), a few epochs each.
     "batch": {
         "synthetic": DatasetPreset(
@@ -172,9 +184,10 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
 }
 ALL_METHODS = "vq,full,sage,cluster,saint"
 DEFAULT_METHODS = {"suite": ALL_METHODS, "accuracy": "vq,full", "batch": ALL_METHODS,
-                   "converge": ALL_METHODS,
+                   "converge": ALL_METHODS, "all-quantized": "vq,full",
                    "ogbn-arxiv": ALL_METHODS, "ogbn-products": "vq,sage,cluster,saint"}
 DEFAULT_CONVS = {"suite": "gcn", "accuracy": "gcn,sage,gat", "batch": "gcn", "converge": "gcn",
+                 "all-quantized": "gcn,sage,gat",
                  "ogbn-arxiv": "gcn", "ogbn-products": "sage"}
 BATCH_SIZES = "256,512,1024,2048,4096"
 
@@ -416,7 +429,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     title = (f"Grid '{args.preset}' ({len(records)} runs, device {device}, torch threads "
              f"{'/'.join(map(str, threads))}); command: python benchmarks/grid.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}")
-    if args.preset == "accuracy":
+    if args.preset in ("accuracy", "all-quantized"):
         tables = report.accuracy_table(records, args.method_list)
     elif args.preset == "batch":
         tables = report.batch_table(records)

@@ -534,3 +534,31 @@ def test_resident_memory_walker_finds_nested_tensors_once():
     obj = {"a": [t, (t[1:], 5)], "b": {"c": torch.ones(2)}}
     found = list(resident_memory.tensors(obj, "root"))
     assert [p for p, _ in found] == ["root['a'][0]", "root['a'][1][0]", "root['b']['c']"]
+
+
+def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path, capsys):
+    from benchmarks import epoch_floor
+
+    data = grid.load_dataset(DATASET_TINY)
+    adj = epoch_floor.normalized_adjacency(data.edge_index, data.num_nodes)
+    dense = adj.to_dense()
+    assert torch.allclose(dense, dense.t())  # symmetric: the floor's backward is A @ grad
+    torch.manual_seed(0)
+    fast = epoch_floor.FloorGCN(data.num_features, 8, 3, symmetric=True)
+    plain = epoch_floor.FloorGCN(data.num_features, 8, 3, symmetric=False)
+    plain.load_state_dict(fast.state_dict())
+    for model in (fast, plain):
+        model.eval()
+        model(data.x, adj).square().sum().backward()
+    for p, q in zip(fast.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    out = tmp_path / "floor.jsonl"
+    epoch_floor.main(["--graphs", DATASET_TINY, "--epochs", "2", "--batch-size", "64",
+                      "--num-codewords", "16", "--out", str(out)])
+    rows = records(out)
+    assert [r["method"] for r in rows] == list(epoch_floor.METHODS)
+    assert all(len(r["epoch_seconds"]) == 2 and r["batch_size"] == 64 for r in rows)
+    table = capsys.readouterr().out
+    assert "| synthetic:n=300,deg=6,features=8,classes=3 | " in table and "64 / 16" in table
+    with pytest.raises(SystemExit):
+        epoch_floor.main(["--graphs", "Tolokers", "--out", str(out)])  # needs --data-root

@@ -42,7 +42,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, True)
-    return (x * (torch.rand_like(x) >= p)) * (1.0 / (1.0 - p))
+    keep = torch.rand(x.shape, device=x.device) >= p  # float32 draws, whatever x's dtype
+    return (x * keep) * (1.0 / (1.0 - p))
 
 
 def norm_factory(norm: NormSpec, owner: str = "VQGNN") -> Callable[[int], torch.nn.Module]:
