@@ -562,3 +562,14 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
     assert "| synthetic:n=300,deg=6,features=8,classes=3 | " in table and "64 / 16" in table
     with pytest.raises(SystemExit):
         epoch_floor.main(["--graphs", "Tolokers", "--out", str(out)])  # needs --data-root
+
+
+def test_step_kernels_times_each_choice_both_ways(capsys):
+    from benchmarks import step_kernels
+
+    step_kernels.main(["--calls", "1", "--repeat", "1"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + 6 + 2 + 2  # header, 3 shapes x 2 products, 2 gathers, 2 dropouts
+    assert all(line.endswith("x |") for line in table[2:])
+    with pytest.raises(SystemExit):
+        step_kernels.main(["--calls", "0"])

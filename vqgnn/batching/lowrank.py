@@ -218,9 +218,8 @@ DENSE_LOWRANK_MAX = 1 << 24
 # Products (b, K) @ (K, D) with fewer than ``THIN_FORWARD`` columns D run as
 # ((K, D)^T (b, K)^T)^T, and (b, K)^T @ (b, D) with at most ``THIN_BACKWARD`` as
 # ((b, D)^T (b, K))^T, the thin operand transposed into a contiguous left-hand one: the same
-# sums, but CPU GEMM kernels are 3-12 times slower on a thin right-hand (or transposed)
-# operand (2 torch threads, b = 1,024, K = 1,024: 0.72 ms against 0.16-0.28 ms for D = 2
-# forward, 1.94 ms against 0.16-0.25 ms backward; at D = 64 the plain form is faster).
+# sums, but CPU GEMM kernels are several times slower on a thin right-hand (or transposed)
+# operand; at D = 64 the plain form is faster (``benchmarks/step_kernels.py`` times both).
 THIN_FORWARD = 16
 THIN_BACKWARD = 32
 

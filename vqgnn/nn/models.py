@@ -34,9 +34,9 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout: each entry kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
 
     ``torch.nn.functional.dropout`` on accelerators; on the CPU the mask is drawn by
-    ``torch.rand`` instead of ``bernoulli_``, the same distribution in about 0.6 times the
-    time (2 torch threads, a 4,096 x 64 batch, forward and backward: 2.3 ms against 3.7 ms),
-    with the same saved tensor (a boolean mask).
+    ``torch.rand`` instead of ``bernoulli_``: the same distribution in less time
+    (``benchmarks/step_kernels.py`` times both), with the same saved tensor (a boolean
+    mask).
     """
     if not training or p == 0.0:
         return x

@@ -1,0 +1,102 @@
+"""Time the kernel choices of VQ-GNN's lean training step against their plain forms.
+
+Each row is one operation at the shapes of a step (Tolokers: b = K = 1,024, 2 classes;
+the 10^6-node graph: b = 4,096, K = 256, 10 classes), timed both ways on random data,
+best of ``--repeat`` means over ``--calls`` calls:
+
+* ``(b, K) @ (K, D)`` and its backward ``(b, K)^T @ (b, D)``: ``a @ b`` against
+  :func:`~vqgnn.batching.lowrank.thin_matmul` / ``thin_matmul_t`` (the thin operand
+  transposed into a contiguous left-hand one);
+* a row gather: ``x[idx]`` against ``x.index_select(0, idx)``;
+* dropout, forward and backward: ``torch.nn.functional.dropout`` against
+  :func:`vqgnn.nn.models.dropout` (on the CPU a ``torch.rand`` mask).
+
+Usage:
+    python benchmarks/step_kernels.py --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqgnn.batching.lowrank import thin_matmul, thin_matmul_t  # noqa: E402
+from vqgnn.nn.models import dropout  # noqa: E402
+
+
+def best_ms(fn: Callable[[], object], calls: int, repeat: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return 1e3 * best
+
+
+def _dropout_step(fn: Callable[..., Tensor], x: Tensor, grad: Tensor) -> None:
+    fn(x, 0.2, True).backward(grad)
+
+
+def rows(calls: int, repeat: int) -> list[tuple[str, str, float, float]]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+
+    def row(name: str, shape: str, plain: Callable[[], object],
+            ours: Callable[[], object]) -> None:
+        out.append((name, shape, best_ms(plain, calls, repeat), best_ms(ours, calls, repeat)))
+
+    for b, k, d in ((1024, 1024, 2), (4096, 256, 10), (1024, 1024, 64)):
+        a = torch.rand(b, k, generator=gen)
+        v = torch.randn(k, d, generator=gen)
+        g = torch.randn(b, d, generator=gen)
+        shape = f"b={b}, K={k}, D={d}"
+        row("(b, K) @ (K, D)", shape, partial(torch.matmul, a, v), partial(thin_matmul, a, v))
+        row("(b, K)^T @ (b, D)", shape, partial(torch.matmul, a.t(), g),
+            partial(thin_matmul_t, a, g))
+    for n, size, d in ((1_000_000, 4096, 32), (1_000_000, 40_960, 1)):
+        x = torch.randn(n, d, generator=gen).squeeze(1)
+        idx = torch.randperm(n, generator=gen)[:size]
+        row("gather", f"{size:,} of {n:,} rows x {d}", partial(x.__getitem__, idx),
+            partial(x.index_select, 0, idx))
+    for shape in ((1024, 64), (4096, 64)):
+        x = torch.randn(*shape, generator=gen, requires_grad=True)
+        grad = torch.randn(*shape, generator=gen)
+        row("dropout 0.2, forward + backward", f"{shape[0]:,} x {shape[1]}",
+            partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--calls", type=int, default=50, help="calls per timing")
+    parser.add_argument("--repeat", type=int, default=3, help="timings per row (best kept)")
+    args = parser.parse_args(argv)
+    for name, value in (("--threads", args.threads), ("--calls", args.calls),
+                        ("--repeat", args.repeat)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be >= 1, received {value}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}; best of {args.repeat} means over "
+          f"{args.calls} calls")
+    print("| operation | shape | plain (ms) | vqgnn's (ms) | plain / vqgnn's |")
+    print("|---|---|---|---|---|")
+    for name, shape, plain, ours in rows(args.calls, args.repeat):
+        print(f"| {name} | {shape} | {plain:.3f} | {ours:.3f} | {plain / ours:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
