@@ -70,10 +70,10 @@ def rows(calls: int, repeat: int) -> list[tuple[str, str, float, float]]:
         idx = torch.randperm(n, generator=gen)[:size]
         row("gather", f"{size:,} of {n:,} rows x {d}", partial(x.__getitem__, idx),
             partial(x.index_select, 0, idx))
-    for shape in ((1024, 64), (4096, 64)):
-        x = torch.randn(*shape, generator=gen, requires_grad=True)
-        grad = torch.randn(*shape, generator=gen)
-        row("dropout 0.2, forward + backward", f"{shape[0]:,} x {shape[1]}",
+    for dims in ((1024, 64), (4096, 64)):
+        x = torch.randn(*dims, generator=gen, requires_grad=True)
+        grad = torch.randn(*dims, generator=gen)
+        row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
     return out
 
