@@ -8,7 +8,7 @@ one after the other (each on its own warm caches and allocator state):
   ``torch.sparse_csr`` matrix ``A``, ``A relu(A X W1) W2`` (dropout between the layers,
   ``torch.nn.functional.dropout``, as in vqgnn's model), cross-entropy on the training
   nodes, backward, Adam. ``A`` is symmetric, so the backward of each product is one more
-  product with ``A``;
+  product with ``A`` (:func:`~vqgnn.batching.lowrank.transposed_matmul`);
 * ``floor-autograd``: the same, with torch's own backward of the CSR product (which
   transposes ``A``, a sort of its entries, every step): what a first attempt costs;
 * ``full``: vqgnn's full-graph training of its 2-layer GCN (``Trainer``, method ``full``);
@@ -40,12 +40,14 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import report  # noqa: E402
 from benchmarks.grid import RESULTS, copy_root  # noqa: E402
+from vqgnn.batching.lowrank import transposed_matmul  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
@@ -62,21 +64,6 @@ GRAPHS: dict[str, tuple[Optional[str], int, int]] = {
 TARGET_FLOOR, TARGET_FULL = 1.15, 1.0
 
 
-class SymmetricSpMM(torch.autograd.Function):
-    """``adj @ x`` for a symmetric CSR ``adj``: the backward is ``adj @ grad`` (torch's own
-    backward would transpose the CSR matrix, a sort of all its entries, every step)."""
-
-    @staticmethod
-    def forward(ctx: Any, adj: Tensor, x: Tensor) -> Tensor:
-        ctx.save_for_backward(adj)
-        return adj @ x
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
-        (adj,) = ctx.saved_tensors
-        return None, adj @ grad
-
-
 class FloorGCN(torch.nn.Module):
     """Two GCN layers on one CSR matrix: ``A relu(A X W1) W2`` (bias after each product)."""
 
@@ -88,7 +75,11 @@ class FloorGCN(torch.nn.Module):
         self.bias1 = torch.nn.Parameter(torch.zeros(hidden))
         self.bias2 = torch.nn.Parameter(torch.zeros(out_channels))
         self.product: Callable[[Tensor, Tensor], Tensor] = (
-            SymmetricSpMM.apply if symmetric else torch.matmul)  # type: ignore[assignment]
+            self._symmetric if symmetric else torch.matmul)
+
+    @staticmethod
+    def _symmetric(adj: Tensor, x: Tensor) -> Tensor:
+        return transposed_matmul(adj, adj, x)  # A^T = A: the backward is A @ grad
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
         h = F.relu(self.product(adj, self.lin1(x)) + self.bias1)
@@ -97,13 +88,10 @@ class FloorGCN(torch.nn.Module):
 
 
 def normalized_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
-    r""":math:`D^{-1/2} (A + I) D^{-1/2}` as a ``torch.sparse_csr`` matrix (rows: targets)."""
-    loops = torch.arange(num_nodes)
-    src = torch.cat([edge_index[0], loops])
-    dst = torch.cat([edge_index[1], loops])
-    deg = torch.bincount(dst, minlength=num_nodes).float()
-    value = deg[src].rsqrt() * deg[dst].rsqrt()
-    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), value, (num_nodes, num_nodes),
+    r""":math:`D^{-1/2} (A + I) D^{-1/2}` (PyG's ``gcn_norm``, as vqgnn's GCN layers use) as
+    a ``torch.sparse_csr`` matrix (rows: targets)."""
+    edge_index, value = gcn_norm(edge_index, num_nodes=num_nodes, add_self_loops=True)
+    coo = torch.sparse_coo_tensor(edge_index.flip(0), value, (num_nodes, num_nodes),
                                   check_invariants=True).coalesce()
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)

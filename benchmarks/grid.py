@@ -111,6 +111,14 @@ _TOLOKERS = DatasetPreset(
     _model(1024, hidden=64, layers=2, dropout=0.2),
     _cfg(epochs=200, batch_size=1024, lr=0.01, weight_decay=0.0, eval_every=5), runs=10)
 
+_CORA = DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL, _PLANETOID_TRAIN)
+_CITESEER = DatasetPreset("CiteSeer", "planetoid", "seed", _PLANETOID_MODEL, _PLANETOID_TRAIN)
+
+
+def _all_quantized(preset: DatasetPreset) -> DatasetPreset:
+    return replace(preset, model=replace(preset.model, exact_first_layer=False))
+
+
 PRESETS: dict[str, dict[str, DatasetPreset]] = {
     "suite": {
         "cora": DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL, _PLANETOID_SUITE,
@@ -131,20 +139,13 @@ PRESETS: dict[str, dict[str, DatasetPreset]] = {
     # Issue 5's accuracy table: VQ-GNN against full-graph training of the same
     # architecture with the same hyper-parameters.
     "accuracy": {
-        "cora": DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL, _PLANETOID_TRAIN),
-        "citeseer": DatasetPreset("CiteSeer", "planetoid", "seed", _PLANETOID_MODEL,
-                                  _PLANETOID_TRAIN),
+        "cora": _CORA,
+        "citeseer": _CITESEER,
         "tolokers": _TOLOKERS,
     },
     # The accuracy preset's Cora and CiteSeer with both layers quantized (the first layer's
     # raw features through a codebook too, not exact): every layer of the model quantized.
-    "all-quantized": {
-        key: replace(preset, model=replace(preset.model, exact_first_layer=False))
-        for key, preset in (
-            ("cora", DatasetPreset("Cora", "planetoid", "seed", _PLANETOID_MODEL,
-                                   _PLANETOID_TRAIN)),
-            ("citeseer", DatasetPreset("CiteSeer", "planetoid", "seed", _PLANETOID_MODEL,
-                                       _PLANETOID_TRAIN)))},
+    "all-quantized": {"cora": _all_quantized(_CORA), "citeseer": _all_quantized(_CITESEER)},
     # Peak training memory against batch size (--batch-sizes), a few epochs each.
     "batch": {
         "synthetic": DatasetPreset(

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from vqgnn import ConfigError
 from vqgnn.batching.graph import sorted_csr
 from vqgnn.batching.lowrank import (
     THIN_BACKWARD,
@@ -24,6 +25,7 @@ from vqgnn.batching.lowrank import (
     thin_matmul,
     thin_matmul_t,
     to_sparse_csr,
+    transposed_matmul,
 )
 
 # A hand graph of 9 nodes (node 8 isolated): messages src -> dst with weight w.
@@ -398,3 +400,17 @@ def test_batch_plus_codewords_above_int16_range_map_correctly(path_case, index_d
     assert bool((local[back.target] < 0).all())
     assert torch.equal(back.code, assignment[back.target].long())
     assert int(back.code.max()) == k - 1
+
+
+def test_the_lean_products_name_the_argument_of_a_bad_shape():
+    a, b = torch.zeros(4, 3), torch.zeros(5, 2)
+    with pytest.raises(ConfigError, match="'thin_matmul': 'a' and 'b'.*\\(4, 3\\) and \\(5, 2\\)"):
+        thin_matmul(a, b)
+    with pytest.raises(ConfigError, match="'thin_matmul_t'"):
+        thin_matmul_t(a, b)
+    adj = torch.eye(3).to_sparse_csr()
+    with pytest.raises(ConfigError, match="'transposed_matmul'.*'x' of shape \\(3, D\\)"):
+        transposed_matmul(adj, adj, torch.zeros(4, 2))
+    edge_index, value, _ = hand_graph()
+    with pytest.raises(ConfigError, match="'operator_matmul': 'x' must have shape \\(9, D\\)"):
+        operator_matmul(build_operator(edge_index, value, N), torch.zeros(8, 2))

@@ -504,3 +504,9 @@ def test_dropout_keeps_each_entry_with_probability_one_minus_p(device, p):
     torch.manual_seed(0)
     again = dropout(x.detach(), p, True)
     assert torch.equal(again != 0, kept)  # reproducible under the seed
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1])
+def test_dropout_rejects_a_probability_outside_zero_one(p):
+    with pytest.raises(ConfigError, match=f"'dropout': 'p' must be in \\[0, 1\\), received {p}"):
+        dropout(torch.ones(3), p, True)

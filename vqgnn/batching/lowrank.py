@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vqgnn.batching.graph import VQGraph, sorted_csr
+from vqgnn.errors import ConfigError
 
 
 class SparseOperator(NamedTuple):
@@ -175,25 +176,25 @@ def lowrank_backward(edges: BackwardEdges, num_rows: int, num_codewords: int) ->
     return out.view(num_rows, num_codewords)
 
 
+def csr(crow: Tensor, col: Tensor, value: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A ``torch.sparse_csr`` matrix from trusted parts (no invariant checks, and without
+    torch's "sparse CSR support is in beta" warning on every process)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, value, shape, check_invariants=False)
+
+
 def to_sparse_csr(edges: BatchEdges) -> Tensor:
     """The merged ``edges`` as a (b, b + K) ``torch.sparse_csr`` matrix (rows sorted)."""
     counts = torch.bincount(edges.row, minlength=edges.num_rows)
     crow = torch.zeros(edges.num_rows + 1, dtype=torch.long, device=edges.row.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    with warnings.catch_warnings():  # "sparse CSR support is in beta" on every process
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, edges.col, edges.value,
-                                       (edges.num_rows, edges.num_cols), check_invariants=False)
+    return csr(crow, edges.col, edges.value, (edges.num_rows, edges.num_cols))
 
 
 def csr_matmul(rowptr: Tensor, col: Tensor, value: Tensor, dense: Tensor) -> Tensor:
     """(rows, D) product of a CSR matrix with ``dense`` (num_cols, D)."""
-    num_rows = rowptr.numel() - 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        matrix = torch.sparse_csr_tensor(rowptr, col, value.to(dense.dtype),
-                                         (num_rows, dense.size(0)), check_invariants=False)
-    return matrix @ dense
+    return csr(rowptr, col, value.to(dense.dtype), (rowptr.numel() - 1, dense.size(0))) @ dense
 
 
 def operator_matmul(op: SparseOperator, x: Tensor) -> Tensor:
@@ -202,13 +203,13 @@ def operator_matmul(op: SparseOperator, x: Tensor) -> Tensor:
     of a CSR product would transpose the matrix, a sort of its E entries, every step; on
     Tolokers that made a full-graph GCN epoch 4 times slower)."""
     n = op.num_nodes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        a = torch.sparse_csr_tensor(op.rowptr, op.col, op.value.to(x.dtype), (n, n),
-                                    check_invariants=False)
-        a_t = a if op.t_value is op.value and op.t_col is op.col else torch.sparse_csr_tensor(
-            op.t_rowptr, op.t_col, op.t_value.to(x.dtype), (n, n), check_invariants=False)
-    return _TransposedSpMM.apply(a, a_t, x)
+    if x.dim() != 2 or x.size(0) != n:
+        raise ConfigError(f"'operator_matmul': 'x' must have shape ({n}, D), received "
+                          f"{tuple(x.shape)}")
+    a = csr(op.rowptr, op.col, op.value.to(x.dtype), (n, n))
+    a_t = a if op.t_value is op.value and op.t_col is op.col else csr(
+        op.t_rowptr, op.t_col, op.t_value.to(x.dtype), (n, n))
+    return transposed_matmul(a, a_t, x)
 
 
 # Largest b * K for which a layer's out-of-batch part is a dense (b, K) matrix (the lean
@@ -224,8 +225,16 @@ THIN_FORWARD = 16
 THIN_BACKWARD = 32
 
 
+def _check_product(owner: str, a: Tensor, b: Tensor, dim: int) -> None:
+    """Both 2-D, ``a.size(dim) == b.size(0)``."""
+    if a.dim() != 2 or b.dim() != 2 or a.size(dim) != b.size(0):
+        raise ConfigError(f"'{owner}': 'a' and 'b' must be 2-D with a.size({dim}) == "
+                          f"b.size(0), received {tuple(a.shape)} and {tuple(b.shape)}")
+
+
 def thin_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for (n, K) ``a`` and (K, D) ``b``, in the faster form for thin ``b``."""
+    _check_product("thin_matmul", a, b, 1)
     if b.size(1) < THIN_FORWARD:  # a contiguous (D, K) left operand: the fast kernel
         return (b.t().contiguous() @ a.t()).t()
     return a @ b
@@ -233,6 +242,7 @@ def thin_matmul(a: Tensor, b: Tensor) -> Tensor:
 
 def thin_matmul_t(a: Tensor, b: Tensor) -> Tensor:
     """``a.t() @ b`` for (n, K) ``a`` and (n, D) ``b``, in the faster form for thin ``b``."""
+    _check_product("thin_matmul_t", a, b, 0)
     if b.size(1) <= THIN_BACKWARD:
         return (b.t().contiguous() @ a).t()
     return a.t() @ b
@@ -273,6 +283,17 @@ class _TransposedSpMM(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Optional[Tensor]]:
         (a_t,) = ctx.saved_tensors
         return None, None, (a_t @ grad) if ctx.needs_input_grad[2] else None
+
+
+def transposed_matmul(a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` for a (n, m) sparse ``a`` and (m, D) ``x``, differentiable in ``x`` by one
+    product with the given transpose ``a_t`` (m, n) (``a`` itself for a symmetric one)."""
+    n, m = a.shape
+    if tuple(a_t.shape) != (m, n) or x.dim() != 2 or x.size(0) != m:
+        raise ConfigError(f"'transposed_matmul': 'a' {tuple(a.shape)} needs 'a_t' of shape "
+                          f"({m}, {n}) and 'x' of shape ({m}, D), received "
+                          f"{tuple(a_t.shape)} and {tuple(x.shape)}")
+    return _TransposedSpMM.apply(a, a_t, x)
 
 
 class BatchRows(NamedTuple):
@@ -316,10 +337,7 @@ class BatchRows(NamedTuple):
         if value is None:
             raise ValueError("BatchRows.inner: no transposed values (the pattern is not "
                              "symmetric)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(self.crow, self.inner_col, value.to(dtype), (b, b),
-                                           check_invariants=False)
+        return csr(self.crow, self.inner_col, value.to(dtype), (b, b))
 
     def inner_matmul(self, x: Tensor) -> Tensor:
         r""":math:`C_{B,B}\, x` for (b, D) ``x``; its backward, on a symmetric pattern, is
@@ -328,7 +346,7 @@ class BatchRows(NamedTuple):
         if self.inner_t_value is None:
             return a @ x
         a_t = a if self.inner_t_value is self.inner_value else self.inner(x.dtype, True)
-        return _TransposedSpMM.apply(a, a_t, x)
+        return transposed_matmul(a, a_t, x)
 
 
 def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool) -> BatchRows:
@@ -374,14 +392,20 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
                      inner_value, t_row, t_target, t_outer, inner_t_value)
 
 
+def _per_codeword(row: Tensor, node: Tensor, value: Tensor, assignment: Tensor, b: int,
+                  num_codewords: int) -> Tensor:
+    """Dense (b, K): ``value`` of each entry summed at (``row``, codeword of ``node``)."""
+    out = torch.zeros(b * num_codewords, dtype=value.dtype, device=value.device)
+    codes = assignment.index_select(0, node).long()
+    out.index_add_(0, row * num_codewords + codes, value)
+    return out.view(b, num_codewords)
+
+
 def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int) -> Tensor:
     r"""Dense (b, K) matrix :math:`C_{B,\bar B} R`: the weight each batch node receives
     through each codeword, for one layer's assignment."""
-    b = rows.num_rows
-    out = torch.zeros(b * num_codewords, dtype=rows.outer.dtype, device=rows.outer.device)
-    codes = assignment.index_select(0, rows.col).long()
-    out.index_add_(0, rows.row * num_codewords + codes, rows.outer)
-    return out.view(b, num_codewords)
+    return _per_codeword(rows.row, rows.col, rows.outer, assignment, rows.num_rows,
+                         num_codewords)
 
 
 def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: int,
@@ -389,14 +413,11 @@ def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: in
     r"""Dense (b, K) matrix :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}` of the
     backward term, from :class:`BatchRows`; ``mask`` (N,) drops receivers without a
     gradient."""
-    b = rows.num_rows
     value = rows.t_outer
     if mask is not None:
         value = value * mask.index_select(0, rows.t_target).to(value.dtype)
-    out = torch.zeros(b * num_codewords, dtype=value.dtype, device=value.device)
-    codes = assignment.index_select(0, rows.t_target).long()
-    out.index_add_(0, rows.t_row * num_codewords + codes, value)
-    return out.view(b, num_codewords)
+    return _per_codeword(rows.t_row, rows.t_target, value, assignment, rows.num_rows,
+                         num_codewords)
 
 
 def step_rows(graph: VQGraph, op: SparseOperator, batch: Tensor) -> BatchRows:

@@ -38,6 +38,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     (``benchmarks/step_kernels.py`` times both), with the same saved tensor (a boolean
     mask).
     """
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"'dropout': 'p' must be in [0, 1), received {p!r}")
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
