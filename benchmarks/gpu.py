@@ -1,27 +1,33 @@
 """The device checks for a lent GPU machine, as one command under a wall-clock budget.
 
-In order, each with its share of ``--budget`` seconds (a step that runs out is stopped and
-recorded as such; the next one still runs):
+In order, each with its share of ``--budget`` seconds (a step that runs out is stopped,
+with every process it started, and recorded as such; the next one still runs):
 
-1. the CUDA tests (``pytest`` on the tests that take a ``device``: layers, models, meters,
-   trainer), their summary line kept;
-2. the scaling comparison (``benchmarks/scaling.py``) on the device: vq, full, cluster,
-   saint and sage on synthetic graphs of ``--sizes`` nodes (degree 10), one epoch each;
-3. the global attention layer's epoch time and step memory against N
-   (``benchmarks/attention_scaling.py``), VQ against exact.
+1. the CUDA tests (``pytest -k cuda`` on the tests that take a ``device``: batching,
+   layers, models, codebooks, meters, trainer), their summary line kept;
+2. with ``--data-root``: the published-width accuracy runs of issue 11
+   (``grid.py --preset published``: GCN, SAGE and GAT on split 0 of Tolokers and
+   Minesweeper, then GCN and SAGE on further splits while the share lasts), ``--workers``
+   runs at once on the one GPU (accuracy only: their epoch times share the machine);
+3. the scaling comparison (``benchmarks/scaling.py``) on the device, alone: vq, full,
+   cluster, saint and sage on synthetic graphs of ``--sizes`` nodes (degree 10), one epoch
+   each;
+4. the global attention layer's epoch time and step memory against N
+   (``benchmarks/attention_scaling.py``), VQ against exact, alone.
 
 Records, tables and plots go to ``--out`` (default ``benchmarks/results/gpu``; on the device
 machine ``$OUT``), with ``summary.md`` naming the device. On a machine without CUDA it runs
 the same steps on the CPU at the sizes given (the tests use it so, with tiny sizes).
 
 Usage:
-    python benchmarks/gpu.py --out "$OUT"                        # on the GPU machine
+    python benchmarks/gpu.py --out "$OUT" --data-root DATA        # on the GPU machine
     python benchmarks/gpu.py --device cpu --sizes 2000 --attention-sizes 500 --budget 120
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,19 +38,31 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CUDA_TESTS = ["tests/nn", "tests/quantize", "tests/train/test_meters.py",
+CUDA_TESTS = ["tests/batching", "tests/nn", "tests/quantize", "tests/train/test_meters.py",
               "tests/train/test_trainer.py"]
 
 
-def run_step(name: str, command: list[str], limit: float, log: Path) -> str:
-    """Run ``command`` under ``limit`` seconds, its output to ``log``; a one-line outcome."""
+def run_step(name: str, commands: list[list[str]], limit: float, log: Path) -> str:
+    """Run ``commands`` one after another under ``limit`` seconds together, their output to
+    ``log``; a one-line outcome. At the limit the running command's whole process group
+    (worker processes included) is killed."""
     start = time.time()
+    code = 0
     with log.open("w") as handle:
-        try:
-            code = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                  timeout=max(limit, 1.0)).returncode
-        except subprocess.TimeoutExpired:
-            return f"{name}: stopped after {limit:.0f} s (time share used up); log {log.name}"
+        for command in commands:
+            left = limit - (time.time() - start)
+            if left < 1:
+                return f"{name}: stopped after {limit:.0f} s (time share used up); log {log.name}"
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            try:
+                code = process.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return f"{name}: stopped after {limit:.0f} s (time share used up); log {log.name}"
     tail = log.read_text().strip().splitlines()[-1:] or [""]
     return f"{name}: exit {code} in {time.time() - start:.0f} s; last line: {tail[0]}"
 
@@ -57,6 +75,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--budget", type=float, default=540.0,
                         help="seconds for all steps together")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding heterophilous/ (the published-width runs; "
+                             "without it that step is skipped)")
+    parser.add_argument("--methods", default="vq,full,cluster,saint,sage",
+                        help="methods of the scaling step (sage and saint need torch-sparse)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="published-width runs at once on the device")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or
                                                          HERE / "results" / "gpu"))
     args = parser.parse_args(argv)
@@ -64,24 +89,35 @@ def main(argv: Optional[list[str]] = None) -> None:
     device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
               else f"cpu ({torch.get_num_threads()} threads)")
     python = sys.executable
-    methods = "vq,full,cluster,saint,sage"
-    shares = {"tests": 0.0 if args.skip_tests else 0.25, "scaling": 0.5, "attention": 0.25}
+    methods = args.methods
+    shares = {"tests": 0.0 if args.skip_tests else 0.14,
+              "published": 0.0 if args.data_root is None else 0.5,
+              "scaling": 0.27, "attention": 0.09}
     seconds = {k: args.budget * v / sum(shares.values()) for k, v in shares.items()}
     runs = len(methods.split(",")) * len(args.sizes.split(","))
     attention_runs = 2 * len(args.attention_sizes.split(","))
-    steps = []
+    steps: list[tuple[str, list[list[str]], float]] = []
     if not args.skip_tests:
-        steps.append(("CUDA tests", [python, "-m", "pytest", "-q", *CUDA_TESTS],
-                      seconds["tests"]))
-    steps.append(("scaling", [python, str(HERE / "scaling.py"), "--device", args.device,
-                              "--sizes", args.sizes, "--methods", methods,
-                              "--time-limit", f"{seconds['scaling'] / runs:.0f}",
-                              "--out", str(args.out / "scaling.jsonl")], seconds["scaling"]))
-    steps.append(("global attention", [python, str(HERE / "attention_scaling.py"), "--device",
-                                       args.device, "--sizes", args.attention_sizes,
-                                       "--exact-limit",
-                                       f"{seconds['attention'] / attention_runs:.0f}",
-                                       "--out", str(args.out / "attention_scaling.jsonl")],
+        steps.append(("CUDA tests", [[python, "-m", "pytest", "-q", "-k", args.device.split(":")[0],
+                                      *CUDA_TESTS]], seconds["tests"]))
+    if args.data_root is not None:
+        grid = [python, str(HERE / "grid.py"), "--preset", "published", "--device", args.device,
+                "--data-root", args.data_root, "--workers", str(args.workers),
+                "--out", str(args.out / "published.jsonl"), "--plots", str(args.out)]
+        # split 0 of every backbone first, then GCN and SAGE split by split
+        steps.append(("published", [grid + ["--convs", "gcn,sage,gat", "--runs", "1"],
+                                    grid + ["--convs", "gcn,sage", "--interleave"]],
+                      seconds["published"]))
+    steps.append(("scaling", [[python, str(HERE / "scaling.py"), "--device", args.device,
+                               "--sizes", args.sizes, "--methods", methods,
+                               "--time-limit", f"{seconds['scaling'] / runs:.0f}",
+                               "--init-nodes", "65536", "--vq-inference-batches", "random",
+                               "--out", str(args.out / "scaling.jsonl")]], seconds["scaling"]))
+    steps.append(("global attention", [[python, str(HERE / "attention_scaling.py"), "--device",
+                                        args.device, "--sizes", args.attention_sizes,
+                                        "--exact-limit",
+                                        f"{seconds['attention'] / attention_runs:.0f}",
+                                        "--out", str(args.out / "attention_scaling.jsonl")]],
                   seconds["attention"]))
     given = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Device checks on {device}", "", f"command: python benchmarks/gpu.py {given}",
@@ -91,6 +127,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         outcome = run_step(name, command, limit, log)
         print(outcome, flush=True)
         lines.append(f"- {outcome}")
+    if args.data_root is not None:  # the table of every published-width run recorded
+        table = subprocess.run(grid + ["--convs", "gcn,sage,gat", "--table-only"], cwd=ROOT,
+                               capture_output=True, text=True)
+        lines += ["", table.stdout.strip() or table.stderr.strip()[-2000:]]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"summary: {args.out / 'summary.md'}")
 

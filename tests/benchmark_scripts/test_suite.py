@@ -573,3 +573,97 @@ def test_step_kernels_times_each_choice_both_ways(capsys):
     assert all(line.endswith("x |") for line in table[1:])
     with pytest.raises(SystemExit):
         step_kernels.main(["--calls", "0"])
+
+
+def test_published_preset_runs_in_worker_processes_and_resumes(results, monkeypatch, capsys):
+    """--workers: each run in its own process, the records appended by the parent;
+    --interleave: seed 0 of every method before seed 1; the same command again runs
+    nothing."""
+    preset = grid.PRESETS["published"]["tolokers"]
+    tiny = replace(preset, name=DATASET_TINY + ",seed=0", family=None, source=None, vary="seed",
+                   model=replace(preset.model, hidden=16, codebook=K16),
+                   train={**preset.train, "batch_size": 128})
+    monkeypatch.setitem(grid.PRESETS["published"], "tolokers", tiny)
+    argv = ["--preset", "published", "--datasets", "tolokers", "--convs", "gcn", "--runs", "2",
+            "--epochs", "2", "--workers", "2", "--interleave"]
+    runs = grid.plan(grid.parse_args(argv))
+    assert [(r.index, r.method) for r in runs] == [(0, "vq"), (0, "full"), (1, "vq"),
+                                                   (1, "full")]
+    grid.main(argv)
+    rows = records(results / "published.jsonl")
+    assert sorted((r["seed"], r["method"]) for r in rows) == [(0, "full"), (0, "vq"),
+                                                              (1, "full"), (1, "vq")]
+    assert all(r["model_config"]["ffn"] and r["model_config"]["hidden"] == 16 for r in rows)
+    assert all(r["train_config"]["lr"] == 3e-5 for r in rows)
+    assert "| synthetic" in (results / "published.md").read_text()
+    capsys.readouterr()
+    grid.main(argv)
+    assert len(records(results / "published.jsonl")) == 4
+    assert "test" not in capsys.readouterr().out.split("Grid")[0]  # nothing ran again
+
+
+def test_published_preset_takes_the_same_optimizer_steps_for_both_methods():
+    for key, nodes in (("tolokers", 11758), ("minesweeper", 10000)):
+        preset = grid.PRESETS["published"][key]
+        full = grid.Run(preset, "full", "gcn", 0)
+        vq = grid.Run(preset, "vq", "gcn", 0)
+        assert full.train.epochs == 1000 and full.train.lr == vq.train.lr == 3e-5
+        steps = -(-nodes // vq.train.batch_size) * vq.train.epochs
+        assert 1000 <= steps < 1000 + -(-nodes // vq.train.batch_size)
+        assert preset.model.ffn and preset.model.hidden == 512 and preset.model.layers == 3
+
+
+def test_grid_time_budget_starts_no_run_after_it(results, monkeypatch, capsys):
+    tiny = replace(grid.PRESETS["batch"]["synthetic"], name=DATASET_TINY,
+                   model=replace(grid.PRESETS["batch"]["synthetic"].model, codebook=K16))
+    monkeypatch.setitem(grid.PRESETS["batch"], "synthetic", tiny)
+    clock = iter(range(0, 1000, 10))  # every reading of the clock 10 s after the last
+    args = grid.parse_args(["--preset", "batch", "--batch-sizes", "64", "--methods", "vq,full",
+                            "--epochs", "1", "--time-budget", "15"])
+    grid.run_all(grid.plan(args), results / "batch.jsonl", set(), args,
+                 clock=lambda: float(next(clock)))
+    assert [r["method"] for r in records(results / "batch.jsonl")] == ["vq"]
+    assert "time budget of 15 s used: [2/2] and later not started" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        grid.main(["--preset", "batch", "--time-budget", "0"])
+    assert "--time-budget must be > 0 seconds, received 0.0" in capsys.readouterr().err
+
+
+def test_published_table_against_the_paper_and_full_graph_training():
+    def rec(method, split, test, conv="gcn"):
+        return {"dataset": "Tolokers", "conv": conv, "method": method, "split": split,
+                "test": test, "median_epoch_seconds": 0.01}
+
+    rows = report.published_table([rec("full", 0, 0.830), rec("full", 1, 0.826),
+                                   rec("vq", 0, 0.825), rec("vq", 1, 0.815),
+                                   rec("full", 0, 0.800, "sage")])
+    gcn = next(r for r in rows if "| gcn |" in r)
+    # full 82.80 against 83.64 published: -0.84, within 1.5; vq 82.00: -0.80, within 1
+    assert "| 2 | 83.64 ± 0.67 | 82.80 ± 0.28 | -0.84 | yes | 82.00 ± 0.71 | -0.80 | yes |" in gcn
+    sage = next(r for r in rows if "| sage |" in r)
+    assert "| 1 | 82.43 ± 0.44 | 80.00 ± 0.00 | -2.43 | NO | - | - | - |" in sage
+
+
+def test_gpu_step_at_its_limit_kills_the_processes_it_started(tmp_path):
+    """A step's command and the processes it started (grid.py's workers) are stopped."""
+    import sys
+    import time
+
+    from benchmarks import gpu
+
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    start = time.time()
+    outcome = gpu.run_step("slow", [[sys.executable, "-c", script]], 3.0, tmp_path / "s.log")
+    assert time.time() - start < 30
+    assert outcome.startswith("slow: stopped after 3 s")
+    child = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    time.sleep(0.5)
+    # gone, or dead and not yet reaped by its new parent (state Z)
+    assert not child.exists() or child.read_text().split(")")[-1].split()[0] == "Z"
+    outcome = gpu.run_step("two", [[sys.executable, "-c", "print('a')"],
+                                   [sys.executable, "-c", "print('b')"]], 30.0,
+                           tmp_path / "t.log")
+    assert outcome.startswith("two: exit 0") and outcome.endswith("last line: b")
