@@ -33,8 +33,9 @@ class SavedTensorMeter:
 
     Inside the ``with`` block every tensor saved for backward is recorded once per
     storage (views of one storage count once). :meth:`add` declares the step's inputs
-    (e.g. the batch features). On CUDA, :attr:`cuda_peak` also reports
-    ``torch.cuda.max_memory_allocated`` over the block.
+    (e.g. the batch features). On CUDA, :attr:`cuda_peak` also reports the peak the block
+    adds: ``torch.cuda.max_memory_allocated`` over the block minus the bytes allocated at
+    its start (what was resident before, such as the graph, is not counted).
 
     Example:
         >>> with SavedTensorMeter() as meter:
@@ -48,6 +49,7 @@ class SavedTensorMeter:
         self._seen: dict[Any, int] = {}
         self._hooks: Optional[Any] = None
         self.cuda_peak: Optional[int] = None
+        self._cuda_base = 0
 
     def _pack(self, t: Tensor) -> Tensor:
         for key, nbytes in _tensor_bytes(t):
@@ -72,6 +74,7 @@ class SavedTensorMeter:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda_base = torch.cuda.memory_allocated(self.device)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
         return self
@@ -81,7 +84,7 @@ class SavedTensorMeter:
         self._hooks.__exit__(*exc)
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.cuda_peak = torch.cuda.max_memory_allocated(self.device)
+            self.cuda_peak = torch.cuda.max_memory_allocated(self.device) - self._cuda_base
 
 
 _STATUS = "/proc/self/status"
