@@ -602,15 +602,20 @@ def test_published_preset_runs_in_worker_processes_and_resumes(results, monkeypa
     assert "test" not in capsys.readouterr().out.split("Grid")[0]  # nothing ran again
 
 
-def test_published_preset_takes_the_same_optimizer_steps_for_both_methods():
+def test_published_presets_give_vq_the_same_epochs_or_the_same_steps():
     for key, nodes in (("tolokers", 11758), ("minesweeper", 10000)):
         preset = grid.PRESETS["published"][key]
+        assert preset.model.ffn and preset.model.hidden == 512 and preset.model.layers == 3
         full = grid.Run(preset, "full", "gcn", 0)
         vq = grid.Run(preset, "vq", "gcn", 0)
-        assert full.train.epochs == 1000 and full.train.lr == vq.train.lr == 3e-5
-        steps = -(-nodes // vq.train.batch_size) * vq.train.epochs
-        assert 1000 <= steps < 1000 + -(-nodes // vq.train.batch_size)
-        assert preset.model.ffn and preset.model.hidden == 512 and preset.model.layers == 3
+        assert full.train.epochs == vq.train.epochs == 1000
+        assert full.train.lr == vq.train.lr == 3e-5 and vq.train.batch_size == 4096
+        same_steps = grid.Run(grid.PRESETS["published-steps"][key], "vq", "gcn", 0)
+        per_epoch = -(-nodes // same_steps.train.batch_size)
+        assert 1000 <= per_epoch * same_steps.train.epochs < 1000 + per_epoch
+        # the full-graph runs are the same in both presets (one set of records)
+        full_steps = grid.Run(grid.PRESETS["published-steps"][key], "full", "gcn", 0)
+        assert grid.run_key(grid.probe_of(full)) == grid.run_key(grid.probe_of(full_steps))
 
 
 def test_grid_time_budget_starts_no_run_after_it(results, monkeypatch, capsys):
