@@ -14,6 +14,7 @@ left that depends on neither (codebooks, weights, one batch).
 Usage:
     python benchmarks/resident_memory.py                      # GCN, 2 layers, K = 256
     python benchmarks/resident_memory.py --conv sage --layers 3 --num-codewords 1024
+    python benchmarks/resident_memory.py --feature-dtype bfloat16    # features in 16 bits
 """
 from __future__ import annotations
 
@@ -106,12 +107,14 @@ def resident(trainer: Trainer) -> dict[str, int]:
 
 def measure(n: int, deg: float, args: argparse.Namespace) -> tuple[int, int, dict[str, int]]:
     data = load_dataset(f"synthetic:n={n},deg={deg:g}", seed=0)
+    data.x = data.x.to(getattr(torch, args.feature_dtype))  # as the CLI stores them
     seed_everything(0)
     model = ModelConfig(conv=args.conv, layers=args.layers, hidden=args.hidden,
                         codebook=CodebookOptions(num_codewords=args.num_codewords)
                         ).build(data)
     trainer = Trainer(model, data, TrainConfig.create(
-        "vq", epochs=1, batch_size=args.batch_size, eval_every=1, progress=False))
+        "vq", epochs=1, batch_size=args.batch_size, eval_every=1, progress=False,
+        feature_dtype=args.feature_dtype))
     trainer.fit()
     return n, int(data.edge_index.size(1)), resident(trainer)
 
@@ -154,6 +157,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--num-codewords", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--feature-dtype", default="float32",
+                        choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
     if args.nodes < 100 or args.deg <= 0:
         parser.error(f"--nodes must be >= 100 and --deg > 0, received {args.nodes} and "
@@ -162,7 +167,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                                                 (2 * args.nodes, args.deg),
                                                 (args.nodes, 2 * args.deg))]
     print(f"VQ-GNN training ({args.conv}, {args.layers} layers, {args.hidden} hidden, "
-          f"K = {args.num_codewords}, batch {args.batch_size}): resident tensors after one "
+          f"K = {args.num_codewords}, batch {args.batch_size}, features in "
+          f"{args.feature_dtype}): resident tensors after one "
           f"epoch, by component")
     print("\n".join(table(points)))
 

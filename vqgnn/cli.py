@@ -137,7 +137,8 @@ def train_config(args: argparse.Namespace, method: str, options: Optional[dict] 
         grad_clip=args.grad_clip, lr_per_epoch=args.lr_per_epoch, eval_every=args.eval_every,
         patience=args.patience,
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
-        device=args.device, checkpoint=checkpoint, progress=not args.quiet, **options)
+        device=args.device, checkpoint=checkpoint, progress=not args.quiet,
+        feature_dtype=args.feature_dtype, **options)
 
 
 def model_config(args: argparse.Namespace):
@@ -241,6 +242,8 @@ def data_parallel(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from vqgnn.datasets import load_dataset
     from vqgnn.errors import ConfigError, DivergenceError
     from vqgnn.train.records import append_record, check_writable
@@ -260,6 +263,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:  # before training: a bad path must not cost a run
         check_writable(args.json, "--json")
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
+    if args.feature_dtype != "float32":  # no float32 copy of the features stays behind
+        data.x = data.x.to(getattr(torch, args.feature_dtype))
     if not args.quiet:
         print_table(dataset_summary(data), ("field", "value"))
         print()
@@ -435,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-batch-size", type=int, default=t.eval_batch_size,
                        help="nodes per inference chunk")
     train.add_argument("--device", default=t.device, help="cpu, cuda or cuda:N")
+    train.add_argument("--feature-dtype", default=t.feature_dtype,
+                       choices=["float32", "bfloat16", "float16"],
+                       help="storage of the node features (computation stays float32)")
     train.add_argument("--checkpoint", default=None,
                        help="checkpoint path (one file per method, written every epoch)")
     train.add_argument("--resume", action="store_true", help="resume from --checkpoint")

@@ -297,7 +297,14 @@ class VQGNN(torch.nn.Module):
                 module.reset_parameters()
 
     # ------------------------------------------------------------------ layers
+    def _features(self, x: Tensor) -> Tensor:
+        """``x`` in the model's dtype: features may be stored in half precision (bf16 or
+        fp16, ``TrainConfig.feature_dtype``) and are cast where they are read."""
+        dtype = self.layers[0].compute_dtype
+        return x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype)
+
     def _input(self, x: Tensor) -> Tensor:
+        x = self._features(x)
         if self.lin_in is None:
             return x
         return dropout(self.act(self.lin_in(x)), self.dropout, self.training)
@@ -359,8 +366,12 @@ class VQGNN(torch.nn.Module):
         """Exact outputs of all nodes, one layer at a time over chunks of nodes."""
         self._check_batch_size(batch_size)
         n = graph.num_nodes
-        h = x if self.lin_in is None else torch.cat(
-            [self._input(x[s:s + batch_size]) for s in range(0, n, batch_size)])
+        if self.lin_in is not None:
+            h = torch.cat([self._input(x[s:s + batch_size]) for s in range(0, n, batch_size)])
+        elif self.layers[0].reads_constant(x, graph):
+            h = x  # its cached aggregation is reused, the raw rows cast chunk by chunk
+        else:
+            h = self._features(x)
         bar = tqdm(self.layers, desc="layer-wise inference", disable=not progress, leave=False)
         for i, conv in enumerate(bar):
             conv_in = self._conv_input(i, h)  # (N, D)
@@ -410,7 +421,8 @@ class VQGNN(torch.nn.Module):
                      refresh: int = 1, progress: bool = False) -> Tensor:
         """(N, out_channels) outputs by VQ mini-batch inference: :meth:`vq_batches`
         collected."""
-        out = x.new_empty(graph.num_nodes, self.out_channels)
+        out = x.new_empty(graph.num_nodes, self.out_channels,
+                          dtype=self.layers[0].compute_dtype)
         for batch, batch_out in self.vq_batches(x, graph, batches, refresh, progress):
             out[batch] = batch_out
         return out

@@ -336,6 +336,22 @@ class VQConv(QuantizedLayer):
             out = self._inject_weights(out, x, weights)
         return out, agg
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the wrapped layer's parameters (inputs stored in another floating
+        dtype, such as bf16 features, are cast to it where they are read)."""
+        for param in self.conv.parameters():
+            if param.is_floating_point():
+                return param.dtype
+        return torch.get_default_dtype()
+
+    def reads_constant(self, x: Tensor, graph: VQGraph) -> bool:
+        """Whether ``x`` is the constant input set for ``graph`` with a cached aggregation
+        (:meth:`inference_all` then reuses it)."""
+        constant = self._constant
+        return (constant is not None and constant[0] is graph and constant[2] is not None
+                and constant[1] is x)
+
     def set_constant_input(self, x: Optional[Tensor], graph: Optional[VQGraph] = None) -> None:
         """Declare the inputs of all nodes constant (e.g. the raw features of a first layer).
 
@@ -359,8 +375,9 @@ class VQConv(QuantizedLayer):
         if isinstance(self.adapter, LinearAdapter) and self.adapter.message_is_linear_map(
                 self.conv):
             op = self.operator(graph)
-            with torch.no_grad():
-                aggregated = csr_matmul(op.rowptr, op.col, op.value, x)  # (N, D_in)
+            with torch.no_grad():  # (N, D_in), computed in the operator's dtype, kept in x's
+                aggregated = csr_matmul(op.rowptr, op.col, op.value,
+                                        x.to(op.value.dtype)).to(x.dtype)
         self._constant = (graph, x, aggregated)
 
     def _forward_constant(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
@@ -371,6 +388,7 @@ class VQConv(QuantizedLayer):
             return self._exact(x_all, graph, batch, x)
         adapter = self.adapter
         assert isinstance(adapter, LinearAdapter)
+        x = x.to(self.compute_dtype)
         agg = adapter.message(self.conv, aggregated.index_select(0, batch).to(x.dtype))
         return adapter.update(self.conv, agg, x)
 
@@ -414,13 +432,13 @@ class VQConv(QuantizedLayer):
         if not isinstance(adapter, LinearAdapter):
             nodes = torch.arange(n, device=x.device)
             return torch.cat([self.inference(x, graph, nodes[s:s + chunk_size]) for s in starts])
-        constant = self._constant
-        if (constant is not None and constant[0] is graph and constant[2] is not None
-                and constant[1] is x):
-            aggregated = constant[2]  # C X of the raw inputs, computed once
+        if self.reads_constant(x, graph):
+            aggregated = self._constant[2]  # type: ignore[index]  # C X, computed once
+            assert aggregated is not None
+            dtype = self.compute_dtype  # the rows may be stored in bf16 or fp16
             return torch.cat([adapter.update(self.conv, adapter.message(
-                self.conv, aggregated[s:s + chunk_size].to(x.dtype)), x[s:s + chunk_size])
-                for s in starts])
+                self.conv, aggregated[s:s + chunk_size].to(dtype)),
+                x[s:s + chunk_size].to(dtype)) for s in starts])
         op = self.operator(graph)
         msg = torch.cat([adapter.message(self.conv, x[s:s + chunk_size])
                          for s in starts])  # (N, D_agg)

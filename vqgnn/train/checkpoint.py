@@ -160,7 +160,10 @@ def _digest(tensor: Tensor, max_rows: int = 4096) -> str:
         # the digests of existing checkpoints stay the same.
         dtype = torch.float64 if t.size(0) >= 1 << 24 else torch.float32
         t = t[torch.linspace(0, t.size(0) - 1, max_rows, dtype=dtype).long()]
-    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits
+        t = t.view(torch.int16)
+    return hashlib.sha1(t.numpy().tobytes()).hexdigest()[:16]
 
 
 def graph_fingerprint(data: Data) -> dict[str, Any]:

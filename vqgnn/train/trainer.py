@@ -60,8 +60,11 @@ RESUMABLE = ("epochs", "checkpoint", "progress", "device", "patience", "measure_
 _COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "lr_schedule",
                    "warmup_epochs", "grad_clip", "lr_per_epoch", "eval_every", "patience",
                    "inference", "eval_batch_size", "seed", "device", "checkpoint",
-                   "progress", "measure_memory")
+                   "progress", "measure_memory", "feature_dtype")
 LR_SCHEDULES = ("constant", "cosine")
+#: Storage dtypes of the node features (computation stays in the model's float32).
+FEATURE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                  "float16": torch.float16}
 
 
 @dataclass
@@ -104,6 +107,9 @@ class TrainConfig:
         checkpoint: path of a checkpoint written after every epoch (atomic).
         progress: tqdm progress bars.
         measure_memory: measure saved-tensor bytes of training steps.
+        feature_dtype: storage of the node features on the device (and of the exact first
+            layer's cached aggregation): ``'float32'``, or ``'bfloat16'``/``'float16'``
+            to halve them; rows are cast to the model's float32 where they are read.
 
     Example:
         >>> TrainConfig.create("cluster", epochs=50, batch_size=512, num_parts=32)
@@ -129,6 +135,7 @@ class TrainConfig:
     checkpoint: Optional[str] = None
     progress: bool = False
     measure_memory: bool = True
+    feature_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         cls = method_class(self.method) if isinstance(self.method, str) else None
@@ -225,6 +232,9 @@ class TrainConfig:
                               f"{' or '.join(owners)} (received method {self.method!r}, whose "
                               f"modes are {modes})")
         check_device(self.device, name)
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"'{name}': 'feature_dtype' must be one of "
+                              f"{tuple(FEATURE_DTYPES)}, received {self.feature_dtype!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"'{name}': 'lr_schedule' must be one of {LR_SCHEDULES}, "
                               f"received {self.lr_schedule!r}")
@@ -434,7 +444,9 @@ class Trainer:
                                   f"is empty); model selection and the result need them")
         self.extra_identity = dict(identity or {})
         self.ctx = TrainContext(
-            model=self.model, data=data, x=data.x.to(self.device), y=data.y.to(self.device),
+            model=self.model, data=data,
+            x=data.x.to(self.device, FEATURE_DTYPES[config.feature_dtype]),
+            y=data.y.to(self.device),
             masks=masks, train_idx=train_idx,
             graph=VQGraph(data.edge_index.to(self.device), data.num_nodes), device=self.device,
             seed=config.seed, eval_batch_size=config.eval_batch_size,
