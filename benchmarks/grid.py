@@ -490,7 +490,8 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
         return []
     failed: list[str] = []
     todo = [(c, r) for c, r in todo if run_key(probe_of(r)) not in done]
-    for run in {id(r.preset): r for _, r in todo}.values():  # PyG processes once, here
+    shared = {id(r.preset): r for _, r in todo if r.preset.source == "shared"}
+    for run in shared.values():  # PyG writes processed/ once, here, not in every worker
         load_dataset(run.preset.name, root=prepare_root(run.preset, args.data_root,
                                                         args.ogb_root), split=0)
     threads = max(1, (os.cpu_count() or 1) // args.workers)

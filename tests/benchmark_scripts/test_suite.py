@@ -678,3 +678,16 @@ def test_gpu_step_at_its_limit_kills_the_processes_it_started(tmp_path):
                                    [sys.executable, "-c", "print('b')"]], 30.0,
                            tmp_path / "t.log")
     assert outcome.startswith("two: exit 0") and outcome.endswith("last line: b")
+
+
+def test_all_quantized_metis_preset_changes_only_vq_batches():
+    for key in ("cora", "citeseer"):
+        metis = grid.PRESETS["all-quantized-metis"][key]
+        plain = grid.PRESETS["all-quantized"][key]
+        assert not metis.model.exact_first_layer
+        vq = grid.Run(metis, "vq", "sage", 0)
+        assert vq.train.options.sampler == "metis"
+        assert grid.Run(plain, "vq", "sage", 0).train.options.sampler == "random"
+        # full-graph training is the same run in both presets: one set of records
+        assert (grid.run_key(grid.probe_of(grid.Run(metis, "full", "sage", 0)))
+                == grid.run_key(grid.probe_of(grid.Run(plain, "full", "sage", 0))))
