@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
+from vqgnn.train.trainer import FEATURE_DTYPES  # noqa: E402
 
 #: (component, path fragments that put a tensor in it), first match wins; a path is the
 #: chain of attribute names, keys and indices from the trainer to the tensor.
@@ -107,7 +108,7 @@ def resident(trainer: Trainer) -> dict[str, int]:
 
 def measure(n: int, deg: float, args: argparse.Namespace) -> tuple[int, int, dict[str, int]]:
     data = load_dataset(f"synthetic:n={n},deg={deg:g}", seed=0)
-    data.x = data.x.to(getattr(torch, args.feature_dtype))  # as the CLI stores them
+    data.x = data.x.to(FEATURE_DTYPES[args.feature_dtype])  # as the CLI stores them
     seed_everything(0)
     model = ModelConfig(conv=args.conv, layers=args.layers, hidden=args.hidden,
                         codebook=CodebookOptions(num_codewords=args.num_codewords)
@@ -158,7 +159,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--num-codewords", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--feature-dtype", default="float32",
-                        choices=["float32", "bfloat16", "float16"])
+                        choices=list(FEATURE_DTYPES))
     args = parser.parse_args(argv)
     if args.nodes < 100 or args.deg <= 0:
         parser.error(f"--nodes must be >= 100 and --deg > 0, received {args.nodes} and "

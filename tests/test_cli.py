@@ -218,3 +218,14 @@ def test_input_errors_are_one_line_and_bugs_show_their_traceback(monkeypatch, ca
     monkeypatch.setattr("vqgnn.train.run_experiment", type_bug)
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["train", "--dataset", DATASET, "--epochs", "1", "--quiet"])
+
+
+def test_train_with_bfloat16_features_records_the_dtype(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert run(["train", "--dataset", DATASET, "--method", "vq,full", "--epochs", "2", *SMALL,
+                "--feature-dtype", "bfloat16", "--quiet", "--json", str(path)]) == 0
+    records = read_records(path)
+    assert [r["train_config"]["feature_dtype"] for r in records] == ["bfloat16", "bfloat16"]
+    assert all(0 <= r["test"] <= 1 for r in records)
+    assert run(["train", "--dataset", DATASET, "--feature-dtype", "int8"]) == 2
+    assert "--feature-dtype: invalid choice: 'int8'" in capsys.readouterr().err

@@ -242,11 +242,10 @@ def data_parallel(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from vqgnn.datasets import load_dataset
     from vqgnn.errors import ConfigError, DivergenceError
     from vqgnn.train.records import append_record, check_writable
+    from vqgnn.train.trainer import FEATURE_DTYPES
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
@@ -264,7 +263,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if args.feature_dtype != "float32":  # no float32 copy of the features stays behind
-        data.x = data.x.to(getattr(torch, args.feature_dtype))
+        data.x = data.x.to(FEATURE_DTYPES[args.feature_dtype])
     if not args.quiet:
         print_table(dataset_summary(data), ("field", "value"))
         print()
@@ -320,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         SaintOptions,
         VQOptions,
     )
-    from vqgnn.train.trainer import OPTIMIZERS
+    from vqgnn.train.trainer import FEATURE_DTYPES, OPTIMIZERS
 
     parser = argparse.ArgumentParser(
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
@@ -441,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="nodes per inference chunk")
     train.add_argument("--device", default=t.device, help="cpu, cuda or cuda:N")
     train.add_argument("--feature-dtype", default=t.feature_dtype,
-                       choices=["float32", "bfloat16", "float16"],
+                       choices=list(FEATURE_DTYPES),
                        help="storage of the node features (computation stays float32)")
     train.add_argument("--checkpoint", default=None,
                        help="checkpoint path (one file per method, written every epoch)")
