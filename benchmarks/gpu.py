@@ -58,7 +58,7 @@ def run_step(name: str, commands: list[list[str]], limit: float, log: Path) -> s
             process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
                                        start_new_session=True)
             try:
-                code = process.wait(timeout=left)
+                code = process.wait(timeout=left) or code  # the first failure is kept
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -48,6 +48,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -489,7 +490,14 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
             execute(run, counter, out, done, args, wall)
         return []
     failed: list[str] = []
-    todo = [(c, r) for c, r in todo if run_key(probe_of(r)) not in done]
+    planned, queued = todo, []
+    for counter, run in planned:  # done before, or planned twice: not run again
+        key = run_key(probe_of(run))
+        if key in done or key in {k for k, _, _ in queued}:
+            print(f"{counter}: done before, skipped", flush=True)
+        else:
+            queued.append((key, counter, run))
+    todo = [(counter, run) for _, counter, run in queued]
     shared = {id(r.preset): r for _, r in todo if r.preset.source == "shared"}
     for run in shared.values():  # PyG writes processed/ once, here, not in every worker
         load_dataset(run.preset.name, root=prepare_root(run.preset, args.data_root,
@@ -514,6 +522,12 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
             for future in finished:
                 try:
                     record = future.result()
+                except BrokenProcessPool as err:  # a worker died (killed, out of memory):
+                    # the pool takes no more runs; what finished is recorded
+                    failed.append(f"{labels[future]}: a worker process died ({err})")
+                    print(f"{failed[-1]}; {len(todo)} runs not started", flush=True)
+                    todo = []
+                    continue
                 except Exception as err:  # one failed run: the others go on
                     failed.append(f"{labels[future]}: {type(err).__name__}: {err}")
                     print(f"{failed[-1]} (run failed, not recorded)", flush=True)

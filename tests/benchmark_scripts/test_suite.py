@@ -597,9 +597,12 @@ def test_published_preset_runs_in_worker_processes_and_resumes(results, monkeypa
     assert all(r["train_config"]["lr"] == 3e-5 for r in rows)
     assert "| synthetic" in (results / "published.md").read_text()
     capsys.readouterr()
-    grid.main(argv)
+    grid.main(argv + ["--methods", "vq,full,vq"])  # planned twice: run once
     assert len(records(results / "published.jsonl")) == 4
-    assert "test" not in capsys.readouterr().out.split("Grid")[0]  # nothing ran again
+    assert capsys.readouterr().out.count(": done before, skipped") == 6
+    grid.main(argv + ["--runs", "3", "--methods", "vq,vq"])  # seed 2's vq, once
+    assert [r["seed"] for r in records(results / "published.jsonl")][4:] == [2]
+    assert capsys.readouterr().out.count(": done before, skipped") == 5
 
 
 def test_published_presets_give_vq_the_same_epochs_or_the_same_steps():

@@ -129,11 +129,15 @@ def test_inference_modes_come_from_the_method():
 
 
 # ------------------------------------------------------------------ PyG models
+@pytest.mark.parametrize("feature_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("method", ["sage", "cluster", "saint", "full"])
-def test_baselines_train_a_pyg_graphsage(data, method):
+def test_baselines_train_a_pyg_graphsage(data, method, feature_dtype):
+    """Also from features stored in bf16: the methods cast the rows a plain PyG model
+    reads (a VQGNN casts them itself)."""
     seed_everything(0)
     model = GraphSAGE(data.num_features, 16, num_layers=2, out_channels=3, dropout=0.2)
-    result = Trainer(model, data, _config(method)).fit()
+    config = _config(method).replace(feature_dtype=feature_dtype)
+    result = Trainer(model, data, config).fit()
     assert result.test > CHANCE + 0.2 and result.best_val > CHANCE + 0.2
     assert result.test_vq is None  # exact inference only
 

@@ -629,3 +629,20 @@ def test_graph_fingerprint_of_bfloat16_features(data):
     again = data.clone()
     again.x = again.x.bfloat16()
     assert graph_fingerprint(again) == graph_fingerprint(half)
+
+
+def test_float16_features_that_overflow_are_refused(data):
+    big = data.clone()
+    big.x = big.x * 1e5  # beyond float16's 65,504
+    with pytest.raises(ValueError, match="'feature_dtype' 'float16' cannot hold these "
+                                         "features \\(largest magnitude"):
+        Trainer(build(big), big, config(feature_dtype="float16"))
+    Trainer(build(big), big, config(feature_dtype="bfloat16"))  # float32's range
+
+
+def test_a_checkpoint_written_before_feature_dtype_existed_still_resumes(data, tmp_path):
+    """An option added later, at its default, is not part of the run's identity."""
+    trainer = Trainer(build(data), data, config(epochs=2))
+    assert "feature_dtype" not in trainer.identity()["train_config"]
+    half = Trainer(build(data), data, config(epochs=2, feature_dtype="bfloat16"))
+    assert half.identity()["train_config"]["feature_dtype"] == "bfloat16"

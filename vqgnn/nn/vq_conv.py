@@ -376,19 +376,24 @@ class VQConv(QuantizedLayer):
                 self.conv):
             op = self.operator(graph)
             with torch.no_grad():  # (N, D_in), computed in the operator's dtype, kept in x's
-                aggregated = csr_matmul(op.rowptr, op.col, op.value,
-                                        x.to(op.value.dtype)).to(x.dtype)
+                aggregated = csr_matmul(op.rowptr, op.col, op.value, x.to(op.value.dtype))
+                if x.dtype == torch.float16 and bool(
+                        (aggregated.abs() > torch.finfo(torch.float16).max).any()):
+                    raise ConfigError("'VQConv.set_constant_input': the aggregation of 'x' "
+                                      "exceeds float16's range (65,504); store the features "
+                                      "in bfloat16 or float32")
+                aggregated = aggregated.to(x.dtype)
         self._constant = (graph, x, aggregated)
 
     def _forward_constant(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
         const_graph, x_all, aggregated = self._constant  # type: ignore[misc]
         if const_graph is not graph:
             raise ConfigError("'VQConv': the constant input was set for another graph")
+        x = x.to(self.compute_dtype)  # the stored rows may be bf16 or fp16
         if aggregated is None:
             return self._exact(x_all, graph, batch, x)
         adapter = self.adapter
         assert isinstance(adapter, LinearAdapter)
-        x = x.to(self.compute_dtype)
         agg = adapter.message(self.conv, aggregated.index_select(0, batch).to(x.dtype))
         return adapter.update(self.conv, agg, x)
 

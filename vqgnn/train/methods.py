@@ -307,6 +307,13 @@ class TrainContext:
         """The module of training forwards (``forward_model``, else ``model``)."""
         return self.model if self.forward_model is None else self.forward_model
 
+    def features(self, x: Tensor) -> Tensor:
+        """Feature rows ``x`` (stored in ``TrainConfig.feature_dtype``) in the model's
+        floating dtype, for models that do not cast them themselves (a plain PyG model)."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
+                     torch.get_default_dtype())
+        return x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype)
+
     @property
     def num_nodes(self) -> int:
         return self.graph.num_nodes
@@ -361,7 +368,7 @@ def exact_predict(ctx: TrainContext, message_error_nodes: Optional[Tensor] = Non
     if isinstance(model, VQGNN):
         return model.inference(ctx.x, ctx.graph, ctx.eval_batch_size, progress=ctx.progress,
                                message_error_nodes=message_error_nodes)
-    return model(ctx.x, ctx.graph.edge_index)
+    return model(ctx.features(ctx.x), ctx.graph.edge_index)
 
 
 # ------------------------------------------------------------------------------ protocol
@@ -763,7 +770,7 @@ class FullGraphMethod(TrainingMethod):
         ctx, model = self.ctx, self.ctx.model
         graph: Union[VQGraph, Tensor] = (ctx.graph if isinstance(model, VQGNN)
                                          else ctx.graph.edge_index)
-        out = model(ctx.x, graph)
+        out = model(ctx.features(ctx.x), graph)  # (a VQGNN casts the rows itself)
         nodes = torch.arange(ctx.num_nodes, device=ctx.device)
         loss = ctx.node_loss(out, nodes, ctx.train_idx.numel())
         return Step(loss, (ctx.x, ctx.graph.edge_index))
@@ -806,7 +813,7 @@ class SubgraphMethod(TrainingMethod):
         n_id = sub.n_id.to(ctx.device)
         edge_index = sub.edge_index.to(ctx.device)
         loss_index = sub.loss_index.to(ctx.device)
-        xb = ctx.x[n_id]
+        xb = ctx.features(ctx.x[n_id])
         model = ctx.train_model
         if sub.edge_weight is not None and self._edge_weight:
             out = model(xb, edge_index, edge_weight=sub.edge_weight.to(ctx.device))

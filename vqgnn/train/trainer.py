@@ -62,6 +62,9 @@ _COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "lr_schedule",
                    "inference", "eval_batch_size", "seed", "device", "checkpoint",
                    "progress", "measure_memory", "feature_dtype")
 LR_SCHEDULES = ("constant", "cosine")
+#: Options added after checkpoints were written, at their defaults: left out of a run's
+#: identity, so that an older checkpoint (which lacks them) still resumes.
+_ADDED_AT_DEFAULT: dict[str, Any] = {"feature_dtype": "float32"}
 #: Storage dtypes of the node features (computation stays in the model's float32).
 FEATURE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                   "float16": torch.float16}
@@ -256,6 +259,19 @@ class TrainConfig:
                               f"received {self.patience!r}")
 
 
+def _stored_features(x: Tensor, name: str, device: torch.device) -> Tensor:
+    """``x`` on ``device`` in the storage dtype ``name``; a
+    :class:`~vqgnn.errors.ConfigError` when a finite feature does not fit (float16
+    overflows above 65,504)."""
+    stored = x.to(device, FEATURE_DTYPES[name])
+    # float16 only: bfloat16 has float32's range (and the features are finite)
+    if stored.dtype == torch.float16 != x.dtype and bool(torch.isinf(stored).any()):
+        raise ConfigError(f"'TrainConfig': 'feature_dtype' {name!r} cannot hold these "
+                          f"features (largest magnitude {float(x.abs().max()):.4g}, float16's "
+                          f"is 65,504); use 'bfloat16' or 'float32'")
+    return stored
+
+
 def check_device(device: str, owner: str = "TrainConfig") -> torch.device:
     """``device`` parsed; :class:`~vqgnn.errors.ConfigError` for a malformed name or a
     device this machine does not have."""
@@ -445,7 +461,7 @@ class Trainer:
         self.extra_identity = dict(identity or {})
         self.ctx = TrainContext(
             model=self.model, data=data,
-            x=data.x.to(self.device, FEATURE_DTYPES[config.feature_dtype]),
+            x=_stored_features(data.x, config.feature_dtype, self.device),
             y=data.y.to(self.device),
             masks=masks, train_idx=train_idx,
             graph=VQGraph(data.edge_index.to(self.device), data.num_nodes), device=self.device,
@@ -729,7 +745,8 @@ class Trainer:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must share with the run that resumes it: the configuration
         (but for :data:`RESUMABLE` options), the model and the graph."""
-        config = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE}
+        config = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE
+                  and not (k in _ADDED_AT_DEFAULT and _ADDED_AT_DEFAULT[k] == v)}
         return {"train_config": config,
                 **({"run": self.extra_identity} if self.extra_identity else {}),
                 "model": model_signature(self.model), "graph": self.fingerprint}
