@@ -85,6 +85,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or
                                                          HERE / "results" / "gpu"))
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.budget <= 0:
+        parser.error(f"--workers must be >= 1 and --budget > 0, received {args.workers} and "
+                     f"{args.budget}")
     args.out.mkdir(parents=True, exist_ok=True)
     device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
               else f"cpu ({torch.get_num_threads()} threads)")

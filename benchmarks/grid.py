@@ -490,14 +490,15 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
             execute(run, counter, out, done, args, wall)
         return []
     failed: list[str] = []
-    planned, queued = todo, []
+    queued: set[str] = set()
+    planned, todo = todo, []
     for counter, run in planned:  # done before, or planned twice: not run again
         key = run_key(probe_of(run))
-        if key in done or key in {k for k, _, _ in queued}:
+        if key in done or key in queued:
             print(f"{counter}: done before, skipped", flush=True)
         else:
-            queued.append((key, counter, run))
-    todo = [(counter, run) for _, counter, run in queued]
+            queued.add(key)
+            todo.append((counter, run))
     shared = {id(r.preset): r for _, r in todo if r.preset.source == "shared"}
     for run in shared.values():  # PyG writes processed/ once, here, not in every worker
         load_dataset(run.preset.name, root=prepare_root(run.preset, args.data_root,
