@@ -57,6 +57,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     "lr-0.002": ("vq", {}, {"lr": 0.002}, {}),
     "full-lr-0.06": ("full", {}, {"lr": 0.06}, {}),
     "cluster-lr-per-epoch": ("cluster", {}, {"lr_per_epoch": True}, {}),
+    # What still moves the curve at lr / S (CiteSeer's last-20 gap): the late steps' size
+    # (a cosine decay to 0) and the backward term.
+    "lr-per-epoch-cosine": ("vq", {}, {"lr_per_epoch": True, "lr_schedule": "cosine"}, {}),
+    "lr-per-epoch-no-backward": ("vq", {}, {"lr_per_epoch": True}, {"backward_approx": False}),
 }
 
 

@@ -291,6 +291,32 @@ def test_attention_benchmark_runs_four_variants_and_resumes(tmp_path, monkeypatc
     assert "done before, skipped" in capsys.readouterr().out
 
 
+def test_attention_benchmark_warmup_variants_have_their_own_table(tmp_path, monkeypatch,
+                                                                  capsys):
+    attention = _tiny_attention_benchmark(monkeypatch)
+    out = tmp_path / "att.jsonl"
+    attention.main(["--datasets", "syn", "--out", str(out)])
+    capsys.readouterr()
+    attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "1"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8  # the warm-up runs are new runs, not "done before"
+    warm = records[4:]
+    assert [attention.variant_of(r) for r in warm] == list(attention.WARMUP_VARIANTS)
+    assert all(r["train_config"]["warmup_epochs"] == 1 for r in warm)
+    assert [r["train_config"]["lr_per_epoch"] for r in warm] == [True, False, True, False]
+    text = capsys.readouterr().out
+    assert "With 1 epochs of lr warm-up" in text
+    rows = [line for line in text.splitlines() if line.startswith("| synthetic")]
+    # the main table (no warm-up) and the warm-up table each count their own 4 runs
+    assert sum("| 1/1/1/1 |" in row for row in rows) == 2
+    with pytest.raises(SystemExit):
+        attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "-1"])
+    with pytest.raises(SystemExit):
+        attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "2",
+                        "--lr-per-epoch"])
+    assert "drop --lr-per-epoch" in capsys.readouterr().err
+
+
 def test_gpu_device_checks_run_as_one_command_on_the_cpu(tmp_path, capsys):
     """benchmarks/gpu.py: the scaling and attention steps under their time shares, records
     and a summary naming the device (the CUDA run waits for a lent GPU machine)."""
