@@ -408,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "quantized): use with --norm layer --act gelu --dropout 0.2")
     train.add_argument("--global-attention", action="store_true",
                        help="a global attention layer over all nodes beside every convolution "
-                            "(hybrid blocks; needs --residual or --ffn; methods vq and full)")
+                            "(hybrid blocks; needs --residual or --ffn; methods vq and full). "
+                            "Give it a few --warmup-epochs (10 of 100): full-graph training's "
+                            "first full-lr steps can stall it at the class prior")
     train.add_argument("--attention-heads", type=int, default=m.attention_heads,
                        help="heads of the global attention layers")
     train.add_argument("--act", default=m.act, choices=list(ACTIVATIONS),
