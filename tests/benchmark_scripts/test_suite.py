@@ -317,6 +317,28 @@ def test_attention_benchmark_warmup_variants_have_their_own_table(tmp_path, monk
     assert "drop --lr-per-epoch" in capsys.readouterr().err
 
 
+def test_attention_outputs_prints_each_blocks_norm_and_spread(tmp_path, monkeypatch, capsys):
+    from benchmarks import attention_outputs
+
+    attention = _tiny_attention_benchmark(monkeypatch)
+    monkeypatch.setattr(attention_outputs, "DATASETS", attention.DATASETS)
+    out = tmp_path / "outputs.jsonl"
+    attention_outputs.main(["--dataset", "syn", "--epochs", "3", "--warmup-epochs", "2",
+                            "--json", str(out)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 3 and all("attn1" in line and "conv0" in line for line in lines)
+    record = json.loads(out.read_text())
+    assert record["warmup_epochs"] == 2 and len(record["epochs"]) == 3
+    first = record["epochs"][0]
+    assert first["attn0 norm"] > 0 and first["attn0 spread"] >= 0
+    # a constant output has no spread; distinct rows do
+    assert attention_outputs.output_figures(torch.ones(4, 3)) == pytest.approx((3 ** 0.5, 0.0))
+    assert attention_outputs.output_figures(torch.eye(3))[1] > 0
+    with pytest.raises(SystemExit):
+        attention_outputs.main(["--dataset", "syn", "--epochs", "0"])
+    assert "--epochs must be >= 1, received 0" in capsys.readouterr().err
+
+
 def test_gpu_device_checks_run_as_one_command_on_the_cpu(tmp_path, capsys):
     """benchmarks/gpu.py: the scaling and attention steps under their time shares, records
     and a summary naming the device (the CUDA run waits for a lent GPU machine)."""
