@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -135,15 +135,13 @@ def _diff(tests: dict[str, list[float]], a: str, b: str) -> Optional[float]:
 
 
 def table(records: list[dict[str, Any]], keys: list[str],
-          names: tuple[str, str, str, str] = tuple(VARIANTS)) -> list[str]:  # type: ignore[assignment]
-    """The comparison table over ``names``: (local VQ, local exact, VQ global, exact
-    global) variants, of the records without warm-up (``names`` the warm-up variants: of
-    the records with one)."""
-    warm = names == tuple(WARMUP_VARIANTS)
-    records = [r for r in records if (warmup_of(r) > 0) == warm]
+          names: Sequence[str] = tuple(VARIANTS), warmup: int = 0) -> list[str]:
+    """The comparison table of the records with ``warmup`` epochs of warm-up, over
+    ``names``: the (local VQ, local exact, VQ global, exact global) variants."""
+    records = [r for r in records if warmup_of(r) == warmup]
     local_vq, local_exact, vq_global, exact_global = names
-    extra = [] if warm else [n for n in LR_PER_EPOCH_VARIANTS
-                             if any(variant_of(r) == n for r in records)]
+    extra = [] if warmup else [n for n in LR_PER_EPOCH_VARIANTS
+                               if any(variant_of(r) == n for r in records)]
     lines = ["| dataset | metric | runs | " + " | ".join(names) + " | VQ − exact, global | "
              "within 1 pt | VQ − exact, local | global − local, exact | epoch s ("
              + " / ".join(names) + ") | published GT |", "|" + "---|" * 13]
@@ -240,11 +238,9 @@ def main(argv: Optional[list[str]] = None) -> None:
              f"{'/'.join(map(str, threads))}); command: python benchmarks/attention.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}")
     lines = table(records, keys)
-    if any(warmup_of(r) for r in records):
-        warm = sorted({warmup_of(r) for r in records} - {0})
-        lines += ["", f"With {'/'.join(map(str, warm))} epochs of lr warm-up, every variant "
-                  "(VQ-GNN with lr_per_epoch):", "",
-                  *table(records, keys, tuple(WARMUP_VARIANTS))]  # type: ignore[arg-type]
+    for warmup in sorted({warmup_of(r) for r in records} - {0}):
+        lines += ["", f"With {warmup} epochs of lr warm-up, every variant (VQ-GNN with "
+                  "lr_per_epoch):", "", *table(records, keys, tuple(WARMUP_VARIANTS), warmup)]
     text = title + "\n\n" + "\n".join(lines) + "\n"
     print("\n" + text)
     args.out.with_suffix(".md").write_text(text)

@@ -55,6 +55,11 @@ class GlobalAttention(QuantizedLayer):
     pairs like a ``VQConv``'s, with every option of
     :class:`~vqgnn.quantize.CodebookOptions`.
 
+    Train it with a learning-rate warm-up (``TrainConfig(warmup_epochs=...)``): while its
+    attention is near-uniform it gives every node nearly the same vector, and full-graph
+    training's first full-lr Adam steps can grow that vector until it drowns the nodes'
+    own features (docs/method.md, section 10).
+
     Args:
         in_channels: input channels.
         out_channels: output channels (default ``in_channels``), divisible by ``heads``.
