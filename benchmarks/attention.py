@@ -5,7 +5,7 @@ The architecture is the heterophilous-graph benchmark's residual blocks
 (:class:`~vqgnn.nn.ResidualFFNGNN`: input linear, ``h + FFN(conv(LN(h)))``, final LN and
 linear), with GCN convolutions; ``--global-attention`` blocks add a
 :class:`~vqgnn.nn.GlobalAttention` beside each convolution,
-``h + FFN(conv(LN(h)) + attn(LN(h)))``. Three variants per dataset and run:
+``h + FFN(conv(LN(h)) + attn(LN(h)))``. Four variants per dataset and run:
 
 * ``local VQ``: VQ-GNN, no global attention;
 * ``local exact``: full-graph training of that local model (what VQ-GNN costs without
@@ -13,6 +13,11 @@ linear), with GCN convolutions; ``--global-attention`` blocks add a
 * ``VQ global``: VQ-GNN with global attention, every layer (convolution and attention) with
   its own codebook;
 * ``exact global``: full-graph training of the same model (exact attention over all N).
+
+``--lr-per-epoch`` runs the two VQ-GNN variants again with each of an epoch's S steps at
+lr / S; ``--warmup-epochs W`` runs all four with W epochs of linear lr warm-up (VQ-GNN at
+lr / S), which full-graph training of exact global attention needs
+(``benchmarks/attention_outputs.py``).
 
 Every run appends one record to ``--out`` (a run already there is skipped), so an interrupted
 benchmark continues where it stopped; the table compares VQ global with exact global (target:
@@ -22,6 +27,7 @@ published Graph Transformer figures (Platonov et al., ICLR 2023).
 Usage:
     python benchmarks/attention.py --data-root ../data        # all six datasets, 3 runs
     python benchmarks/attention.py --datasets cora --runs 1 --epochs 20
+    python benchmarks/attention.py --data-root ../data --warmup-epochs 10
     python benchmarks/attention.py --table-only
 """
 from __future__ import annotations
@@ -62,7 +68,7 @@ LR_PER_EPOCH_VARIANTS = {"local VQ, lr/S": ("vq", False, True),
 # at lr / S per step. Without it, full-graph training's first Adam steps (each one moves
 # every weight by lr) send exact global attention's output, nearly the same vector for
 # every node while its attention is near-uniform, into a growing constant that drowns the
-# nodes' own features: the loss stays at the class prior on Minesweeper and amherst41.
+# nodes' own features: the loss stays at the class prior on Minesweeper.
 WARMUP_VARIANTS = {"local VQ, lr/S": ("vq", False, True), "local exact": ("full", False, False),
                    "VQ global, lr/S": ("vq", True, True), "exact global": ("full", True, False)}
 # Graph Transformer test figures of Platonov et al. (ICLR 2023), not measured here.
@@ -219,6 +225,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     unknown = [k for k in keys if k not in DATASETS]
     if unknown:
         parser.error(f"unknown datasets {unknown}; valid: {list(DATASETS)}")
+    epochs = args.epochs or min(DATASETS[k].train["epochs"] for k in keys)
+    if args.warmup_epochs and args.warmup_epochs >= epochs:
+        parser.error(f"--warmup-epochs must be below the epochs ({epochs}), received "
+                     f"{args.warmup_epochs}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in report.load_records(args.out)}
     if args.warmup_epochs and args.lr_per_epoch:

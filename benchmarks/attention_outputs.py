@@ -7,8 +7,10 @@ every node nearly the same vector (the mean of the values). This script trains o
 hidden, GCN + global attention) and prints, after every epoch, the training loss and, per
 block, the mean row norm and the spread across nodes (standard deviation over rows,
 averaged over channels) of the convolution's and the attention's outputs in the epoch's
-last training forward. It is how the stalled full-graph runs of exact global attention
-were explained (README, "Global attention: VQ against exact").
+last training forward (taken before that epoch's last optimizer step; epoch 1's is the
+initial model's), with the epoch's loss and validation metric. It is how the stalled
+full-graph runs of exact global attention were explained (README, "Global attention: VQ
+against exact").
 
 Usage:
     python benchmarks/attention_outputs.py --data-root DATA --dataset minesweeper \\
@@ -34,7 +36,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks.attention import DATASETS  # noqa: E402
 from benchmarks.grid import Run, prepare_root  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
-from vqgnn.train import Trainer  # noqa: E402
+from vqgnn.errors import DivergenceError  # noqa: E402
+from vqgnn.train import Trainer, TrainResult  # noqa: E402
 from vqgnn.train.trainer import seed_everything  # noqa: E402
 
 
@@ -63,6 +66,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         if getattr(args, name) < (1 if name == "epochs" else 0):
             parser.error(f"--{name.replace('_', '-')} must be >= "
                          f"{1 if name == 'epochs' else 0}, received {getattr(args, name)}")
+    if args.warmup_epochs >= args.epochs:
+        parser.error(f"--warmup-epochs must be below --epochs ({args.epochs}), received "
+                     f"{args.warmup_epochs}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, received {args.lr}")
     preset = DATASETS[args.dataset]
     preset = replace(preset, model=replace(preset.model, global_attention=True))
     run = Run(preset, args.method, "gcn", args.index, None, args.epochs)
@@ -91,15 +99,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows: list[dict[str, Any]] = []
 
     def log(line: str) -> None:
-        row = {"epoch": len(rows) + 1, **{f"{k} {w}": round(v[j], 4) for k, v in last.items()
-                                          for j, w in enumerate(("norm", "spread"))}}
+        entry = trainer.history[-1]  # this epoch's: its loss and validation metric
+        row = {"epoch": entry.epoch, "loss": entry.loss, "val": entry.val,
+               **{f"{k} {w}": round(v[j], 4) for k, v in last.items()
+                  for j, w in enumerate(("norm", "spread"))}}
         rows.append(row)
         print(line.split(" | ")[0], "|", line.split(" | ")[1], "|",
               "  ".join(f"{k} {v[0]:.2f}/{v[1]:.3f}" for k, v in last.items()), flush=True)
 
     print(f"{preset.name}, {args.method}, lr {config.lr}, warm-up {config.warmup_epochs}, "
           f"lr per epoch {config.lr_per_epoch}; per block: output norm / spread across nodes")
-    result = Trainer(model, data, config, log=log).fit()
+    trainer = Trainer(model, data, config, log=log)
+    status = "ok"
+    try:
+        result = trainer.fit()
+    except DivergenceError as err:  # the rows so far are still worth keeping
+        assert isinstance(err.result, TrainResult)
+        status, result = "diverged", err.result
+        print(err)
     if result.best_val is not None and result.test is not None:
         print(f"best validation {100 * result.best_val:.2f} at epoch {result.best_epoch}, "
               f"test {100 * result.test:.2f}")
@@ -109,7 +126,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                                 "index": args.index, "lr": config.lr,
                                 "warmup_epochs": config.warmup_epochs,
                                 "lr_per_epoch": config.lr_per_epoch,
-                                "threads": torch.get_num_threads(),
+                                "threads": torch.get_num_threads(), "status": status,
                                 "best_val": result.best_val, "test": result.test,
                                 "epochs": rows}) + "\n")
 

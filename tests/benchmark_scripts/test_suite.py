@@ -229,6 +229,32 @@ def test_stability_curve_figures():
     assert gap == pytest.approx(100 * (0.85 - (0.50 + 0.80 + 0.60 + 0.85 + 0.84) / 5))
 
 
+
+def test_stability_variants_change_a_constant_lr_per_step(tmp_path, monkeypatch, capsys):
+    """The suite's preset now decays its lr (cosine) per epoch-sized steps; the variants
+    stay changes to a constant lr per step, except those that name their schedule."""
+    from benchmarks import stability
+    from benchmarks.grid import DatasetPreset, _cfg
+
+    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
+                           grid._model(16, hidden=8, layers=2),
+                           _cfg(epochs=3, batch_size=64, lr=0.01, lr_per_epoch=True,
+                                lr_schedule="cosine"), runs=1, source=None)
+    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    configs = {}
+
+    def fake_run(data, model, config):
+        configs[len(configs)] = config
+        return {"dataset": str(data.name), "test": 0.5,
+                "history": [{"epoch": e, "val": 0.5} for e in range(1, 4)]}
+
+    monkeypatch.setattr(stability, "run_experiment", fake_run)
+    stability.main(["--dataset", "cora", "--seeds", "1", "--out", str(tmp_path / "s.jsonl"),
+                    "--variants", "default,lr-per-epoch,lr-per-epoch-cosine"])
+    capsys.readouterr()
+    assert [(c.lr_schedule, c.lr_per_epoch) for c in configs.values()] == [
+        ("constant", False), ("constant", True), ("cosine", True)]
+
 @pytest.mark.parametrize("conv", ["gcn", "sage"])
 def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):
     """Tensor.item/__bool__/__int__, nonzero, unique, bincount, repeat_interleave without
@@ -311,8 +337,12 @@ def test_attention_benchmark_warmup_variants_have_their_own_table(tmp_path, monk
     assert sum("| 1/1/1/1 |" in row for row in rows) == 2
     with pytest.raises(SystemExit):
         attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "-1"])
+    assert "--warmup-epochs must be >= 0, received -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the preset trains 2 epochs
+        attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "2"])
+    assert "--warmup-epochs must be below the epochs (2), received 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "2",
+        attention.main(["--datasets", "syn", "--out", str(out), "--warmup-epochs", "1",
                         "--lr-per-epoch"])
     assert "drop --lr-per-epoch" in capsys.readouterr().err
 
@@ -330,13 +360,37 @@ def test_attention_outputs_prints_each_blocks_norm_and_spread(tmp_path, monkeypa
     record = json.loads(out.read_text())
     assert record["warmup_epochs"] == 2 and len(record["epochs"]) == 3
     first = record["epochs"][0]
-    assert first["attn0 norm"] > 0 and first["attn0 spread"] >= 0
+    assert first["epoch"] == 1 and first["loss"] > 0 and first["attn0 norm"] > 0
     # a constant output has no spread; distinct rows do
     assert attention_outputs.output_figures(torch.ones(4, 3)) == pytest.approx((3 ** 0.5, 0.0))
     assert attention_outputs.output_figures(torch.eye(3))[1] > 0
     with pytest.raises(SystemExit):
         attention_outputs.main(["--dataset", "syn", "--epochs", "0"])
     assert "--epochs must be >= 1, received 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        attention_outputs.main(["--dataset", "syn", "--epochs", "3", "--warmup-epochs", "3"])
+    assert "--warmup-epochs must be below --epochs (3), received 3" in capsys.readouterr().err
+
+
+def test_attention_outputs_records_training_forwards_only(monkeypatch, capsys):
+    """Evaluation runs the model in eval mode after the epoch's steps: the figures logged
+    for an epoch are its training forward's, never an evaluation's."""
+    from benchmarks import attention_outputs
+
+    attention = _tiny_attention_benchmark(monkeypatch)
+    monkeypatch.setattr(attention_outputs, "DATASETS", attention.DATASETS)
+    seen: list[bool] = []
+    figures = attention_outputs.output_figures
+
+    def spy(out):
+        seen.append(torch.is_grad_enabled())
+        return figures(out)
+
+    monkeypatch.setattr(attention_outputs, "output_figures", spy)
+    attention_outputs.main(["--dataset", "syn", "--epochs", "2"])
+    capsys.readouterr()
+    assert seen and all(seen)  # 4 layers (2 convs, 2 attentions) per training forward
+    assert len(seen) == 4 * 2  # one full-graph forward per epoch, none from evaluation
 
 
 def test_gpu_device_checks_run_as_one_command_on_the_cpu(tmp_path, capsys):
