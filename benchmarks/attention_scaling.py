@@ -166,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                             and r["n"] < n), key=lambda r: r["n"], default=None)
                 projected = (None if last is None or mode != "exact"
                              else last["epoch_seconds"] * (n / last["n"]) ** 2)
-                if projected is not None and projected > args.exact_limit:
+                if last is not None and projected is not None and projected > args.exact_limit:
                     record: dict[str, Any] = {
                         "n": n, "mode": mode, "status": "skipped",
                         "reason": f"projected epoch {projected:,.0f} s (the {last['n']:,}-node "

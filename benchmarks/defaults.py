@@ -29,7 +29,8 @@ from vqgnn.train.records import append_record, read_records  # noqa: E402
 #: None: no --root)
 DATASETS: tuple[tuple[str, str, Optional[str]], ...] = (
     ("cora", "Cora", "cora"), ("tolokers", "Tolokers", "tolokers"))
-VARIANTS = (("defaults", []), ("--dropout 0.5", ["--dropout", "0.5"]))
+VARIANTS: tuple[tuple[str, list[str]], ...] = (("defaults", []),
+                                              ("--dropout 0.5", ["--dropout", "0.5"]))
 
 
 def run(dataset: str, root: Optional[str], extra: list[str]) -> list[dict[str, Any]]:
