@@ -220,6 +220,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.warmup_epochs < 0:
         parser.error(f"--warmup-epochs must be >= 0, received {args.warmup_epochs}")
+    if args.warmup_epochs and args.lr_per_epoch:
+        parser.error("--warmup-epochs runs VQ-GNN with lr_per_epoch already; drop "
+                     "--lr-per-epoch")
     args.ogb_root = None
     keys = args.datasets.split(",")
     unknown = [k for k in keys if k not in DATASETS]
@@ -231,9 +234,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                      f"{args.warmup_epochs}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in report.load_records(args.out)}
-    if args.warmup_epochs and args.lr_per_epoch:
-        parser.error("--warmup-epochs runs VQ-GNN with lr_per_epoch already; drop "
-                     "--lr-per-epoch")
     variants = (WARMUP_VARIANTS if args.warmup_epochs
                 else LR_PER_EPOCH_VARIANTS if args.lr_per_epoch else VARIANTS)
     runs = [] if args.table_only else plan(keys, args.runs, args.epochs, variants,

@@ -62,10 +62,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--lr-per-epoch", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="append one record here")
     args = parser.parse_args(argv)
-    for name in ("epochs", "warmup_epochs", "index"):
-        if getattr(args, name) < (1 if name == "epochs" else 0):
-            parser.error(f"--{name.replace('_', '-')} must be >= "
-                         f"{1 if name == 'epochs' else 0}, received {getattr(args, name)}")
+    for option, value, least in (("--epochs", args.epochs, 1), ("--index", args.index, 0),
+                                 ("--warmup-epochs", args.warmup_epochs, 0)):
+        if value < least:
+            parser.error(f"{option} must be >= {least}, received {value}")
     if args.warmup_epochs >= args.epochs:
         parser.error(f"--warmup-epochs must be below --epochs ({args.epochs}), received "
                      f"{args.warmup_epochs}")
@@ -98,13 +98,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         attention.register_forward_hook(hook(f"attn{i}"))
     rows: list[dict[str, Any]] = []
 
-    def log(line: str) -> None:
+    def log(_line: str) -> None:  # the trainer's line; its history holds the figures
         entry = trainer.history[-1]  # this epoch's: its loss and validation metric
         row = {"epoch": entry.epoch, "loss": entry.loss, "val": entry.val,
                **{f"{k} {w}": round(v[j], 4) for k, v in last.items()
                   for j, w in enumerate(("norm", "spread"))}}
         rows.append(row)
-        print(line.split(" | ")[0], "|", line.split(" | ")[1], "|",
+        print(f"epoch {entry.epoch:>3}/{config.epochs} | loss {entry.loss:.4f} |",
               "  ".join(f"{k} {v[0]:.2f}/{v[1]:.3f}" for k, v in last.items()), flush=True)
 
     print(f"{preset.name}, {args.method}, lr {config.lr}, warm-up {config.warmup_epochs}, "
