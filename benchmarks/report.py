@@ -138,6 +138,28 @@ def curve_figures(history: list[dict[str, Any]], after: int = 20) -> tuple[float
     return 100 * drop, 100 * (max(v for _, v in evals) - statistics.mean(last))
 
 
+def gap_parts(history: list[dict[str, Any]], after: int = 20) -> tuple[float, float, float]:
+    """The last-20 gap of :func:`curve_figures` in two parts that sum to it, in points:
+
+    * ``excess``: the best minus the mean of the evaluations after epoch ``after`` (how far
+      the best stands above the curve's plateau: the noise that the max picks);
+    * ``drift``: that mean minus the mean of the last 20 evaluations (how far the curve
+      sinks by the end);
+
+    and ``spread``, the standard deviation of the evaluations after epoch ``after`` but
+    before the last 20 (the noise from one evaluation to the next while the lr is still
+    large). Needs evaluations after epoch ``after``."""
+    evals = [(h["epoch"], h["val"]) for h in history if h.get("val") is not None]
+    plateau = [v for epoch, v in evals if epoch > after]
+    if not plateau:
+        raise ValueError(f"'history' has no evaluation after epoch {after}")
+    level = statistics.mean(plateau)
+    middle = [v for epoch, v in evals[:-20] if epoch > after]
+    spread = statistics.pstdev(middle) if middle else 0.0
+    last = statistics.mean(v for _, v in evals[-20:])
+    return (100 * (max(v for _, v in evals) - level), 100 * (level - last), 100 * spread)
+
+
 def time_to_value(record: Record, threshold: float) -> Optional[float]:
     """Wall clock from the first epoch until the validation metric first reaches
     ``threshold``: training plus evaluation seconds of every epoch up to it (set-up

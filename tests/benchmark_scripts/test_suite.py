@@ -229,6 +229,24 @@ def test_stability_curve_figures():
     assert gap == pytest.approx(100 * (0.85 - (0.50 + 0.80 + 0.60 + 0.85 + 0.84) / 5))
 
 
+def test_gap_parts_sum_to_the_last_20_gap():
+    from benchmarks.report import curve_figures, gap_parts
+
+    # 10 evaluations up to epoch 20, then a plateau at 0.7 +- 0.02 that sinks by 0.05 for the
+    # last 20: the best (0.9 at epoch 5) stands 0.2 above the plateau's first part.
+    values = [0.5] * 4 + [0.9] + [0.5] * 5 + [0.72, 0.68] * 15 + [0.65] * 20
+    history = [{"epoch": 2 * (i + 1), "val": v} for i, v in enumerate(values)]
+    excess, drift, spread = gap_parts(history, after=20)
+    _, gap = curve_figures(history, after=20)
+    assert excess + drift == pytest.approx(gap)
+    plateau = (0.7 * 30 + 0.65 * 20) / 50
+    assert excess == pytest.approx(100 * (0.9 - plateau))
+    assert drift == pytest.approx(100 * (plateau - 0.65))
+    assert spread == pytest.approx(2.0)  # the 30 evaluations before the last 20
+    with pytest.raises(ValueError, match="after epoch 100"):
+        gap_parts(history[:5], after=100)
+
+
 
 def test_stability_variants_change_a_constant_lr_per_step(tmp_path, monkeypatch, capsys):
     """The suite's preset now decays its lr (cosine) per epoch-sized steps; the variants
