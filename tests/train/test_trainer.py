@@ -500,6 +500,24 @@ def test_epoch_logs_carry_each_codebooks_message_error(data):
     assert all(h.message_errors is None for h in full.history)
 
 
+def test_full_graph_global_attention_without_warmup_warns(data):
+    """Full-graph training of global attention stalls without a warm-up
+    (benchmarks/attention_outputs.py): the Trainer says so; with one, or by VQ-GNN, not."""
+    import warnings
+
+    def model():
+        return VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=16,
+                     exact_first_layer=False, residual=True, global_attention=True)
+
+    with pytest.warns(UserWarning, match=r"'warmup_epochs' 0.*--warmup-epochs 10"):
+        Trainer(model(), data, config(method="full", epochs=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(model(), data, config(method="full", epochs=2, warmup_epochs=1))
+        Trainer(model(), data, config(method="vq", epochs=2))
+        Trainer(build(data), data, config(method="full", epochs=2))
+
+
 def test_learning_rate_warmup_and_cosine_schedule(data):
     cfg = config(epochs=10, lr=0.1, warmup_epochs=2, lr_schedule="cosine")
     rates = [cfg.learning_rate(e) for e in range(1, 11)]
