@@ -814,3 +814,35 @@ def test_all_quantized_metis_preset_changes_only_vq_batches():
         # full-graph training is the same run in both presets: one set of records
         assert (grid.run_key(grid.probe_of(grid.Run(metis, "full", "sage", 0)))
                 == grid.run_key(grid.probe_of(grid.Run(plain, "full", "sage", 0))))
+
+
+def test_attention_decay_pairs_vq_decays_with_exact_runs_and_resumes(tmp_path, monkeypatch,
+                                                                     capsys):
+    from benchmarks import attention_decay
+
+    _tiny_attention_benchmark(monkeypatch)  # patches benchmarks.attention.DATASETS
+    out = tmp_path / "decay.jsonl"
+    argv = ["--dataset", "syn", "--runs", "2", "--decays", "0.9,0.5", "--warmup-epochs", "1",
+            "--out", str(out)]
+    attention_decay.main(argv)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [attention_decay.variant(r) for r in records] == [
+        "exact", "VQ, decay 0.9", "VQ, decay 0.5"] * 2
+    assert [r["seed"] for r in records] == [0, 0, 0, 1, 1, 1]
+    assert all(r["model_config"]["global_attention"] for r in records)
+    assert all(r["train_config"]["warmup_epochs"] == 1 for r in records)
+    assert [r["train_config"]["lr_per_epoch"] for r in records[:3]] == [False, True, True]
+    capsys.readouterr()
+    attention_decay.main(argv)  # everything done: nothing runs again
+    assert len(out.read_text().splitlines()) == 6
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| VQ")]
+    assert len(rows) == 2 and rows[0].startswith("| VQ, decay 0.9 | 2 |")
+    exact = {r["seed"]: r["test"] for r in records if r["method"] == "full"}
+    diffs = [100 * (r["test"] - exact[r["seed"]]) for r in records
+             if attention_decay.variant(r) == "VQ, decay 0.5"]
+    assert f"{sum(diffs) / 2:+.2f} ±" in rows[1]
+    for bad in ("1.0", "x"):
+        with pytest.raises(SystemExit):
+            attention_decay.main([*argv[:4], "--decays", bad])
+        assert f"--decays must be comma-separated floats in [0, 1), received {bad!r}" in (
+            capsys.readouterr().err)
