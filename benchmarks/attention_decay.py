@@ -11,7 +11,9 @@ given split): full-graph training of the global-attention model (``exact``) and 
 variant, the test metric, the mean best validation metric (what model selection sees), and
 VQ minus exact paired by run, with its standard error.
 
-Every run appends one record to ``--out`` (a run already there is skipped).
+Every run appends one record to ``--out``. A run already there is skipped if its model and
+training options are the planned ones (so runs made by ``vqgnn train`` with the same options
+count), and the script stops if they are not.
 
 Usage:
     python benchmarks/attention_decay.py --data-root DIR                  # amherst41, 20 seeds
@@ -24,7 +26,7 @@ import argparse
 import os
 import statistics
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,7 +36,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks import attention, grid  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train import run_experiment  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.experiment import config_values  # noqa: E402
+from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
 
 
 def variant(record: dict[str, Any]) -> str:
@@ -46,6 +49,24 @@ def variant(record: dict[str, Any]) -> str:
 
 def run_id(record: dict[str, Any]) -> int:
     return int(record["seed"]) + 100 * int(record.get("split") or 0)
+
+
+# Options that do not change what a run computes.
+_IGNORED = ("progress", "checkpoint")
+
+
+def differences(record: dict[str, Any], model: Any, config: Any) -> list[str]:
+    """The model and training options in which ``record`` differs from the planned run's:
+    a run in ``--out`` counts as done only if this is empty (records made by ``vqgnn train``
+    with the same options count too)."""
+    wanted = {"model_config": strict_json(asdict(model)),
+              "train_config": {"method": config.method, **config_values(config)}}
+    out = []
+    for part, values in wanted.items():
+        saved = record.get(part) or {}
+        out += [f"{part}.{k}: {saved.get(k)!r} instead of {v!r}" for k, v in values.items()
+                if k not in _IGNORED and saved.get(k) != v]
+    return out
 
 
 def table(records: list[dict[str, Any]], dataset: str) -> list[str]:
@@ -103,7 +124,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     dataset = grid.record_name(preset.name)
     if not args.table_only:
         root = grid.prepare_root(preset, args.data_root, None)
-        done = {(variant(r), r["dataset"], run_id(r)) for r in read_records(args.out)}
+        done: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for r in read_records(args.out):
+            done.setdefault((variant(r), r["dataset"], run_id(r)), r)
         model = replace(preset.model, global_attention=True)
         plan = [("full", None)] + [("vq", d) for d in decays]
         for index in range(args.runs):
@@ -119,6 +142,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                 name = "exact" if decay is None else f"VQ, decay {decay:g}"
                 key = (name, dataset, config.seed + 100 * run.split)
                 if key in done:
+                    wrong = differences(done[key], run.model, config)
+                    if wrong:
+                        raise SystemExit(f"attention_decay.py: error: {args.out} holds run "
+                                         f"{key} with other options: {'; '.join(wrong)}")
                     continue
                 data = load_dataset(preset.name, root=root, split=run.split, seed=config.seed)
                 record = run_experiment(data, run.model, config)

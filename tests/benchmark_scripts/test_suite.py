@@ -841,6 +841,12 @@ def test_attention_decay_pairs_vq_decays_with_exact_runs_and_resumes(tmp_path, m
     diffs = [100 * (r["test"] - exact[r["seed"]]) for r in records
              if attention_decay.variant(r) == "VQ, decay 0.5"]
     assert f"{sum(diffs) / 2:+.2f} ±" in rows[1]
+    # a run in the file made with other options is not taken as done
+    records[4]["train_config"]["lr"] = 0.5
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(SystemExit, match=r"holds run \('VQ, decay 0.9', .*, 1\) with other "
+                                         r"options: train_config.lr: 0.5 instead of 0.01"):
+        attention_decay.main(argv)
     for bad in ("1.0", "x"):
         with pytest.raises(SystemExit):
             attention_decay.main([*argv[:4], "--decays", bad])
