@@ -375,7 +375,8 @@ def exact_predict(ctx: TrainContext, message_error_nodes: Optional[Tensor] = Non
 class TrainingMethod:
     """How one method trains: the protocol the :class:`~vqgnn.train.Trainer` drives.
 
-    The trainer calls, in order: :meth:`check_model` and :meth:`setup` (once, timed as
+    The trainer calls, in order: :meth:`check_model`, :meth:`check_schedule` and
+    :meth:`setup` (once, timed as
     set-up), :meth:`prepare` (before the first epoch, or on resume), then per epoch
     :meth:`batches`; per batch :meth:`loss` (None skips the batch), ``backward()``, the
     optimizer step and :meth:`after_step`. Evaluation calls :meth:`predict` with one of
@@ -415,6 +416,10 @@ class TrainingMethod:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(f"'{type(self).__name__}': 'model' must be a torch.nn.Module, "
                                   f"received {type(model).__name__}")
+
+    def check_schedule(self, model: torch.nn.Module, warmup_epochs: int) -> None:
+        """Warn when the learning-rate schedule does not suit training ``model`` this way
+        (``warmup_epochs``: the run's lr warm-up); nothing by default."""
 
     def setup(self, ctx: TrainContext) -> None:
         """Once, before training: keep the context and build what batches need."""
@@ -759,6 +764,17 @@ class FullGraphMethod(TrainingMethod):
     def check_model(self, model: torch.nn.Module, data: Data) -> None:
         super().check_model(model, data)
         _check_vqgnn_nodes("FullGraphMethod", model, data.num_nodes)
+
+    def check_schedule(self, model: torch.nn.Module, warmup_epochs: int) -> None:
+        if getattr(model, "global_attention", False) and warmup_epochs == 0:
+            # benchmarks/attention_outputs.py: near-uniform attention gives every node the
+            # same output, which full-lr Adam steps over the whole graph grow until it
+            # drowns the node features.
+            warnings.warn("'FullGraphMethod': full-graph training of a model with global "
+                          "attention and 'warmup_epochs' 0: its first full-lr steps can grow "
+                          "the attention's common output until the loss stays at the class "
+                          "prior; set warmup_epochs (e.g. 10, --warmup-epochs 10)",
+                          stacklevel=3)
 
     def batches(self) -> Iterable[None]:
         return [None]

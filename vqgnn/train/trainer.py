@@ -7,7 +7,6 @@ import os
 import random
 import statistics
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -438,15 +437,7 @@ class Trainer:
         setup_start = time.perf_counter()
         self.method: TrainingMethod = method_class(config.method)(config.options)
         self.method.check_model(model, data)
-        if (config.method == "full" and getattr(model, "global_attention", False)
-                and config.warmup_epochs == 0):
-            # benchmarks/attention_outputs.py: near-uniform attention gives every node the
-            # same output, which full-lr Adam steps grow until it drowns the node features.
-            warnings.warn("'Trainer': full-graph training of a model with global attention "
-                          "and 'warmup_epochs' 0: its first full-lr steps can grow the "
-                          "attention's common output until the loss stays at the class "
-                          "prior; set warmup_epochs (e.g. 10, --warmup-epochs 10)",
-                          stacklevel=2)
+        self.method.check_schedule(model, config.warmup_epochs)
         if parallel is not None and not isinstance(parallel, SingleProcess):
             raise ConfigTypeError(f"'Trainer': 'parallel' must be a SingleProcess or "
                                   f"DataParallel, received {type(parallel).__name__}")
