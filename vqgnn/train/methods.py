@@ -376,12 +376,11 @@ class TrainingMethod:
     """How one method trains: the protocol the :class:`~vqgnn.train.Trainer` drives.
 
     The trainer calls, in order: :meth:`check_model`, :meth:`check_schedule` and
-    :meth:`setup` (once, timed as
-    set-up), :meth:`prepare` (before the first epoch, or on resume), then per epoch
-    :meth:`batches`; per batch :meth:`loss` (None skips the batch), ``backward()``, the
-    optimizer step and :meth:`after_step`. Evaluation calls :meth:`predict` with one of
-    :attr:`inference_modes`; :meth:`health` is logged each epoch; :meth:`state_dict`
-    travels in checkpoints.
+    :meth:`setup` (once, timed as set-up), :meth:`prepare` (before the first epoch, or on
+    resume), then per epoch :meth:`batches`; per batch :meth:`loss` (None skips the
+    batch), ``backward()``, the optimizer step and :meth:`after_step`. Evaluation calls
+    :meth:`predict` with one of :attr:`inference_modes`; :meth:`health` is logged each
+    epoch; :meth:`state_dict` travels in checkpoints.
 
     Subclasses set :attr:`name`, :attr:`Options` and override what differs.
     """
