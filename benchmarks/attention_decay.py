@@ -102,7 +102,7 @@ def table(records: list[dict[str, Any]], dataset: str) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="amherst41", choices=sorted(attention.DATASETS))
-    parser.add_argument("--decays", default="0.99,0.7,0.5",
+    parser.add_argument("--decays", default="0.99,0.9,0.8,0.7,0.5",
                         help="comma-separated codebook EMA decays, each in [0, 1)")
     parser.add_argument("--runs", type=int, default=20, help="seeds or given splits")
     parser.add_argument("--warmup-epochs", type=int, default=10, metavar="W")

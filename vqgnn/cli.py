@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     codebook.add_argument("--codebook-decay", type=float, default=cb.decay,
                           help="EMA decay of the codeword statistics: a memory of about "
                           "1 / (1 - decay) steps; on graphs of a few steps per epoch try "
-                          "0.5-0.9 (docs/method.md section 4)")
+                          "0.7-0.9 (docs/method.md section 4)")
     codebook.add_argument("--dead-threshold", type=float, default=cb.dead_threshold,
                           help="EMA count under which a codeword is restarted (0: never)")
     codebook.add_argument("--standardizer-momentum", type=float, default=cb.momentum,
