@@ -26,18 +26,18 @@ import argparse
 import os
 import statistics
 import sys
-from dataclasses import asdict, replace
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
+
+import torch
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import attention, grid  # noqa: E402
-from vqgnn.datasets import load_dataset  # noqa: E402
-from vqgnn.train import run_experiment  # noqa: E402
-from vqgnn.train.experiment import config_values  # noqa: E402
-from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
+from vqgnn.train.records import read_records, strict_json  # noqa: E402
 
 
 def variant(record: dict[str, Any]) -> str:
@@ -51,19 +51,18 @@ def run_id(record: dict[str, Any]) -> int:
     return int(record["seed"]) + 100 * int(record.get("split") or 0)
 
 
-# Options that do not change what a run computes.
-_IGNORED = ("progress", "checkpoint")
+# Options that do not change what a run computes (those grid.run_key leaves out).
+_IGNORED = ("progress", "checkpoint", "device")
 
 
-def differences(record: dict[str, Any], model: Any, config: Any) -> list[str]:
-    """The model and training options in which ``record`` differs from the planned run's:
-    a run in ``--out`` counts as done only if this is empty (records made by ``vqgnn train``
-    with the same options count too)."""
-    wanted = {"model_config": strict_json(asdict(model)),
-              "train_config": {"method": config.method, **config_values(config)}}
+def differences(record: dict[str, Any], run: grid.Run) -> list[str]:
+    """The model and training options in which ``record`` differs from the planned
+    ``run``'s: a run in ``--out`` counts as done only if this is empty (records made by
+    ``vqgnn train`` with the same options count too)."""
+    probe = strict_json(grid.probe_of(run))
     out = []
-    for part, values in wanted.items():
-        saved = record.get(part) or {}
+    for part in ("model_config", "train_config"):
+        saved, values = record.get(part) or {}, probe[part]
         out += [f"{part}.{k}: {saved.get(k)!r} instead of {v!r}" for k, v in values.items()
                 if k not in _IGNORED and saved.get(k) != v]
     return out
@@ -109,6 +108,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
     parser.add_argument("--out", type=Path,
                         default=grid.RESULTS / "attention_amherst41_decay.jsonl")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -123,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     preset = attention.DATASETS[args.dataset]
     dataset = grid.record_name(preset.name)
     if not args.table_only:
-        root = grid.prepare_root(preset, args.data_root, None)
+        args.ogb_root, args.verbose, start = None, False, time.time()  # for grid.execute
         done: dict[tuple[str, str, int], dict[str, Any]] = {}
         for r in read_records(args.out):
             done.setdefault((variant(r), r["dataset"], run_id(r)), r)
@@ -138,19 +138,17 @@ def main(argv: Optional[list[str]] = None) -> None:
                 extra = {"warmup_epochs": args.warmup_epochs}
                 if method == "vq":
                     extra["lr_per_epoch"] = True
-                config = run.train.replace(**extra)
+                run.train = run.train.replace(**extra)
                 name = "exact" if decay is None else f"VQ, decay {decay:g}"
-                key = (name, dataset, config.seed + 100 * run.split)
+                key = (name, dataset, run.train.seed + 100 * run.split)
                 if key in done:
-                    wrong = differences(done[key], run.model, config)
+                    wrong = differences(done[key], run)
                     if wrong:
                         raise SystemExit(f"attention_decay.py: error: {args.out} holds run "
                                          f"{key} with other options: {'; '.join(wrong)}")
                     continue
-                data = load_dataset(preset.name, root=root, split=run.split, seed=config.seed)
-                record = run_experiment(data, run.model, config)
-                append_record(args.out, record)
-                print(f"{name} run {key[2]}: test {100 * record['test']:.2f}", flush=True)
+                # grid.execute: loads the data, records a diverged run and goes on
+                grid.execute(run, name, args.out, set(), args, start)
     print(f"\n{dataset}, global attention, {args.warmup_epochs} warm-up epochs; command: python "
           f"benchmarks/attention_decay.py {' '.join(argv if argv is not None else sys.argv[1:])}"
           "\n")
