@@ -117,7 +117,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"= {excess:.1f} + {drift:.1f}, test {100 * record['test']:.2f}", flush=True)
     print(f"\n{preset.name}, GCN, the suite's options, {args.seeds} seeds/splits; points; "
           f"command: python benchmarks/stability.py {' '.join(argv or sys.argv[1:])}\n")
-    print(f"| variant | runs | max drop after epoch {args.after} | last-20 gap | = best - mean "
+    print(f"| variant | runs | max drop after epoch {args.after} | last-20 gap (± standard "
+          f"error) | = best - mean "
           f"after epoch {args.after} | + sinking (that mean - last 20's) | spread of the "
           "evaluations | test |")
     print("|---|---|---|---|---|---|---|---|")
@@ -125,7 +126,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         drop, gap, excess, drift, spread, test = (
             statistics.mean(v[i] for v in values) for i in range(6))
         worst = max(v[0] for v in values)
-        print(f"| {name} | {len(values)} | {drop:.1f} (worst {worst:.1f}) | {gap:.1f} | "
+        error = (statistics.stdev(v[1] for v in values) / len(values) ** 0.5
+                 if len(values) > 1 else 0.0)  # the gap's standard error over the seeds
+        print(f"| {name} | {len(values)} | {drop:.1f} (worst {worst:.1f}) | {gap:.2f} ± "
+              f"{error:.2f} | "
               f"{excess:.1f} | {drift:+.1f} | {spread:.2f} | {test:.2f} |")
 
 
