@@ -121,6 +121,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, received {args.runs}")
     preset = attention.DATASETS[args.dataset]
+    if not 0 <= args.warmup_epochs < preset.train["epochs"]:
+        parser.error(f"--warmup-epochs must be in [0, {preset.train['epochs']}) (the preset's "
+                     f"epochs), received {args.warmup_epochs}")
     dataset = grid.record_name(preset.name)
     if not args.table_only:
         args.ogb_root, args.verbose, start = None, False, time.time()  # for grid.execute

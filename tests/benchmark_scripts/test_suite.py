@@ -847,6 +847,10 @@ def test_attention_decay_pairs_vq_decays_with_exact_runs_and_resumes(tmp_path, m
     with pytest.raises(SystemExit, match=r"holds run \('VQ, decay 0.9', .*, 1\) with other "
                                          r"options: train_config.lr: 0.5 instead of 0.01"):
         attention_decay.main(argv)
+    with pytest.raises(SystemExit):  # the preset trains 2 epochs
+        attention_decay.main([*argv[:4], "--warmup-epochs", "2"])
+    assert "--warmup-epochs must be in [0, 2) (the preset's epochs), received 2" in (
+        capsys.readouterr().err)
     for bad in ("1.0", "x"):
         with pytest.raises(SystemExit):
             attention_decay.main([*argv[:4], "--decays", bad])
