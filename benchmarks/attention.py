@@ -21,7 +21,7 @@ lr / S), which full-graph training of exact global attention needs
 
 Every run appends one record to ``--out`` (a run already there is skipped), so an interrupted
 benchmark continues where it stopped; the table compares VQ global with exact global (target:
-within 1 point) and says whether global attention helps over the local model, beside the
+VQ-GNN at most 1 point below) and says whether global attention helps over the local model, beside the
 published Graph Transformer figures (Platonov et al., ICLR 2023).
 
 Usage:
@@ -54,6 +54,7 @@ from benchmarks.grid import (  # noqa: E402
     _cfg,
     _model,
     execute,
+    probe_of,
     record_name,
     run_key,
 )
@@ -71,6 +72,12 @@ LR_PER_EPOCH_VARIANTS = {"local VQ, lr/S": ("vq", False, True),
 # nodes' own features: the loss stays at the class prior on Minesweeper.
 WARMUP_VARIANTS = {"local VQ, lr/S": ("vq", False, True), "local exact": ("full", False, False),
                    "VQ global, lr/S": ("vq", True, True), "exact global": ("full", True, False)}
+# VQ-GNN's codebook EMA decay where it is not CodebookOptions' 0.99. A codeword's EMA
+# remembers about 1 / (1 - decay) steps; amherst41 has S = 5 steps per epoch, so at 0.99 its
+# codewords average 20 epochs of stale inputs. benchmarks/attention_decay.py (20 seeds,
+# decays 0.99 to 0.5) chose 0.9 by best validation accuracy. Full-graph training has no
+# codebook: its runs keep the preset's model (and their records' keys).
+VQ_DECAY = {"amherst41": 0.9}
 # Graph Transformer test figures of Platonov et al. (ICLR 2023), not measured here.
 PUBLISHED = {"Tolokers": "83.23 ± 0.64", "Minesweeper": "91.85 ± 0.76"}
 
@@ -107,10 +114,30 @@ def plan(keys: list[str], runs: Optional[int], epochs: Optional[int],
             for method, attention, per_epoch in variants.values():
                 train = {**preset.train, **({"lr_per_epoch": True} if per_epoch else {}),
                          **({"warmup_epochs": warmup} if warmup else {})}
-                variant = replace(preset, train=train, model=replace(
-                    preset.model, global_attention=attention))
+                model = replace(preset.model, global_attention=attention)
+                if method == "vq" and key in VQ_DECAY:
+                    model = replace(model, codebook=replace(model.codebook,
+                                                            decay=VQ_DECAY[key]))
+                variant = replace(preset, train=train, model=model)
                 out.append(Run(variant, method, "gcn", index, None, epochs))
     return out
+
+
+def planned(records: list[dict[str, Any]], keys: list[str], epochs: Optional[int]
+            ) -> list[dict[str, Any]]:
+    """The records of runs that :func:`plan` makes from the current presets (any variant
+    set, the records' warm-ups, as many runs as the records hold): a preset changed after
+    its records were written (e.g. its codebook decay) drops them from the tables."""
+    if not records:
+        return []
+    runs = 1 + max(max(r["seed"], r["split"]) for r in records)
+    wanted = set()
+    for variants, warmups in ((VARIANTS, {0}), (LR_PER_EPOCH_VARIANTS, {0}),
+                              (WARMUP_VARIANTS, {warmup_of(r) for r in records} - {0})):
+        for warmup in warmups:
+            wanted |= {run_key(probe_of(run))
+                       for run in plan(keys, runs, epochs, variants, warmup)}
+    return [r for r in records if run_key(r) in wanted]
 
 
 def warmup_of(record: dict[str, Any]) -> int:
@@ -140,6 +167,12 @@ def _diff(tests: dict[str, list[float]], a: str, b: str) -> Optional[float]:
     return 100 * (statistics.mean(tests[a]) - statistics.mean(tests[b]))
 
 
+def _met(gap: float) -> str:
+    """The target, VQ global within 1 point of exact global, read one-sided as the suite
+    reads its own: VQ-GNN above exact does not miss it (the gap itself is printed)."""
+    return "yes" if gap >= -1.0 else "NO"
+
+
 def table(records: list[dict[str, Any]], keys: list[str],
           names: Sequence[str] = tuple(VARIANTS), warmup: int = 0) -> list[str]:
     """The comparison table of the records with ``warmup`` epochs of warm-up, over
@@ -149,7 +182,7 @@ def table(records: list[dict[str, Any]], keys: list[str],
     extra = [] if warmup else [n for n in LR_PER_EPOCH_VARIANTS
                                if any(variant_of(r) == n for r in records)]
     lines = ["| dataset | metric | runs | " + " | ".join(names) + " | VQ − exact, global | "
-             "within 1 pt | VQ − exact, local | global − local, exact | epoch s ("
+             "VQ ≥ exact − 1 | VQ − exact, local | global − local, exact | epoch s ("
              + " / ".join(names) + ") | published GT |", "|" + "---|" * 13]
     for key in keys:
         dataset = record_name(DATASETS[key].name)
@@ -169,7 +202,7 @@ def table(records: list[dict[str, Any]], keys: list[str],
             f"| {dataset} | {metric} | {counts} | "
             + " | ".join(_mean_std(tests[n]) for n in names)
             + f" | {'-' if gap is None else f'{gap:+.2f}'} | "
-            + f"{'-' if gap is None else ('yes' if abs(gap) <= 1.0 else 'NO')} | "
+            + f"{'-' if gap is None else _met(gap)} | "
             + f"{'-' if local_gap is None else f'{local_gap:+.2f}'} | "
             + f"{'-' if helps is None else f'{helps:+.2f}'} | {times} | "
             + f"{PUBLISHED.get(dataset, '-')} |")
@@ -177,7 +210,7 @@ def table(records: list[dict[str, Any]], keys: list[str],
         lines += ["", "VQ-GNN with `lr_per_epoch` (each of an epoch's S steps at lr / S), "
                   "against the exact runs above:", "",
                   "| dataset | runs | " + " | ".join(extra) + " | VQ global, lr/S − exact global "
-                  "| within 1 pt | local VQ, lr/S − local exact |", "|" + "---|" * (len(extra) + 5)]
+                  "| VQ ≥ exact − 1 | local VQ, lr/S − local exact |", "|" + "---|" * (len(extra) + 5)]
         for key in keys:
             dataset = record_name(DATASETS[key].name)
             rows = [r for r in records
@@ -193,7 +226,7 @@ def table(records: list[dict[str, Any]], keys: list[str],
                 f"| {dataset} | {'/'.join(str(len(tests[n])) for n in extra)} | "
                 + " | ".join(_mean_std(tests[n]) for n in extra)
                 + f" | {'-' if gap is None else f'{gap:+.2f}'} | "
-                + f"{'-' if gap is None else ('yes' if abs(gap) <= 1.0 else 'NO')} | "
+                + f"{'-' if gap is None else _met(gap)} | "
                 + f"{'-' if local_gap is None else f'{local_gap:+.2f}'} |")
     return lines
 
@@ -241,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     start = time.time()
     for n, run in enumerate(runs, 1):
         execute(run, f"[{n}/{len(runs)}]", args.out, done, args, start)
-    records = report.load_records(args.out)
+    records = planned(report.load_records(args.out), keys, args.epochs)
     threads = sorted({r.get("threads", torch.get_num_threads()) for r in records})
     title = (f"Global attention ({len(records)} runs, device "
              f"{records[0]['device'] if records else args.device}, torch threads "

@@ -381,6 +381,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1,
                         help="runs at once, each in its own process (timings then share "
                              "the machine: for accuracy grids, e.g. on a GPU)")
+    parser.add_argument("--checkpoints", default=None, metavar="DIR",
+                        help="checkpoint every run after each epoch in DIR and resume a "
+                             "run stopped half-way from its checkpoint (long runs)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="start no run after this many seconds (the grid resumes later)")
     args = parser.parse_args(argv)
@@ -427,13 +430,25 @@ def probe_of(run: Run) -> dict[str, Any]:
             "train_config": {"method": run.method, **config_values(run.train)}}
 
 
+def checkpoint_path(run_or_record: Any, folder: Optional[str]) -> Optional[Path]:
+    """Where ``--checkpoints`` keeps a run's checkpoint: one file per run key (of a
+    :class:`Run`, or of its record)."""
+    if folder is None:
+        return None
+    probe = probe_of(run_or_record) if isinstance(run_or_record, Run) else run_or_record
+    return Path(folder) / f"{run_key(probe)}.pt"
+
+
 def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
             args: argparse.Namespace, start: float) -> Optional[dict[str, Any]]:
     """Run one configuration unless ``done`` holds its key; append its record to ``out``
     (None: the caller appends it).
 
-    ``args`` gives ``device``, ``data_root``, ``ogb_root`` and ``verbose``. A diverged run
-    is recorded (status ``'diverged'``) and the caller goes on. Returns the record, or None
+    ``args`` gives ``device``, ``data_root``, ``ogb_root``, ``verbose`` and optionally
+    ``checkpoints``: a folder where the run writes a checkpoint after every epoch and
+    resumes from it when it is there (a run stopped half-way goes on at its last epoch);
+    it is deleted once the record is appended. A diverged run is recorded (status
+    ``'diverged'``) and the caller goes on. Returns the record, or None
     when the run was done before.
     """
     run.train = run.train.replace(device=args.device)
@@ -446,8 +461,14 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
     root = prepare_root(run.preset, args.data_root, args.ogb_root)
     data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
     log = (lambda line: print("   ", line, flush=True)) if args.verbose else None
+    checkpoint = checkpoint_path(run, getattr(args, "checkpoints", None))
+    if checkpoint is not None:  # not part of the run's key
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if checkpoint.exists():
+            print(f"{label}: resuming from {checkpoint}", flush=True)
+        run.train = run.train.replace(checkpoint=str(checkpoint))
     try:
-        record = run_experiment(data, run.model, run.train, log=log)
+        record = run_experiment(data, run.model, run.train, log=log, resume=True)
     except DivergenceError as err:  # recorded (status 'diverged'), and the grid goes on
         record = err.record  # type: ignore[assignment]
         print(f"{label}: {err}", flush=True)
@@ -455,6 +476,8 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
     if out is not None:
         append_record(out, record)
     done.add(run_key(record))
+    if checkpoint is not None and out is not None:  # recorded: the checkpoint has served
+        checkpoint.unlink(missing_ok=True)
     if record.get("status", "ok") == "ok":
         print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
               f"{record['median_epoch_seconds']:.3f} s/epoch "
@@ -539,6 +562,9 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
                 if record is not None:
                     append_record(out, record)
                     done.add(run_key(record))
+                    checkpoint = checkpoint_path(record, getattr(args, "checkpoints", None))
+                    if checkpoint is not None:  # recorded: the checkpoint has served
+                        checkpoint.unlink(missing_ok=True)
     return failed
 
 

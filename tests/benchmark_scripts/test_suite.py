@@ -481,6 +481,63 @@ def test_vq_inference_sweep_evaluates_the_trained_model_at_other_batch_sizes(tmp
     assert "expected comma-separated ints >= 1, received '0,5'" in capsys.readouterr().err
 
 
+def test_attention_vq_decay_changes_vq_runs_only_and_drops_their_old_records(
+        tmp_path, monkeypatch, capsys):
+    attention = _tiny_attention_benchmark(monkeypatch)
+    out = tmp_path / "att.jsonl"
+    attention.main(["--datasets", "syn", "--out", str(out)])
+    capsys.readouterr()
+    monkeypatch.setattr(attention, "VQ_DECAY", {"syn": 0.5})
+    attention.main(["--datasets", "syn", "--out", str(out), "--table-only"])
+    row = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith("| synthetic")][0]
+    assert "| 0/1/0/1 |" in row  # the decay-0.99 VQ runs are no longer the preset's
+    attention.main(["--datasets", "syn", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6  # the two VQ variants again; the full-graph runs stand
+    assert [(r["method"], r["model_config"]["codebook"]["decay"]) for r in records[4:]] == [
+        ("vq", 0.5), ("vq", 0.5)]
+    text = capsys.readouterr().out
+    assert "done before, skipped" in text
+    assert "| 1/1/1/1 |" in [line for line in text.splitlines()
+                             if line.startswith("| synthetic")][0]
+
+
+def test_attention_target_counts_vq_above_exact_as_met():
+    from benchmarks import attention
+
+    assert [attention._met(gap) for gap in (2.5, 0.0, -1.0, -1.01)] == [
+        "yes", "yes", "yes", "NO"]
+
+
+def test_grid_checkpoints_resume_a_run_stopped_half_way_and_go_once_recorded(
+        results, capsys):
+    from vqgnn.datasets import load_dataset
+    from vqgnn.train import run_experiment
+
+    name = DATASET_TINY + ",seed=0"  # as the record names it
+    preset = grid.DatasetPreset(name, None, "seed", grid._model(16, hidden=8),
+                                grid._cfg(epochs=3, batch_size=64, lr=0.01), runs=1,
+                                source=None)
+    folder = results / "checkpoints"
+    run = grid.Run(preset, "vq", "gcn", 0)
+    checkpoint = grid.checkpoint_path(run, str(folder))
+    assert checkpoint is not None and checkpoint.parent == folder
+    folder.mkdir()
+    # the same run, stopped after its first epoch (a resumed run may change its epochs)
+    run_experiment(load_dataset(name, root=None), run.model, run.train.replace(epochs=1, checkpoint=str(checkpoint)))
+    assert checkpoint.exists()
+    args = argparse.Namespace(device="cpu", data_root=None, ogb_root=None, verbose=False,
+                              checkpoints=str(folder))
+    out = results / "r.jsonl"
+    record = grid.execute(run, "[1/1]", out, set(), args, 0.0)
+    assert record is not None and record["resumed_at_epoch"] == 1
+    assert len(record["history"]) == 3 and record["train_config"]["epochs"] == 3
+    assert "resuming from" in capsys.readouterr().out
+    assert not checkpoint.exists()  # recorded: deleted
+    assert grid.checkpoint_path(record, str(folder)) == checkpoint  # the parent's path
+
+
 def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys):
     attention = _tiny_attention_benchmark(monkeypatch)
     out = tmp_path / "att.jsonl"
