@@ -20,9 +20,9 @@ lr / S), which full-graph training of exact global attention needs
 (``benchmarks/attention_outputs.py``).
 
 Every run appends one record to ``--out`` (a run already there is skipped), so an interrupted
-benchmark continues where it stopped; the table compares VQ global with exact global (target:
-VQ-GNN at most 1 point below) and says whether global attention helps over the local model, beside the
-published Graph Transformer figures (Platonov et al., ICLR 2023).
+benchmark continues where it stopped; the table compares VQ global with exact global
+(target: VQ-GNN at most 1 point below) and says whether global attention helps over the
+local model, beside the published Graph Transformer figures (Platonov et al., ICLR 2023).
 
 Usage:
     python benchmarks/attention.py --data-root ../data        # all six datasets, 3 runs
@@ -210,7 +210,8 @@ def table(records: list[dict[str, Any]], keys: list[str],
         lines += ["", "VQ-GNN with `lr_per_epoch` (each of an epoch's S steps at lr / S), "
                   "against the exact runs above:", "",
                   "| dataset | runs | " + " | ".join(extra) + " | VQ global, lr/S − exact global "
-                  "| VQ ≥ exact − 1 | local VQ, lr/S − local exact |", "|" + "---|" * (len(extra) + 5)]
+                  "| VQ ≥ exact − 1 | local VQ, lr/S − local exact |",
+                  "|" + "---|" * (len(extra) + 5)]
         for key in keys:
             dataset = record_name(DATASETS[key].name)
             rows = [r for r in records

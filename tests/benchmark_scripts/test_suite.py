@@ -525,7 +525,8 @@ def test_grid_checkpoints_resume_a_run_stopped_half_way_and_go_once_recorded(
     assert checkpoint is not None and checkpoint.parent == folder
     folder.mkdir()
     # the same run, stopped after its first epoch (a resumed run may change its epochs)
-    run_experiment(load_dataset(name, root=None), run.model, run.train.replace(epochs=1, checkpoint=str(checkpoint)))
+    run_experiment(load_dataset(name, root=None), run.model,
+                   run.train.replace(epochs=1, checkpoint=str(checkpoint)))
     assert checkpoint.exists()
     args = argparse.Namespace(device="cpu", data_root=None, ogb_root=None, verbose=False,
                               checkpoints=str(folder))
