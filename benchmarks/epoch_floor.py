@@ -1,7 +1,8 @@
 """VQ-GNN's training epoch against the floor: a plain torch.sparse full-graph GCN epoch.
 
-For each graph, four kinds of training epoch are timed in one process, each kind's epochs
-one after the other (each on its own warm caches and allocator state):
+For each graph, four kinds of training epoch are timed, each kind in a fresh process of
+its own (glibc's heap keeps the shape that earlier allocations gave it, so a kind timed
+after another in one process pays the other's history), one kind after the other:
 
 * ``floor``: what hand-written PyTorch costs for the same model on the whole graph, one
   optimizer step per epoch: the symmetric-normalised adjacency with self-loops as one
@@ -16,24 +17,30 @@ one after the other (each on its own warm caches and allocator state):
 
 All have 64 hidden channels, dropout 0.2 and Adam at lr 0.01, so their epochs differ only
 in how the graph is used. The trainers run as ``vqgnn train`` does by default (the
-saved-tensor memory meter on). Medians of ``--epochs`` epochs after one warm-up epoch;
+saved-tensor memory meter on). ``--allocator keep`` times them with glibc told to keep and
+reuse freed memory (:data:`KEEP_FREED_MEMORY`): without it every kind pays the kernel's page
+faults on buffers mapped afresh each step, the full-graph kinds most (their activations
+are the largest). Medians of ``--epochs`` epochs after one warm-up epoch;
 records (one per graph and kind, with every epoch's time) are appended to ``--out``, and
 the table compares VQ-GNN with the floor (target: within 1.15x) and with full-graph
 training (target: no slower).
 
 Usage:
     python benchmarks/epoch_floor.py --data-root DATA --threads 2
+    python benchmarks/epoch_floor.py --data-root DATA --threads 2 --allocator keep
     python benchmarks/epoch_floor.py --graphs synthetic:n=20000 --epochs 2   # a quick look
     python benchmarks/epoch_floor.py --table-only
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -130,30 +137,91 @@ def trainer_epoch(data: Any, method: str, batch_size: int, num_codewords: int
     return lambda: trainer.train_epoch()
 
 
-def measure(name: str, data: Any, batch_size: int, num_codewords: int, epochs: int
-            ) -> dict[str, list[float]]:
-    runs = {"floor": floor_epoch(data), "floor-autograd": floor_epoch(data, symmetric=False),
-            "full": trainer_epoch(data, "full", batch_size, num_codewords),
-            "vq": trainer_epoch(data, "vq", batch_size, num_codewords)}
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for method in METHODS:
-        for epoch in range(epochs + 1):  # epoch 0 warms up (caches, allocator)
-            start = time.perf_counter()
-            runs[method]()
-            if epoch:
-                times[method].append(time.perf_counter() - start)
-        print(f"{name}: {method}: " + ", ".join(f"{t:.3f}" for t in times[method]) + " s",
-              flush=True)
+#: glibc malloc settings of ``--allocator keep``: allocations up to 1 GiB from the heap
+#: (not each its own ``mmap``), and freed memory kept in the process up to 4 GiB, so that
+#: a buffer of the size freed last step reuses pages already mapped instead of the kernel
+#: faulting in fresh zeroed ones (by default glibc maps every allocation above 32 MB
+#: afresh: a full-graph epoch's activations at 10^6 nodes are 256 MB each).
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+                     "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+ALLOCATORS = {"default": {}, "keep": KEEP_FREED_MEMORY}
+
+
+def epoch_times(name: str, data: Any, method: str, batch_size: int, num_codewords: int,
+                epochs: int) -> list[float]:
+    """``epochs`` timed epochs of one kind after a warm-up epoch (caches, allocator)."""
+    epoch = (floor_epoch(data, symmetric=method == "floor") if method.startswith("floor")
+             else trainer_epoch(data, method, batch_size, num_codewords))
+    times = []
+    for n in range(epochs + 1):
+        start = time.perf_counter()
+        epoch()
+        if n:
+            times.append(time.perf_counter() - start)
     return times
+
+
+def _in_process(name: str, root: Optional[str], method: str, batch_size: int,
+                num_codewords: int, epochs: int, threads: int
+                ) -> tuple[list[float], dict[str, Optional[str]]]:
+    """:func:`epoch_times` in a process of its own (loads the graph there), with the
+    malloc settings that process started with."""
+    torch.set_num_threads(threads)
+    return (epoch_times(name, load_dataset(name, root=root), method, batch_size,
+                        num_codewords, epochs),
+            {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
+
+
+def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int, epochs: int,
+            allocator: str = "default") -> dict[str, list[float]]:
+    """Each kind's epoch times, each kind in a fresh process of its own, one after the other.
+
+    A fresh process per kind: glibc's heap keeps the shape earlier allocations gave it (its
+    mmap and trim thresholds rise with the sizes freed), so a kind timed after another in
+    the same process pays that one's history (VQ-GNN's 10^6-node epoch was 4.0 s after the
+    full-graph kinds, 2.9-3.2 s in a process of its own). ``allocator`` names the glibc
+    settings of the children (:data:`ALLOCATORS`)."""
+    times: dict[str, list[float]] = {}
+    saved = {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}
+    os.environ.update(ALLOCATORS[allocator])  # read by each child's malloc at its start
+    try:
+        context = multiprocessing.get_context("spawn")
+        for method in METHODS:
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                times[method], env = pool.submit(_in_process, name, root, method, batch_size,
+                                                 num_codewords, epochs,
+                                                 torch.get_num_threads()).result()
+            wanted = {k: ALLOCATORS[allocator].get(k) for k in KEEP_FREED_MEMORY}
+            if env != wanted:
+                raise RuntimeError(f"the timed process started with malloc settings {env}, "
+                                   f"not --allocator {allocator}'s {wanted}")
+            print(f"{name}: {method}: " + ", ".join(f"{t:.3f}" for t in times[method])
+                  + " s", flush=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return times
+
+
+def _protocol(record: dict[str, Any]) -> str:
+    """How a record's epochs were timed: kinds in one process (the first records) or each
+    in its own, and the allocator settings."""
+    if not record.get("process_per_kind"):
+        return "one process"
+    return f"process per kind, {record['allocator']} allocator"
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:
-        latest[(r["dataset"], r["method"])] = r
-    lines = ["| graph | threads | batch / K | floor epoch (s) | floor, torch's autograd (s) "
-             "| full epoch (s) | VQ epoch (s) | VQ / floor | within 1.15x | VQ / floor, "
-             "torch's autograd | VQ / full | no slower than full |", "|" + "---|" * 12]
+    for r in records:  # the latest of each graph, protocol and kind
+        latest[(f"{r['dataset']}\t{_protocol(r)}", r["method"])] = r
+    lines = ["| graph | protocol | threads | batch / K | floor epoch (s) | floor, torch's "
+             "autograd (s) | full epoch (s) | VQ epoch (s) | VQ / floor | within 1.15x | "
+             "VQ / floor, torch's autograd | VQ / full | no slower than full |",
+             "|" + "---|" * 13]
     for dataset in dict.fromkeys(d for d, _ in latest):
         rows = {m: latest.get((dataset, m)) for m in METHODS}
         if any(r is None for r in rows.values()):
@@ -162,8 +230,9 @@ def table(records: list[dict[str, Any]]) -> list[str]:
         vq = rows["vq"]
         assert vq is not None
         to_floor, to_full = med["vq"] / med["floor"], med["vq"] / med["full"]
+        graph, protocol = dataset.split("\t")
         lines.append(
-            f"| {dataset.split(',seed')[0]} | "
+            f"| {graph.split(',seed')[0]} | {protocol} | "
             f"{vq['threads']} | {vq['batch_size']:,} / {vq['num_codewords']:,} | "
             f"{med['floor']:.3f} | {med['floor-autograd']:.3f} | {med['full']:.3f} | "
             f"{med['vq']:.3f} | {to_floor:.2f}x | {'yes' if to_floor <= TARGET_FLOOR else 'NO'} | "
@@ -185,6 +254,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="VQ batch size (default: per graph, 1,024 or 4,096)")
     parser.add_argument("--num-codewords", type=int, default=None,
                         help="K (default: per graph, 1,024 or 256)")
+    parser.add_argument("--allocator", choices=list(ALLOCATORS), default="default",
+                        help="glibc malloc settings of the timed processes: 'default', or "
+                             "'keep' (freed memory kept and reused: no page faults on "
+                             "buffers of the sizes freed before; see KEEP_FREED_MEMORY)")
     parser.add_argument("--out", default=str(RESULTS / "epoch_floor.jsonl"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
@@ -204,16 +277,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                 parser.error(f"{name} needs --data-root (or $VQGNN_DATA_ROOT): the folder "
                              f"holding {family}/")
             root = copy_root(Path(args.data_root) / family) if family is not None else None
-            data = load_dataset(name, root=root)
+            data = load_dataset(name, root=root)  # here once: PyG writes processed/ once
             batch_size = args.batch_size or batch_size
             k = args.num_codewords or k
-            times = measure(name, data, batch_size, k, args.epochs)
+            times = measure(name, None if root is None else str(root), batch_size, k,
+                            args.epochs, args.allocator)
             for method in METHODS:
                 append_record(args.out, {
                     "dataset": name, "method": method, "epoch_seconds": times[method],
                     "threads": torch.get_num_threads(), "batch_size": batch_size,
                     "num_codewords": k, "hidden": HIDDEN, "num_nodes": data.num_nodes,
-                    "num_edges": int(data.edge_index.size(1))})
+                    "num_edges": int(data.edge_index.size(1)), "allocator": args.allocator,
+                    "process_per_kind": True})
     print("\n".join(table(report.load_records(Path(args.out)))))
 
 

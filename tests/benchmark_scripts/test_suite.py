@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -736,8 +737,17 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
     rows = records(out)
     assert [r["method"] for r in rows] == list(epoch_floor.METHODS)
     assert all(len(r["epoch_seconds"]) == 2 and r["batch_size"] == 64 for r in rows)
+    assert all(r["allocator"] == "default" and r["process_per_kind"] for r in rows)
     table = capsys.readouterr().out
-    assert "| synthetic:n=300,deg=6,features=8,classes=3 | " in table and "64 / 16" in table
+    assert ("| synthetic:n=300,deg=6,features=8,classes=3 | process per kind, default "
+            "allocator | ") in table and "64 / 16" in table
+    # each kind in its own process, started with the allocator's malloc settings (checked
+    # there); the parent's environment is left as it was
+    epoch_floor.main(["--graphs", DATASET_TINY, "--epochs", "1", "--batch-size", "64",
+                      "--num-codewords", "16", "--out", str(out), "--allocator", "keep"])
+    assert [r["allocator"] for r in records(out)[4:]] == ["keep"] * 4
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    assert "process per kind, keep allocator" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         epoch_floor.main(["--graphs", "Tolokers", "--out", str(out)])  # needs --data-root
 
