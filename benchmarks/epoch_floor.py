@@ -1,8 +1,8 @@
 """VQ-GNN's training epoch against the floor: a plain torch.sparse full-graph GCN epoch.
 
 For each graph, four kinds of training epoch are timed, each kind in a fresh process of
-its own (glibc's heap keeps the shape that earlier allocations gave it, so a kind timed
-after another in one process pays the other's history), one kind after the other:
+its own (glibc's heap keeps the shape that earlier allocations gave it: no kind's
+allocations shape another's), one kind after the other:
 
 * ``floor``: what hand-written PyTorch costs for the same model on the whole graph, one
   optimizer step per epoch: the symmetric-normalised adjacency with self-loops as one
@@ -177,10 +177,9 @@ def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int,
     """Each kind's epoch times, each kind in a fresh process of its own, one after the other.
 
     A fresh process per kind: glibc's heap keeps the shape earlier allocations gave it (its
-    mmap and trim thresholds rise with the sizes freed), so a kind timed after another in
-    the same process pays that one's history (VQ-GNN's 10^6-node epoch was 4.0 s after the
-    full-graph kinds, 2.9-3.2 s in a process of its own). ``allocator`` names the glibc
-    settings of the children (:data:`ALLOCATORS`)."""
+    mmap and trim thresholds rise with the sizes freed), so that no kind's allocations
+    shape another's. ``allocator`` names the glibc settings of the children
+    (:data:`ALLOCATORS`)."""
     times: dict[str, list[float]] = {}
     saved = {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}
     os.environ.update(ALLOCATORS[allocator])  # read by each child's malloc at its start
