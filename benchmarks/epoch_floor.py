@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import platform
 import statistics
 import sys
 import time
@@ -147,7 +148,7 @@ KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30),
 ALLOCATORS = {"default": {}, "keep": KEEP_FREED_MEMORY}
 
 
-def epoch_times(name: str, data: Any, method: str, batch_size: int, num_codewords: int,
+def epoch_times(data: Any, method: str, batch_size: int, num_codewords: int,
                 epochs: int) -> list[float]:
     """``epochs`` timed epochs of one kind after a warm-up epoch (caches, allocator)."""
     epoch = (floor_epoch(data, symmetric=method == "floor") if method.startswith("floor")
@@ -167,8 +168,8 @@ def _in_process(name: str, root: Optional[str], method: str, batch_size: int,
     """:func:`epoch_times` in a process of its own (loads the graph there), with the
     malloc settings that process started with."""
     torch.set_num_threads(threads)
-    return (epoch_times(name, load_dataset(name, root=root), method, batch_size,
-                        num_codewords, epochs),
+    return (epoch_times(load_dataset(name, root=root), method, batch_size, num_codewords,
+                        epochs),
             {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
 
 
@@ -182,6 +183,8 @@ def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int,
     (:data:`ALLOCATORS`)."""
     times: dict[str, list[float]] = {}
     saved = {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}
+    for key in KEEP_FREED_MEMORY:  # 'default' is glibc's own, whatever the shell set
+        os.environ.pop(key, None)
     os.environ.update(ALLOCATORS[allocator])  # read by each child's malloc at its start
     try:
         context = multiprocessing.get_context("spawn")
@@ -191,7 +194,7 @@ def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int,
                                                  num_codewords, epochs,
                                                  torch.get_num_threads()).result()
             wanted = {k: ALLOCATORS[allocator].get(k) for k in KEEP_FREED_MEMORY}
-            if env != wanted:
+            if env != wanted:  # the environment did not reach the child
                 raise RuntimeError(f"the timed process started with malloc settings {env}, "
                                    f"not --allocator {allocator}'s {wanted}")
             print(f"{name}: {method}: " + ", ".join(f"{t:.3f}" for t in times[method])
@@ -214,9 +217,9 @@ def _protocol(record: dict[str, Any]) -> str:
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    latest: dict[tuple[tuple[str, str], str], dict[str, Any]] = {}
     for r in records:  # the latest of each graph, protocol and kind
-        latest[(f"{r['dataset']}\t{_protocol(r)}", r["method"])] = r
+        latest[((r["dataset"], _protocol(r)), r["method"])] = r
     lines = ["| graph | protocol | threads | batch / K | floor epoch (s) | floor, torch's "
              "autograd (s) | full epoch (s) | VQ epoch (s) | VQ / floor | within 1.15x | "
              "VQ / floor, torch's autograd | VQ / full | no slower than full |",
@@ -229,7 +232,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
         vq = rows["vq"]
         assert vq is not None
         to_floor, to_full = med["vq"] / med["floor"], med["vq"] / med["full"]
-        graph, protocol = dataset.split("\t")
+        graph, protocol = dataset
         lines.append(
             f"| {graph.split(',seed')[0]} | {protocol} | "
             f"{vq['threads']} | {vq['batch_size']:,} / {vq['num_codewords']:,} | "
@@ -279,15 +282,14 @@ def main(argv: Optional[list[str]] = None) -> None:
             data = load_dataset(name, root=root)  # here once: PyG writes processed/ once
             batch_size = args.batch_size or batch_size
             k = args.num_codewords or k
-            times = measure(name, None if root is None else str(root), batch_size, k,
-                            args.epochs, args.allocator)
+            times = measure(name, root, batch_size, k, args.epochs, args.allocator)
             for method in METHODS:
                 append_record(args.out, {
                     "dataset": name, "method": method, "epoch_seconds": times[method],
                     "threads": torch.get_num_threads(), "batch_size": batch_size,
                     "num_codewords": k, "hidden": HIDDEN, "num_nodes": data.num_nodes,
                     "num_edges": int(data.edge_index.size(1)), "allocator": args.allocator,
-                    "process_per_kind": True})
+                    "process_per_kind": True, "libc": " ".join(platform.libc_ver())})
     print("\n".join(table(report.load_records(Path(args.out)))))
 
 

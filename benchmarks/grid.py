@@ -63,6 +63,7 @@ from vqgnn.datasets import load_dataset, parse_synthetic  # noqa: E402
 from vqgnn.errors import DivergenceError  # noqa: E402
 from vqgnn.quantize import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
+from vqgnn.train.checkpoint import CheckpointError  # noqa: E402
 from vqgnn.train.experiment import config_values  # noqa: E402
 from vqgnn.train.records import append_record  # noqa: E402
 
@@ -439,6 +440,15 @@ def checkpoint_path(run_or_record: Any, folder: Optional[str]) -> Optional[Path]
     return Path(folder) / f"{run_key(probe)}.pt"
 
 
+def drop_checkpoint(run_or_record: Any, args: argparse.Namespace) -> None:
+    """Delete a recorded run's ``--checkpoints`` file and any half-written ``.tmp`` of it
+    (also for a run found done before: a process killed between the two left them)."""
+    path = checkpoint_path(run_or_record, getattr(args, "checkpoints", None))
+    if path is not None:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+
+
 def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
             args: argparse.Namespace, start: float) -> Optional[dict[str, Any]]:
     """Run one configuration unless ``done`` holds its key; append its record to ``out``
@@ -447,9 +457,10 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
     ``args`` gives ``device``, ``data_root``, ``ogb_root``, ``verbose`` and optionally
     ``checkpoints``: a folder where the run writes a checkpoint after every epoch and
     resumes from it when it is there (a run stopped half-way goes on at its last epoch);
-    it is deleted once the record is appended. A diverged run is recorded (status
-    ``'diverged'``) and the caller goes on. Returns the record, or None
-    when the run was done before.
+    it is deleted once the record is appended (here, or by the caller that appends it).
+    A checkpoint that does not belong to the run raises :class:`CheckpointError` naming the
+    file. A diverged run is recorded (status ``'diverged'``) and the caller goes on.
+    Returns the record, or None when the run was done before.
     """
     run.train = run.train.replace(device=args.device)
     probe = probe_of(run)
@@ -457,6 +468,7 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
              f"{run.train.seed} {run.method} {run.conv} batch {run.train.batch_size}")
     if run_key(probe) in done:  # before loading anything
         print(f"{label}: done before, skipped", flush=True)
+        drop_checkpoint(run, args)
         return None
     root = prepare_root(run.preset, args.data_root, args.ogb_root)
     data = load_dataset(run.preset.name, root=root, split=run.split, seed=run.train.seed)
@@ -472,12 +484,14 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
     except DivergenceError as err:  # recorded (status 'diverged'), and the grid goes on
         record = err.record  # type: ignore[assignment]
         print(f"{label}: {err}", flush=True)
+    except CheckpointError as err:  # e.g. written by code that built another model
+        raise CheckpointError(f"{label}: cannot resume from {checkpoint}: {err}; delete that "
+                              "file to run this configuration afresh") from err
     record["threads"] = torch.get_num_threads()
     if out is not None:
         append_record(out, record)
+        drop_checkpoint(record, args)  # recorded: the checkpoint has served
     done.add(run_key(record))
-    if checkpoint is not None and out is not None:  # recorded: the checkpoint has served
-        checkpoint.unlink(missing_ok=True)
     if record.get("status", "ok") == "ok":
         print(f"{label}: test {record['metric']} {100 * record['test']:.2f}, "
               f"{record['median_epoch_seconds']:.3f} s/epoch "
@@ -522,6 +536,8 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
         key = run_key(probe_of(run))
         if key in done or key in queued:
             print(f"{counter}: done before, skipped", flush=True)
+            if key in done:
+                drop_checkpoint(run, args)
         else:
             queued.add(key)
             todo.append((counter, run))
@@ -562,9 +578,7 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
                 if record is not None:
                     append_record(out, record)
                     done.add(run_key(record))
-                    checkpoint = checkpoint_path(record, getattr(args, "checkpoints", None))
-                    if checkpoint is not None:  # recorded: the checkpoint has served
-                        checkpoint.unlink(missing_ok=True)
+                    drop_checkpoint(record, args)  # recorded: the checkpoint has served
     return failed
 
 

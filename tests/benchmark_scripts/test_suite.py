@@ -515,6 +515,7 @@ def test_grid_checkpoints_resume_a_run_stopped_half_way_and_go_once_recorded(
         results, capsys):
     from vqgnn.datasets import load_dataset
     from vqgnn.train import run_experiment
+    from vqgnn.train.checkpoint import CheckpointError
 
     name = DATASET_TINY + ",seed=0"  # as the record names it
     preset = grid.DatasetPreset(name, None, "seed", grid._model(16, hidden=8),
@@ -538,6 +539,19 @@ def test_grid_checkpoints_resume_a_run_stopped_half_way_and_go_once_recorded(
     assert "resuming from" in capsys.readouterr().out
     assert not checkpoint.exists()  # recorded: deleted
     assert grid.checkpoint_path(record, str(folder)) == checkpoint  # the parent's path
+    # left behind by a process killed between the record and the deletion: a run found
+    # done before deletes them
+    checkpoint.write_bytes(b"x")
+    checkpoint.with_name(checkpoint.name + ".tmp").write_bytes(b"x")
+    assert grid.execute(run, "[1/1]", out, {grid.run_key(record)}, args, 0.0) is None
+    assert list(folder.iterdir()) == []
+    # another run's checkpoint under this run's name: an error naming the file
+    other = grid.Run(replace(preset, model=grid._model(16, hidden=4)), "vq", "gcn", 0)
+    run_experiment(load_dataset(name, root=None), other.model,
+                   other.train.replace(epochs=1, checkpoint=str(checkpoint)))
+    with pytest.raises(CheckpointError, match="delete that file"):
+        grid.execute(grid.Run(preset, "vq", "gcn", 0), "[1/1]", out, set(), args, 0.0)
+    assert checkpoint.exists() and len(records(out)) == 1  # kept, nothing recorded
 
 
 def test_attention_benchmark_lr_per_epoch_variants(tmp_path, monkeypatch, capsys):
@@ -715,8 +729,14 @@ def test_resident_memory_walker_finds_nested_tensors_once():
     assert [p for p, _ in found] == ["root['a'][0]", "root['a'][1][0]", "root['b']['c']"]
 
 
-def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path, capsys):
+def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path, capsys,
+                                                                        monkeypatch):
     from benchmarks import epoch_floor
+
+    # a shell's setting: the 'default' allocator's children start without it, and it is
+    # there again after each command
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
 
     data = grid.load_dataset(DATASET_TINY)
     adj = epoch_floor.normalized_adjacency(data.edge_index, data.num_nodes)
@@ -747,6 +767,7 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
                       "--num-codewords", "16", "--out", str(out), "--allocator", "keep"])
     assert [r["allocator"] for r in records(out)[4:]] == ["keep"] * 4
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
     assert "process per kind, keep allocator" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         epoch_floor.main(["--graphs", "Tolokers", "--out", str(out)])  # needs --data-root
