@@ -119,10 +119,21 @@ def published_table(records: list[Record]) -> list[str]:
                     "yes" if gap >= -1.0 else "NO"]
         else:
             row += ["-", "-", "-"]
-        row += [f"{_median(list(by[m].values()), 'median_epoch_seconds'):.4f}"
-                if by[m] else "-" for m in ("full", "vq")]
+        row += [_epochs_by_device(list(by[m].values())) for m in ("full", "vq")]
         lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _epochs_by_device(records: list[Record]) -> str:
+    """Median epoch seconds per kind of device (``0.1254 (cuda) / 3.0260 (cpu)``): one
+    median over runs on a GPU and on a CPU would be neither's."""
+    if not records:
+        return "-"
+    by_device: dict[str, list[Record]] = {}
+    for r in records:
+        by_device.setdefault(str(r.get("device", "cpu")).split(":")[0], []).append(r)
+    return " / ".join(f"{_median(runs, 'median_epoch_seconds'):.4f} ({device})"
+                      for device, runs in sorted(by_device.items()))
 
 
 def curve_figures(history: list[dict[str, Any]], after: int = 20) -> tuple[float, float]:

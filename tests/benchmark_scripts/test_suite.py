@@ -865,6 +865,11 @@ def test_published_table_against_the_paper_and_full_graph_training():
                                    rec("vq", 1, 0.815)])
     assert "| 2 | 82.50 ± 0.71 | -1.14 | yes | 1 | 81.50 ± 0.00 | 82.00 ± 0.00 | -0.50 | yes |" \
         in rows[2]
+    # epoch times: a median per kind of device, never one over a GPU's and a CPU's runs
+    gpu = {**rec("vq", 0, 0.82), "device": "cuda:0", "median_epoch_seconds": 0.1}
+    cpu = {**rec("vq", 1, 0.82), "device": "cpu", "median_epoch_seconds": 3.0}
+    rows = report.published_table([rec("full", 0, 0.83), gpu, cpu])
+    assert rows[2].endswith("| 0.0100 (cpu) | 3.0000 (cpu) / 0.1000 (cuda) |")
 
 
 def test_gpu_step_at_its_limit_kills_the_processes_it_started(tmp_path):
