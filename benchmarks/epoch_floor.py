@@ -44,6 +44,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -182,11 +183,10 @@ def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int,
     shape another's. ``allocator`` names the glibc settings of the children
     (:data:`ALLOCATORS`)."""
     times: dict[str, list[float]] = {}
-    saved = {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}
-    for key in KEEP_FREED_MEMORY:  # 'default' is glibc's own, whatever the shell set
-        os.environ.pop(key, None)
-    os.environ.update(ALLOCATORS[allocator])  # read by each child's malloc at its start
-    try:
+    with patch.dict(os.environ):  # restored on leaving, whatever the shell had set
+        for key in KEEP_FREED_MEMORY:  # 'default' is glibc's own
+            os.environ.pop(key, None)
+        os.environ.update(ALLOCATORS[allocator])  # read by each child's malloc at start
         context = multiprocessing.get_context("spawn")
         for method in METHODS:
             with ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -199,12 +199,6 @@ def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int,
                                    f"not --allocator {allocator}'s {wanted}")
             print(f"{name}: {method}: " + ", ".join(f"{t:.3f}" for t in times[method])
                   + " s", flush=True)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return times
 
 
