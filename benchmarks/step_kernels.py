@@ -9,7 +9,13 @@ best of ``--repeat`` means over ``--calls`` calls:
   transposed into a contiguous left-hand one);
 * a row gather: ``x[idx]`` against ``x.index_select(0, idx)``;
 * dropout, forward and backward: ``torch.nn.functional.dropout`` against
-  :func:`vqgnn.nn.models.dropout` (on the CPU a ``torch.rand`` mask).
+  :func:`vqgnn.nn.models.dropout` (on the CPU a ``torch.rand`` mask);
+* an attention layer's aggregation, forward and backward, at the shape of the published
+  architecture's GAT step on Tolokers (b = 4,096 targets, 5,120 sources, 4 heads of 128
+  channels, ``--attention-edges`` edges, 300,000 as measured there): the per-edge messages
+  (gather, multiply, ``index_add``) against
+  :func:`~vqgnn.batching.lowrank.attention_aggregate` (a CSR product per head); it takes
+  ``--calls`` / 25 calls (at least one), as the per-edge form takes seconds.
 
 Usage:
     python benchmarks/step_kernels.py --threads 2
@@ -30,7 +36,12 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vqgnn.batching.lowrank import thin_matmul, thin_matmul_t  # noqa: E402
+from vqgnn.batching.lowrank import (  # noqa: E402
+    BatchEdges,
+    attention_aggregate,
+    thin_matmul,
+    thin_matmul_t,
+)
 from vqgnn.nn.models import dropout  # noqa: E402
 
 
@@ -49,13 +60,24 @@ def _dropout_step(fn: Callable[..., Tensor], x: Tensor, grad: Tensor) -> None:
     fn(x, 0.2, True).backward(grad)
 
 
-def rows(calls: int, repeat: int) -> list[tuple[str, str, float, float]]:
+def _per_edge_attention(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tensor:
+    msg = value[edges.col] * alpha.unsqueeze(-1)  # (M, H, C)
+    return msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
+
+
+def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
+                    value: Tensor, grad: Tensor) -> None:
+    torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
+
+
+def rows(calls: int, repeat: int,
+         attention_edges: int = 300_000) -> list[tuple[str, str, float, float]]:
     gen = torch.Generator().manual_seed(0)
     out = []
 
     def row(name: str, shape: str, plain: Callable[[], object],
-            ours: Callable[[], object]) -> None:
-        out.append((name, shape, best_ms(plain, calls, repeat), best_ms(ours, calls, repeat)))
+            ours: Callable[[], object], n: int = calls) -> None:
+        out.append((name, shape, best_ms(plain, n, repeat), best_ms(ours, n, repeat)))
 
     for b, k, d in ((1024, 1024, 2), (4096, 256, 10), (1024, 1024, 64)):
         a = torch.rand(b, k, generator=gen)
@@ -75,6 +97,18 @@ def rows(calls: int, repeat: int) -> list[tuple[str, str, float, float]]:
         grad = torch.randn(*dims, generator=gen)
         row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
+    b, sources, heads, channels, m = 4096, 5120, 4, 128, attention_edges
+    edge_row = torch.randint(0, b, (m,), generator=gen).sort().values
+    edges = BatchEdges(edge_row, torch.randint(0, sources, (m,), generator=gen),
+                       torch.ones(m), torch.ones(m), b, sources, merged=False)
+    alpha = torch.rand(m, heads, generator=gen, requires_grad=True)
+    value = torch.randn(sources, heads, channels, generator=gen, requires_grad=True)
+    grad = torch.randn(b, heads, channels, generator=gen)
+    row("attention aggregation, forward + backward",
+        f"{m:,} edges, {b:,} x {sources:,}, {heads} x {channels}",
+        partial(_attention_step, _per_edge_attention, edges, alpha, value, grad),
+        partial(_attention_step, attention_aggregate, edges, alpha, value, grad),
+        n=max(1, calls // 25))
     return out
 
 
@@ -83,9 +117,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--calls", type=int, default=50, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=3, help="timings per row (best kept)")
+    parser.add_argument("--attention-edges", type=int, default=300_000,
+                        help="edges of the attention aggregation row")
     args = parser.parse_args(argv)
     for name, value in (("--threads", args.threads), ("--calls", args.calls),
-                        ("--repeat", args.repeat)):
+                        ("--repeat", args.repeat), ("--attention-edges", args.attention_edges)):
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, received {value}")
     if args.threads is not None:
@@ -94,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> None:
           f"{args.calls} calls")
     print("| operation | shape | plain (ms) | vqgnn's (ms) | plain / vqgnn's |")
     print("|---|---|---|---|---|")
-    for name, shape, plain, ours in rows(args.calls, args.repeat):
+    for name, shape, plain, ours in rows(args.calls, args.repeat, args.attention_edges):
         print(f"| {name} | {shape} | {plain:.3f} | {ours:.3f} | {plain / ours:.2f}x |")
 
 

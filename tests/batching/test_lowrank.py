@@ -12,6 +12,7 @@ from vqgnn.batching.lowrank import (
     THIN_FORWARD,
     BackwardEdges,
     BatchEdges,
+    attention_aggregate,
     backward_edges,
     batch_edges,
     batch_rows,
@@ -414,3 +415,61 @@ def test_the_lean_products_name_the_argument_of_a_bad_shape():
     edge_index, value, _ = hand_graph()
     with pytest.raises(ConfigError, match="'operator_matmul': 'x' must have shape \\(9, D\\)"):
         operator_matmul(build_operator(edge_index, value, N), torch.zeros(8, 2))
+
+
+def _attention_reference(edges: BatchEdges, alpha: torch.Tensor,
+                         value: torch.Tensor) -> torch.Tensor:
+    msg = value[edges.col] * alpha.unsqueeze(-1)
+    return msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_attention_aggregate_equals_per_edge_messages_with_gradients(duplicates):
+    # Row-sorted edges with an empty row (3), a source no edge reads (6), and, for a
+    # per-edge list, a repeated (row, col) pair: values and both gradients as the
+    # per-edge gather-multiply-scatter gives them.
+    gen = torch.Generator().manual_seed(0)
+    row = torch.tensor([0, 0, 0, 1, 2, 2, 4, 4, 4, 4])
+    col = torch.tensor([0, 2, 5, 1, 3, 4, 0, 1, 5, 7])
+    if duplicates:
+        col[7] = 0  # row 4 reads source 0 twice
+    num_rows, num_cols, heads, channels = 5, 8, 3, 4
+    edges = BatchEdges(row, col, torch.ones(10), torch.ones(10), num_rows, num_cols,
+                       merged=not duplicates)
+    alpha = torch.rand(10, heads, generator=gen, dtype=torch.float64, requires_grad=True)
+    value = torch.randn(num_cols, heads, channels, generator=gen, dtype=torch.float64,
+                        requires_grad=True)
+    grad = torch.randn(num_rows, heads, channels, generator=gen, dtype=torch.float64)
+    got = attention_aggregate(edges, alpha, value)
+    got_grads = torch.autograd.grad(got, (alpha, value), grad)
+    want = _attention_reference(edges, alpha, value)
+    want_grads = torch.autograd.grad(want, (alpha, value), grad)
+    assert_close(got, want)
+    assert got[3].abs().sum() == 0
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w)
+    assert got_grads[1][6].abs().sum() == 0
+    assert torch.autograd.gradcheck(
+        lambda a, v: attention_aggregate(edges, a, v), (alpha, value))
+
+
+def test_attention_aggregate_other_dtypes_and_no_edges():
+    row, col = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+    edges = BatchEdges(row, col, torch.ones(3), torch.ones(3), 2, 3, merged=True)
+    alpha = torch.rand(3, 2)
+    value = torch.randn(3, 2, 4)
+    want = _attention_reference(edges, alpha, value)
+    got = attention_aggregate(edges, alpha.bfloat16(), value.bfloat16())  # per-edge form
+    assert got.dtype == torch.bfloat16
+    assert_close(got.float(), want, atol=0.05, rtol=0.05)
+    none = BatchEdges(row[:0], col[:0], torch.ones(0), torch.ones(0), 2, 3, merged=True)
+    a0 = torch.rand(0, 2, requires_grad=True)
+    v0 = torch.randn(3, 2, 4, requires_grad=True)
+    out = attention_aggregate(none, a0, v0)
+    out.sum().backward()
+    assert out.shape == (2, 2, 4) and out.abs().sum() == 0
+    assert v0.grad is not None and v0.grad.abs().sum() == 0
+    with pytest.raises(ConfigError, match="'alpha' must have shape"):
+        attention_aggregate(edges, alpha[:, :1], value)
+    with pytest.raises(ConfigError, match=r"received \(3, 2\) and \(2, 2, 4\)"):
+        attention_aggregate(edges, alpha, value[:2])

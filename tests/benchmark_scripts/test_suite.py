@@ -776,12 +776,16 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
 def test_step_kernels_times_each_choice_both_ways(capsys):
     from benchmarks import step_kernels
 
-    step_kernels.main(["--calls", "1", "--repeat", "1"])
+    step_kernels.main(["--calls", "1", "--repeat", "1", "--attention-edges", "1000"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 6 + 2 + 2  # header, 3 shapes x 2 products, 2 gathers, 2 dropouts
+    # header, 3 shapes x 2 products, 2 gathers, 2 dropouts, the attention aggregation
+    assert len(table) == 1 + 6 + 2 + 2 + 1
     assert all(line.endswith("x |") for line in table[1:])
+    assert "| attention aggregation, forward + backward | 1,000 edges" in table[-1]
     with pytest.raises(SystemExit):
         step_kernels.main(["--calls", "0"])
+    with pytest.raises(SystemExit):
+        step_kernels.main(["--attention-edges", "0"])
 
 
 def test_published_preset_runs_in_worker_processes_and_resumes(results, monkeypatch, capsys):

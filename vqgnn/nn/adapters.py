@@ -34,6 +34,7 @@ from vqgnn.batching.lowrank import (
     BatchEdges,
     BatchRows,
     SparseOperator,
+    attention_aggregate,
     build_operator,
     lowrank_matmul,
     to_sparse_csr,
@@ -341,9 +342,7 @@ class AttentionAdapter(ConvAdapter):
         logit = logit + torch.log(edges.multiplicity).to(logit.dtype).unsqueeze(1)
         alpha = softmax(logit, edges.row, num_nodes=edges.num_rows)
         alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
-        msg = value[edges.col] * alpha.unsqueeze(-1)  # (M, H, C)
-        agg = msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
-        agg = agg.view(edges.num_rows, -1)  # (b, H * C)
+        agg = attention_aggregate(edges, alpha, value).view(edges.num_rows, -1)  # (b, H * C)
         out = agg if conv.concat else agg.view(-1, conv.heads, conv.out_channels).mean(1)
         if getattr(conv, "res", None) is not None:
             out = out + conv.res(x_dst)
