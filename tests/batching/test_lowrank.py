@@ -423,24 +423,29 @@ def _attention_reference(edges: BatchEdges, alpha: torch.Tensor,
     return msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("duplicates", [False, True])
-def test_attention_aggregate_equals_per_edge_messages_with_gradients(duplicates):
+def test_attention_aggregate_equals_per_edge_messages_with_gradients(duplicates, dtype,
+                                                                     device):
     # Row-sorted edges with an empty row (3), a source no edge reads (6), and, for a
-    # per-edge list, a repeated (row, col) pair: values and both gradients as the
-    # per-edge gather-multiply-scatter gives them.
+    # per-edge list, a repeated (row, col) pair and a row whose columns are not sorted:
+    # values and both gradients as the per-edge gather-multiply-scatter gives them.
+    # int64 rows with int32 columns, as the full-graph operator's columns are.
     gen = torch.Generator().manual_seed(0)
-    row = torch.tensor([0, 0, 0, 1, 2, 2, 4, 4, 4, 4])
-    col = torch.tensor([0, 2, 5, 1, 3, 4, 0, 1, 5, 7])
+    row = torch.tensor([0, 0, 0, 1, 2, 2, 4, 4, 4, 4], device=device)
+    col = torch.tensor([0, 2, 5, 1, 3, 4, 0, 1, 5, 7], dtype=torch.int32, device=device)
     if duplicates:
         col[7] = 0  # row 4 reads source 0 twice
+        col[0], col[2] = 5, 0  # row 0 reads 5, 2, 0
     num_rows, num_cols, heads, channels = 5, 8, 3, 4
     edges = BatchEdges(row, col, torch.ones(10), torch.ones(10), num_rows, num_cols,
                        merged=not duplicates)
-    alpha = torch.rand(10, heads, generator=gen, dtype=torch.float64, requires_grad=True)
-    value = torch.randn(num_cols, heads, channels, generator=gen, dtype=torch.float64,
-                        requires_grad=True)
-    grad = torch.randn(num_rows, heads, channels, generator=gen, dtype=torch.float64)
+    alpha = torch.rand(10, heads, generator=gen, dtype=dtype).to(device).requires_grad_()
+    value = torch.randn(num_cols, heads, channels, generator=gen,
+                        dtype=dtype).to(device).requires_grad_()
+    grad = torch.randn(num_rows, heads, channels, generator=gen, dtype=dtype).to(device)
     got = attention_aggregate(edges, alpha, value)
+    assert type(got.grad_fn).__name__ == "_AttentionAggregateBackward"  # not the fallback
     got_grads = torch.autograd.grad(got, (alpha, value), grad)
     want = _attention_reference(edges, alpha, value)
     want_grads = torch.autograd.grad(want, (alpha, value), grad)
@@ -449,8 +454,9 @@ def test_attention_aggregate_equals_per_edge_messages_with_gradients(duplicates)
     for g, w in zip(got_grads, want_grads):
         assert_close(g, w)
     assert got_grads[1][6].abs().sum() == 0
-    assert torch.autograd.gradcheck(
-        lambda a, v: attention_aggregate(edges, a, v), (alpha, value))
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(
+            lambda a, v: attention_aggregate(edges, a, v), (alpha, value))
 
 
 def test_attention_aggregate_other_dtypes_and_no_edges():

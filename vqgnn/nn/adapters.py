@@ -317,6 +317,8 @@ class AttentionAdapter(ConvAdapter):
     uniform attention weights for the messages batch nodes send out of the batch
     (it neglects the attention logits and the softmax normaliser's dependence on the
     batch node's features; see the class docs of :class:`~vqgnn.nn.VQConv`).
+    :meth:`forward` takes edges sorted by row (``batch_edges`` and ``gather_rows`` give
+    them so) and aggregates with :func:`~vqgnn.batching.lowrank.attention_aggregate`.
     """
 
     def check(self, conv: MessagePassing) -> None:
