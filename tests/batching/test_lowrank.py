@@ -479,3 +479,24 @@ def test_attention_aggregate_other_dtypes_and_no_edges():
         attention_aggregate(edges, alpha[:, :1], value)
     with pytest.raises(ConfigError, match=r"received \(3, 2\) and \(2, 2, 4\)"):
         attention_aggregate(edges, alpha, value[:2])
+
+
+def test_attention_aggregate_makes_no_syncing_call():
+    # Forward and backward of the fused form call none of the data-dependent ops and
+    # host reads that wait for a GPU (counted by benchmarks/host_syncs.py's patches).
+    from benchmarks.host_syncs import count_syncs
+
+    gen = torch.Generator().manual_seed(0)
+    row = torch.randint(0, 50, (400,), generator=gen).sort().values
+    col = torch.randint(0, 80, (400,), generator=gen)
+    edges = BatchEdges(row, col, torch.ones(400), torch.ones(400), 50, 80, merged=False)
+    alpha = torch.rand(400, 2, generator=gen, requires_grad=True)
+    value = torch.randn(80, 2, 8, generator=gen, requires_grad=True)
+
+    def step():
+        attention_aggregate(edges, alpha, value).sum().backward()
+
+    assert count_syncs(step) == {}
+    assert alpha.grad is not None and value.grad is not None
+    # the counter sees a syncing call when one is made:
+    assert sum(count_syncs(lambda: torch.unique(col)).values()) == 1
