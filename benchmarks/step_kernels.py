@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from vqgnn.batching.lowrank import (  # noqa: E402
     BatchEdges,
     attention_aggregate,
+    per_edge_aggregate,
     thin_matmul,
     thin_matmul_t,
 )
@@ -58,11 +59,6 @@ def best_ms(fn: Callable[[], object], calls: int, repeat: int) -> float:
 
 def _dropout_step(fn: Callable[..., Tensor], x: Tensor, grad: Tensor) -> None:
     fn(x, 0.2, True).backward(grad)
-
-
-def _per_edge_attention(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tensor:
-    msg = value[edges.col] * alpha.unsqueeze(-1)  # (M, H, C)
-    return msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
 
 
 def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
@@ -106,7 +102,7 @@ def rows(calls: int, repeat: int,
     grad = torch.randn(b, heads, channels, generator=gen)
     row("attention aggregation, forward + backward",
         f"{m:,} edges, {b:,} x {sources:,}, {heads} x {channels}",
-        partial(_attention_step, _per_edge_attention, edges, alpha, value, grad),
+        partial(_attention_step, per_edge_aggregate, edges, alpha, value, grad),
         partial(_attention_step, attention_aggregate, edges, alpha, value, grad),
         n=max(1, calls // 25))
     return out

@@ -373,6 +373,12 @@ def attention_aggregate(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tens
         if row.dtype != col.dtype:  # e.g. int64 batch positions, int32 operator columns
             row, col = row.long(), col.long()
         return _AttentionAggregate.apply(row, col, alpha, value, edges.num_rows)
+    return per_edge_aggregate(edges, alpha, value)
+
+
+def per_edge_aggregate(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tensor:
+    """:func:`attention_aggregate`'s sum by per-edge (M, H, C) messages: gather, multiply,
+    ``index_add`` (its form for other dtypes, and the plain form it is timed against)."""
     msg = value[edges.col] * alpha.unsqueeze(-1)  # (M, H, C)
     return msg.new_zeros(edges.num_rows, *msg.shape[1:]).index_add(0, edges.row, msg)
 
