@@ -17,6 +17,7 @@ from vqgnn.batching.lowrank import (
     batch_edges,
     batch_rows,
     build_operator,
+    codeword_edges,
     csr_matmul,
     gather_rows,
     lowrank_backward,
@@ -165,6 +166,25 @@ def test_batch_edges_merged_and_unmerged_match_the_hand_matrix(device, index_dty
     assert merged.row.numel() == 7
     key = merged.row * (b + K) + merged.col
     assert bool((key.diff() > 0).all())  # sorted, one entry per (row, col)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_codeword_edges_are_one_edge_per_neighbour_sorted_by_row(device, index_dtype):
+    """The attention layers' lean edges: the step's gather, out-of-batch sources as
+    ``b + codeword``, unmerged: the counts of the hand matrix, rows in order."""
+    op, batch, local, assignment, _ = setup(device, index_dtype)
+    b, shape = len(BATCH), (len(BATCH), len(BATCH) + K)
+    edges = codeword_edges(batch_rows(op, batch, local, symmetric=False), assignment, K)
+    assert (edges.num_rows, edges.num_cols, edges.merged) == (b, b + K, False)
+    count = to_dense(edges.row, edges.col, edges.multiplicity, shape)
+    assert_close(count, torch.tensor(EXPECTED_COUNT, dtype=count.dtype, device=device))
+    assert bool((edges.row.diff() >= 0).all())
+    plain = batch_edges(op, batch, local, assignment, K, merge=False)
+    assert torch.equal(edges.row, plain.row) and torch.equal(edges.col, plain.col)
+    assert torch.equal(edges.value, plain.value)  # the operator's weights C_ij
+    no_pos = batch_rows(op, batch, local, symmetric=False)._replace(pos=None)
+    with pytest.raises(ValueError, match="'rows' has no source positions or values"):
+        codeword_edges(no_pos, assignment, K)
 
 
 def test_batch_edges_maps_in_batch_sources_to_batch_positions():

@@ -663,12 +663,13 @@ def test_loss_nodes_reach_one_hop_further_per_layer_down() -> None:
 
 
 @pytest.mark.parametrize("directed", [False, True])
-@pytest.mark.parametrize("kind", ["gcn", "sage", "graph", "gin"])
+@pytest.mark.parametrize("kind", ["gcn", "sage", "graph", "gin", "gat", "gatv2"])
 def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
                                                  monkeypatch) -> None:
     """The lean step (in-batch CSR + dense (b, K) low-rank part, the backward weights from
-    the same gather) gives the outputs and gradients of the merged sparse operator, on an
-    undirected graph (one shared pattern) and a directed one (a second gather)."""
+    the same gather; for attention, one edge per neighbour instead of merged codeword
+    edges) gives the outputs and gradients of the merged sparse operator, on an undirected
+    graph (one shared pattern) and a directed one (a second gather)."""
     import vqgnn.nn.vq_conv as vq_conv_module
 
     torch.manual_seed(0)

@@ -410,6 +410,11 @@ class BatchRows(NamedTuple):
     # (num_inner,) C_ji at each in-batch entry (i, j): the values of C_BB^T on the same
     # pattern, when the operator's pattern is symmetric (else None)
     inner_t_value: Optional[Tensor] = None
+    # (M,) batch position of each entry's source, -1 outside the batch, and (M,) each
+    # entry's weight C_ij: the per-edge lists of attention layers and of exact layers with
+    # constant inputs are built from them (``batch_rows`` always sets both)
+    pos: Optional[Tensor] = None
+    value: Optional[Tensor] = None
 
     @property
     def num_rows(self) -> int:
@@ -476,7 +481,28 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
         t_target, t_value = op.t_col.index_select(0, t_idx), op.t_value.index_select(0, t_idx)
         t_outer = torch.where(local.index_select(0, t_target) < 0, t_value, 0.0)
     return BatchRows(row, col, outer, sel.numel(), crow, inner_pos.index_select(0, order),
-                     inner_value, t_row, t_target, t_outer, inner_t_value)
+                     inner_value, t_row, t_target, t_outer, inner_t_value, pos, value)
+
+
+def codeword_edges(rows: BatchRows, assignment: Tensor, num_codewords: int) -> BatchEdges:
+    """The batch's messages as per-edge lists, every out-of-batch source replaced by its
+    codeword (column ``b + c(j)``), one edge per neighbour: not merged, so no sort and no
+    device sync. Sorted by row (the gather's order), ``multiplicity`` 1.
+
+    Args:
+        rows: the step's gather (:func:`step_rows`).
+        assignment: (N,) codeword of every node.
+        num_codewords: K.
+    """
+    pos, value = rows.pos, rows.value
+    if pos is None or value is None:
+        raise ValueError("codeword_edges: 'rows' has no source positions or values (build "
+                         "it with batch_rows)")
+    b = rows.num_rows
+    code = assignment.index_select(0, rows.col).to(pos.dtype)
+    col = torch.where(pos >= 0, pos, code + b)
+    return BatchEdges(rows.row, col, value, torch.ones_like(value), b, b + num_codewords,
+                      merged=False)
 
 
 def _per_codeword(row: Tensor, node: Tensor, value: Tensor, assignment: Tensor, b: int,

@@ -17,6 +17,7 @@ from vqgnn.batching.lowrank import (
     SparseOperator,
     backward_edges,
     batch_edges,
+    codeword_edges,
     csr_matmul,
     gather_rows,
     lowrank_backward,
@@ -29,6 +30,7 @@ from vqgnn.batching.lowrank import (
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.adapters import (
     LINEAR_AGGRS,
+    AttentionAdapter,
     ConvAdapter,
     GenericAdapter,
     LinearAdapter,
@@ -253,6 +255,8 @@ class VQConv(QuantizedLayer):
         b = batch.numel()
         op = self.operator(graph)
         if self._lean(b):
+            if isinstance(self.adapter, AttentionAdapter):
+                return self._forward_attention(x, graph, op, batch, training)
             return self._forward_lowrank(x, graph, op, batch, training)
         local = graph.local
         local[batch] = torch.arange(b, device=batch.device)
@@ -306,9 +310,12 @@ class VQConv(QuantizedLayer):
 
     def _lean(self, b: int) -> bool:
         """Whether a batch of ``b`` nodes takes the lean path: a linear layer with merged
-        messages, whose dense (b, K) low-rank part stays under ``DENSE_LOWRANK_MAX``."""
-        return (isinstance(self.adapter, LinearAdapter) and self.merge
-                and b * self.num_codewords <= DENSE_LOWRANK_MAX)
+        messages or an attention layer, whose dense (b, K) low-rank part (the backward
+        term's, for attention) stays under ``DENSE_LOWRANK_MAX``."""
+        if b * self.num_codewords > DENSE_LOWRANK_MAX:
+            return False
+        return (isinstance(self.adapter, AttentionAdapter)
+                or (isinstance(self.adapter, LinearAdapter) and self.merge))
 
     def _forward_lowrank(self, x: Tensor, graph: VQGraph, op: SparseOperator, batch: Tensor,
                          training: bool) -> tuple[Tensor, Tensor]:
@@ -334,6 +341,28 @@ class VQConv(QuantizedLayer):
                 weights = lowrank_backward_rows(rows, quantizer.assignment, k,
                                                 self._gradient_nodes)
             out = self._inject_weights(out, x, weights)
+        return out, agg
+
+    def _forward_attention(self, x: Tensor, graph: VQGraph, op: SparseOperator, batch: Tensor,
+                           training: bool) -> tuple[Tensor, Tensor]:
+        """The lean step of an attention layer: the batch's messages from the step's shared
+        gather (:func:`~vqgnn.batching.lowrank.step_rows`), each out-of-batch source read
+        as its codeword, one edge per neighbour (the softmax over them equals the merged
+        one's; no sort, no device sync); the backward term's (b, K) weights from the same
+        gather."""
+        quantizer = self.quantizer
+        assert quantizer is not None
+        rows = step_rows(graph, op, batch)
+        if not quantizer.initialized and rows.num_inner < rows.row.numel():
+            raise RuntimeError("'VQConv': the codebook is not initialised; call "
+                               "init_codebook() (or the model's) before mini-batch steps")
+        k = self.num_codewords
+        edges = codeword_edges(rows, quantizer.assignment, k)
+        x_src = torch.cat([x, quantizer.features().to(x.dtype)], dim=0)  # (b + K, D_in)
+        out, agg = self.adapter.forward(self.conv, x_src, x, edges)
+        if training and self.backward_approx and quantizer.initialized:
+            out = self._inject_weights(out, x, lowrank_backward_rows(
+                rows, quantizer.assignment, k, self._gradient_nodes))
         return out, agg
 
     @property
@@ -390,8 +419,8 @@ class VQConv(QuantizedLayer):
         if const_graph is not graph:
             raise ConfigError("'VQConv': the constant input was set for another graph")
         x = x.to(self.compute_dtype)  # the stored rows may be bf16 or fp16
-        if aggregated is None:
-            return self._exact(x_all, graph, batch, x)
+        if aggregated is None:  # the step's shared gather: no gather of its own
+            return self._exact_pair(x_all, graph, batch, x, shared=True)[0]
         adapter = self.adapter
         assert isinstance(adapter, LinearAdapter)
         agg = adapter.message(self.conv, aggregated.index_select(0, batch).to(x.dtype))
@@ -458,11 +487,19 @@ class VQConv(QuantizedLayer):
     def _exact(self, x_all: Tensor, graph: VQGraph, batch: Tensor, x_dst: Tensor) -> Tensor:
         return self._exact_pair(x_all, graph, batch, x_dst)[0]
 
-    def _exact_pair(self, x_all: Tensor, graph: VQGraph, batch: Tensor,
-                    x_dst: Tensor) -> tuple[Tensor, Tensor]:
+    def _exact_pair(self, x_all: Tensor, graph: VQGraph, batch: Tensor, x_dst: Tensor,
+                    shared: bool = False) -> tuple[Tensor, Tensor]:
+        """(out, agg) of the ``batch`` nodes from every neighbour's exact input; with
+        ``shared``, the batch's rows come from the step's gather
+        (:func:`~vqgnn.batching.lowrank.step_rows`, shared with the other layers)."""
         op = self.operator(graph)
         b = batch.numel()
-        row, col, value = gather_rows(op.rowptr, op.col, op.value, batch)
+        if shared:
+            rows = step_rows(graph, op, batch)
+            assert rows.value is not None
+            row, col, value = rows.row, rows.col, rows.value
+        else:
+            row, col, value = gather_rows(op.rowptr, op.col, op.value, batch)
         sources, inverse = torch.unique(col, return_inverse=True)
         # Rows come sorted by column within each row and ``unique`` keeps that order.
         edges = BatchEdges(row, b + inverse, value, torch.ones_like(value), b,
