@@ -266,7 +266,7 @@ def run_key(record_or_parts: dict[str, Any]) -> str:
     r = record_or_parts
     model = _non_default("model_config", r["model_config"], r["method"])
     train = {k: v for k, v in _non_default("train_config", r["train_config"], r["method"]).items()
-             if k not in ("progress", "checkpoint", "device")}
+             if k not in ("progress", "checkpoint", "checkpoint_every", "device")}
     text = json.dumps([r["dataset"], r["split"], r["seed"], r["method"], model, train],
                       sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()
@@ -383,8 +383,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="runs at once, each in its own process (timings then share "
                              "the machine: for accuracy grids, e.g. on a GPU)")
     parser.add_argument("--checkpoints", default=None, metavar="DIR",
-                        help="checkpoint every run after each epoch in DIR and resume a "
-                             "run stopped half-way from its checkpoint (long runs)")
+                        help="checkpoint every run in DIR (every --checkpoint-every epochs) "
+                             "and resume a run stopped half-way from its checkpoint (long "
+                             "runs)")
+    parser.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+                        help="epochs between a run's checkpoints (with --checkpoints)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="start no run after this many seconds (the grid resumes later)")
     args = parser.parse_args(argv)
@@ -398,7 +401,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     batch_sizes = args.batch_sizes or (BATCH_SIZES if args.preset == "batch" else None)
     args.batch_size_list = _ints(batch_sizes, "--batch-sizes") or [None]
     for name, value in (("--runs", args.runs), ("--epochs", args.epochs),
-                        ("--workers", args.workers)):
+                        ("--workers", args.workers), ("--checkpoint-every", args.checkpoint_every)):
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, received {value}")
     if args.time_budget is not None and args.time_budget <= 0:
@@ -455,8 +458,9 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
     (None: the caller appends it).
 
     ``args`` gives ``device``, ``data_root``, ``ogb_root``, ``verbose`` and optionally
-    ``checkpoints``: a folder where the run writes a checkpoint after every epoch and
-    resumes from it when it is there (a run stopped half-way goes on at its last epoch);
+    ``checkpoints``: a folder where the run writes a checkpoint (every ``checkpoint_every``
+    epochs) and resumes from it when it is there (a run stopped half-way goes on at its
+    last checkpointed epoch);
     it is deleted once the record is appended (here, or by the caller that appends it).
     A checkpoint that does not belong to the run raises :class:`CheckpointError` naming the
     file. A diverged run is recorded (status ``'diverged'``) and the caller goes on.
@@ -478,7 +482,8 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         if checkpoint.exists():
             print(f"{label}: resuming from {checkpoint}", flush=True)
-        run.train = run.train.replace(checkpoint=str(checkpoint))
+        run.train = run.train.replace(checkpoint=str(checkpoint), checkpoint_every=getattr(
+            args, "checkpoint_every", 1))
     try:
         record = run_experiment(data, run.model, run.train, log=log, resume=True)
     except DivergenceError as err:  # recorded (status 'diverged'), and the grid goes on

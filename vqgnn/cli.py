@@ -137,7 +137,8 @@ def train_config(args: argparse.Namespace, method: str, options: Optional[dict] 
         grad_clip=args.grad_clip, lr_per_epoch=args.lr_per_epoch, eval_every=args.eval_every,
         patience=args.patience,
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
-        device=args.device, checkpoint=checkpoint, progress=not args.quiet,
+        device=args.device, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+        progress=not args.quiet,
         feature_dtype=args.feature_dtype, **options)
 
 
@@ -447,7 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=list(FEATURE_DTYPES),
                        help="storage of the node features (computation stays float32)")
     train.add_argument("--checkpoint", default=None,
-                       help="checkpoint path (one file per method, written every epoch)")
+                       help="checkpoint path (one file per method, written every "
+                            "--checkpoint-every epochs and after the last)")
+    train.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every,
+                       help="epochs between checkpoints")
     train.add_argument("--resume", action="store_true", help="resume from --checkpoint")
     train.add_argument("--json", default=None, help="append one JSON record per run here")
     train.add_argument("--quiet", action="store_true", help="no progress bars or epoch logs")

@@ -57,6 +57,10 @@ def test_run_key_ignores_options_at_their_defaults():
     other = {**record, "train_config": {**record["train_config"], "walk_length": 3}}
     assert grid.run_key(other) == grid.run_key(record)
     assert grid.run_key({**record, "seed": 2}) != grid.run_key(record)
+    # Where and how often a run checkpoints is not part of it.
+    every = {**record, "train_config": {**record["train_config"], "checkpoint": "c.pt",
+                                        "checkpoint_every": 10}}
+    assert grid.run_key(every) == grid.run_key(record)
     # Selected by exact inference, how VQ inference ran is not part of the identity; selected
     # by VQ inference, it is.
     refresh = {**record, "train_config": {**record["train_config"], "inference_refresh": 1}}
@@ -120,6 +124,9 @@ def test_grid_rejects_unknown_datasets(capsys):
     with pytest.raises(SystemExit):
         grid.main(["--datasets", "pubmed"])
     assert "unknown datasets ['pubmed']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        grid.main(["--checkpoint-every", "0"])
+    assert "--checkpoint-every must be >= 1, received 0" in capsys.readouterr().err
 
 
 def _tiny_ogb_presets(monkeypatch) -> None:
@@ -532,10 +539,11 @@ def test_grid_checkpoints_resume_a_run_stopped_half_way_and_go_once_recorded(
                    run.train.replace(epochs=1, checkpoint=str(checkpoint)))
     assert checkpoint.exists()
     args = argparse.Namespace(device="cpu", data_root=None, ogb_root=None, verbose=False,
-                              checkpoints=str(folder))
+                              checkpoints=str(folder), checkpoint_every=2)
     out = results / "r.jsonl"
     record = grid.execute(run, "[1/1]", out, set(), args, 0.0)
     assert record is not None and record["resumed_at_epoch"] == 1
+    assert run.train.checkpoint_every == 2
     assert len(record["history"]) == 3 and record["train_config"]["epochs"] == 3
     assert "resuming from" in capsys.readouterr().out
     assert not checkpoint.exists()  # recorded: deleted

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vqgnn import ConfigError
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN
@@ -379,6 +380,30 @@ def test_resume_with_a_finished_checkpoint_trains_no_more(data, tmp_path):
     trainer = _run(data, tmp_path / "a.pt", 3, resume=True)
     assert trainer.epoch == 3 and len(trainer.history) == 3
     _assert_same_state(before["model"], _load(tmp_path / "a.pt")["model"])
+
+
+def test_checkpoint_every_writes_every_nth_epoch_and_the_last_and_resumes_exactly(
+        data, tmp_path, monkeypatch):
+    saved = []
+    original = Trainer.save_checkpoint
+    monkeypatch.setattr(Trainer, "save_checkpoint",
+                        lambda self, path: saved.append(self.epoch) or original(self, path))
+    _run(data, tmp_path / "a.pt", 7, checkpoint_every=3)
+    assert saved == [3, 6, 7]
+    # stopped after epoch 5 of 7: its checkpoint is epoch 3's; resuming with another
+    # interval (a resumable option) redoes epochs 4-5 and ends where a straight run does
+    saved.clear()
+    _run(data, tmp_path / "b.pt", 5, checkpoint_every=3)
+    assert saved == [3, 5] and _load(tmp_path / "b.pt")["epoch"] == 5
+    _run(data, tmp_path / "c.pt", 3)
+    resumed = _run(data, tmp_path / "c.pt", 7, resume=True, checkpoint_every=2)
+    assert resumed.resumed_at_epoch == 3
+    a, c = _load(tmp_path / "a.pt"), _load(tmp_path / "c.pt")
+    _assert_same_state(a["model"], c["model"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in c["history"]]
+    with pytest.raises(ConfigError, match=r"'checkpoint_every' must be an int >= 1, "
+                                          r"received 0"):
+        config(checkpoint_every=0)
 
 
 def test_a_user_optimizer_is_used(data):
