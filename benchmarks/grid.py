@@ -404,6 +404,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         ("--workers", args.workers), ("--checkpoint-every", args.checkpoint_every)):
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, received {value}")
+    if args.checkpoint_every != 1 and not args.checkpoints:
+        parser.error(f"--checkpoint-every needs --checkpoints DIR (received "
+                     f"--checkpoint-every {args.checkpoint_every} without it)")
     if args.time_budget is not None and args.time_budget <= 0:
         parser.error(f"--time-budget must be > 0 seconds, received {args.time_budget}")
     return args

@@ -138,15 +138,22 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
                 == [h["loss"] for h in before["history"]])
         state = torch.load(tmp_path / f"ck.{after['method']}.pt", weights_only=False)
         assert state["epoch"] == 4
-    # --checkpoint-every 2 over 5 epochs: written after epochs 2, 4 and 5 (the last)
+    # --checkpoint-every reaches the run (tests/train/test_trainer.py checks the epochs
+    # written): over 5 epochs, the last one is written whatever the interval
     every = tmp_path / "every.pt"
     assert run(["train", "--dataset", DATASET, "--method", "vq", *SMALL, "--quiet",
-                "--checkpoint", str(every), "--checkpoint-every", "2", "--epochs", "5"]) == 0
+                "--checkpoint", str(every), "--checkpoint-every", "2", "--epochs", "5",
+                "--json", str(tmp_path / "every.jsonl")]) == 0
     assert torch.load(tmp_path / "every.vq.pt", weights_only=False)["epoch"] == 5
+    assert read_records(tmp_path / "every.jsonl")[0]["train_config"]["checkpoint_every"] == 2
     capsys.readouterr()
     assert run(["train", "--dataset", DATASET, "--method", "vq", *SMALL, "--quiet",
-                "--checkpoint-every", "0"]) != 0
+                "--checkpoint", str(every), "--checkpoint-every", "0"]) != 0
     assert "'checkpoint_every' must be an int >= 1, received 0" in capsys.readouterr().err
+    assert run(["train", "--dataset", DATASET, "--method", "vq", *SMALL, "--quiet",
+                "--checkpoint-every", "3"]) != 0
+    assert ("'--checkpoint-every' needs '--checkpoint PATH' (received --checkpoint-every 3 "
+            "without it)") in capsys.readouterr().err
 
 
 def test_train_baselines_side_by_side(tmp_path, capsys):

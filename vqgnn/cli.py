@@ -255,6 +255,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"'--method' lists a method twice, received {args.method!r}")
     if args.resume and not args.checkpoint:
         raise ConfigError("'--resume' needs '--checkpoint PATH' (the checkpoint to resume)")
+    if args.checkpoint_every != 1 and not args.checkpoint:
+        raise ConfigError(f"'--checkpoint-every' needs '--checkpoint PATH' (received "
+                          f"--checkpoint-every {args.checkpoint_every} without it)")
     options = method_options(args, methods)
     model_config(args)  # reject bad options before loading anything
     for method in methods:

@@ -479,6 +479,34 @@ def test_attention_aggregate_equals_per_edge_messages_with_gradients(duplicates,
             lambda a, v: attention_aggregate(edges, a, v), (alpha, value))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_aggregate_with_more_edges_than_matrix_entries(dtype, device):
+    """Unmerged edges of a dense batch can outnumber the rows x sources entries (the
+    same pair many times; ``sampled_addmm`` refuses such a pattern): the weights'
+    gradient then comes from the dense product, equal to the per-edge form's."""
+    gen = torch.Generator().manual_seed(1)
+    num_rows, num_cols, heads, channels = 2, 3, 2, 4
+    m = num_rows * num_cols + 5  # 11 edges into 6 entries
+    row = torch.sort(torch.randint(num_rows, (m,), generator=gen)).values.to(device)
+    col = torch.randint(num_cols, (m,), generator=gen).to(device)
+    edges = BatchEdges(row, col, torch.ones(m), torch.ones(m), num_rows, num_cols,
+                       merged=False)
+    alpha = torch.rand(m, heads, generator=gen, dtype=dtype).to(device).requires_grad_()
+    value = torch.randn(num_cols, heads, channels, generator=gen,
+                        dtype=dtype).to(device).requires_grad_()
+    grad = torch.randn(num_rows, heads, channels, generator=gen, dtype=dtype).to(device)
+    got = attention_aggregate(edges, alpha, value)
+    assert type(got.grad_fn).__name__ == "_AttentionAggregateBackward"
+    want = _attention_reference(edges, alpha, value)
+    assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, (alpha, value), grad),
+                    torch.autograd.grad(want, (alpha, value), grad)):
+        assert_close(g, w)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(
+            lambda a, v: attention_aggregate(edges, a, v), (alpha, value))
+
+
 def test_attention_aggregate_other_dtypes_and_no_edges():
     row, col = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
     edges = BatchEdges(row, col, torch.ones(3), torch.ones(3), 2, 3, merged=True)

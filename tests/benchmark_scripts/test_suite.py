@@ -127,6 +127,9 @@ def test_grid_rejects_unknown_datasets(capsys):
     with pytest.raises(SystemExit):
         grid.main(["--checkpoint-every", "0"])
     assert "--checkpoint-every must be >= 1, received 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        grid.main(["--checkpoint-every", "5"])
+    assert "--checkpoint-every needs --checkpoints DIR" in capsys.readouterr().err
 
 
 def _tiny_ogb_presets(monkeypatch) -> None:

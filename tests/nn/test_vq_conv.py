@@ -700,6 +700,39 @@ def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gat", "gatv2"])
+def test_attention_lean_step_on_a_batch_denser_than_its_columns(kind: str,
+                                                                monkeypatch) -> None:
+    """A batch whose in-degree exceeds b + K (here b = 2, K = 2, degree about 25) has more
+    unmerged edges than (b, b + K) entries: the lean step still trains, equal to the merged
+    path."""
+    import vqgnn.nn.vq_conv as vq_conv_module
+
+    torch.manual_seed(0)
+    n = 30
+    edge_index = random_graph(n, 700)
+    x = torch.randn(n, 6)
+    batch = torch.tensor([3, 17])
+    graph_rows = VQGraph(edge_index, n)
+    results = []
+    for limit in (vq_conv_module.DENSE_LOWRANK_MAX, 0):
+        monkeypatch.setattr(vq_conv_module, "DENSE_LOWRANK_MAX", limit)
+        torch.manual_seed(1)
+        layer = VQConv(make_conv(kind, 6, 8), num_codewords=2, num_nodes=n)
+        layer.init_codebook(x)
+        graph = VQGraph(edge_index, n)
+        xb = x[batch].clone().requires_grad_()
+        out = layer(xb, graph, batch)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), xb.grad))
+        layer.take_captured()
+    op = VQConv(make_conv(kind, 6, 8), num_codewords=2, num_nodes=n).operator(graph_rows)
+    entries = int((op.rowptr[batch + 1] - op.rowptr[batch]).sum())
+    assert entries > 2 * (2 + 2)  # more edges than the (b, b + K) matrix has entries
+    for got, want in zip(results[0], results[1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_layers_of_one_step_share_the_batch_gather(monkeypatch) -> None:
     import vqgnn.batching.lowrank as lowrank
 

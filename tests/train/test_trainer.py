@@ -390,20 +390,36 @@ def test_checkpoint_every_writes_every_nth_epoch_and_the_last_and_resumes_exactl
                         lambda self, path: saved.append(self.epoch) or original(self, path))
     _run(data, tmp_path / "a.pt", 7, checkpoint_every=3)
     assert saved == [3, 6, 7]
-    # stopped after epoch 5 of 7: its checkpoint is epoch 3's; resuming with another
-    # interval (a resumable option) redoes epochs 4-5 and ends where a straight run does
+    # Interrupted after epoch 5 of 7 (Ctrl-C while it logs epoch 5): its checkpoint is
+    # epoch 3's. Resumed with another interval (a resumable option), it redoes epochs 4-5
+    # and ends where the straight run does.
     saved.clear()
-    _run(data, tmp_path / "b.pt", 5, checkpoint_every=3)
-    assert saved == [3, 5] and _load(tmp_path / "b.pt")["epoch"] == 5
-    _run(data, tmp_path / "c.pt", 3)
-    resumed = _run(data, tmp_path / "c.pt", 7, resume=True, checkpoint_every=2)
-    assert resumed.resumed_at_epoch == 3
-    a, c = _load(tmp_path / "a.pt"), _load(tmp_path / "c.pt")
-    _assert_same_state(a["model"], c["model"])
-    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in c["history"]]
+
+    def interrupt_at_5(line: str) -> None:
+        if line.lstrip().startswith("epoch   5/"):
+            raise KeyboardInterrupt
+
+    seed_everything(0)
+    cfg = config(epochs=7, checkpoint=str(tmp_path / "b.pt"), seed=0, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(build(data, dropout=0.3), data, cfg, log=interrupt_at_5).fit()
+    assert saved == [3] and _load(tmp_path / "b.pt")["epoch"] == 3
+    resumed = _run(data, tmp_path / "b.pt", 7, resume=True, checkpoint_every=2)
+    assert resumed.resumed_at_epoch == 3 and saved == [3, 4, 6, 7]
+    a, b = _load(tmp_path / "a.pt"), _load(tmp_path / "b.pt")
+    _assert_same_state(a["model"], b["model"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     with pytest.raises(ConfigError, match=r"'checkpoint_every' must be an int >= 1, "
                                           r"received 0"):
         config(checkpoint_every=0)
+
+
+def test_early_stopping_checkpoints_the_epoch_it_stops_at(data, tmp_path):
+    """Whatever the interval, the checkpoint ends at the last epoch run, so a run resumed
+    after early stopping trains no more."""
+    trainer = _run(data, tmp_path / "a.pt", 40, checkpoint_every=100, patience=1)
+    assert trainer.epoch < 40  # stopped early: neither on the interval nor the last epoch
+    assert _load(tmp_path / "a.pt")["epoch"] == trainer.epoch
 
 
 def test_a_user_optimizer_is_used(data):

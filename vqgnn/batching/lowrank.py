@@ -320,7 +320,10 @@ class _AttentionAggregate(torch.autograd.Function):
     """Row-sorted edges ``col -> row`` with per-head weights: one CSR product per head;
     the backward is one ``sampled_addmm`` per head for the weights (the per-edge dot
     products) and one CSR product per head with the transposed layout (a sort of the
-    M column ids) for the values. No (M, H, C) tensor is made."""
+    M column ids) for the values. No (M, H, C) tensor is made. With more edges than
+    (rows x sources) entries (repeated pairs: ``sampled_addmm`` refuses them), the dot
+    products are read from the dense (rows, sources) product per head instead, which is
+    then the smaller."""
 
     @staticmethod
     def forward(ctx: Any, row: Tensor, col: Tensor, alpha: Tensor, value: Tensor,
@@ -339,10 +342,17 @@ class _AttentionAggregate(torch.autograd.Function):
         grad_alpha = grad_value = None
         if ctx.needs_input_grad[2]:
             value_h = value.transpose(0, 1).contiguous()  # (H, S, C)
-            pattern = csr(crow, col, alpha.new_zeros(col.numel()), (num_rows, num_src))
-            grad_alpha = torch.stack(
-                [torch.sparse.sampled_addmm(pattern, grad_h[h], value_h[h].t(), beta=0).values()
-                 for h in range(alpha.size(1))], dim=1)
+            if col.numel() > num_rows * num_src:  # repeated pairs; dense is smaller
+                flat = row.long() * num_src + col.long()
+                grad_alpha = torch.stack(
+                    [(grad_h[h] @ value_h[h].t()).view(-1).index_select(0, flat)
+                     for h in range(alpha.size(1))], dim=1)
+            else:
+                pattern = csr(crow, col, alpha.new_zeros(col.numel()), (num_rows, num_src))
+                grad_alpha = torch.stack(
+                    [torch.sparse.sampled_addmm(pattern, grad_h[h], value_h[h].t(),
+                                                beta=0).values()
+                     for h in range(alpha.size(1))], dim=1)
         if ctx.needs_input_grad[3]:
             perm = torch.argsort(col, stable=True)
             crow_t = _row_pointer(col[perm], num_src)
@@ -528,6 +538,7 @@ def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: in
     gradient."""
     value = rows.t_outer
     if mask is not None:
+        mask = mask.to(device=value.device)
         value = value * mask.index_select(0, rows.t_target).to(value.dtype)
     return _per_codeword(rows.t_row, rows.t_target, value, assignment, rows.num_rows,
                          num_codewords)

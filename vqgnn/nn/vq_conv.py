@@ -50,7 +50,8 @@ class VQConv(QuantizedLayer):
     * messages between batch nodes are exact; a message from an out-of-batch
       neighbour ``j`` uses the feature part of its codeword :math:`v_{c(j)}`; messages
       sharing a codeword are merged where the layer allows (see
-      :mod:`vqgnn.nn.adapters`): :math:`C_{B,:} X \approx C_{B,B} X_B + (C_{B,\sim B} R) V`;
+      :mod:`vqgnn.nn.adapters`): :math:`C_{B,:} X \approx C_{B,B} X_B + (C_{B,\sim B} R) V`
+      (attention layers keep one edge per neighbour on the lean step, the same softmax);
     * normalisations (GCN's degrees, means, attention softmax) use the full graph;
     * in training, back-propagation adds to the batch nodes the gradient messages
       their out-of-batch neighbours ``j`` would send, from the gradient parts of the
@@ -419,8 +420,10 @@ class VQConv(QuantizedLayer):
         if const_graph is not graph:
             raise ConfigError("'VQConv': the constant input was set for another graph")
         x = x.to(self.compute_dtype)  # the stored rows may be bf16 or fp16
-        if aggregated is None:  # the step's shared gather: no gather of its own
-            return self._exact_pair(x_all, graph, batch, x, shared=True)[0]
+        if aggregated is None:  # attention reads the step's shared gather (the next
+            # attention layers' lean steps use it too)
+            shared = isinstance(self.adapter, AttentionAdapter)
+            return self._exact_pair(x_all, graph, batch, x, shared=shared)[0]
         adapter = self.adapter
         assert isinstance(adapter, LinearAdapter)
         agg = adapter.message(self.conv, aggregated.index_select(0, batch).to(x.dtype))

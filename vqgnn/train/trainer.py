@@ -109,7 +109,7 @@ class TrainConfig:
         seed: seed of weights, batches and dropout.
         device: ``'cpu'`` or ``'cuda'`` (or ``'cuda:1'``...).
         checkpoint: path of a checkpoint written after every ``checkpoint_every`` epochs
-            and after the last (atomic).
+            and after the last (also the one early stopping ends at; atomic).
         checkpoint_every: epochs between checkpoints (a resumed run redoes at most
             ``checkpoint_every - 1`` epochs; writing one costs about 0.1-0.2 s for a
             100 MB state on a CPU).
@@ -661,7 +661,7 @@ class Trainer:
             if self.log is not None:
                 self.log(entry.line(cfg.epochs, metric))
             if cfg.checkpoint and main and (self.epoch % cfg.checkpoint_every == 0
-                                            or self.epoch == cfg.epochs):
+                                            or self.epoch == cfg.epochs or self._stopped()):
                 self.save_checkpoint(cfg.checkpoint)
         return self.result()
 
