@@ -10,6 +10,12 @@ best of ``--repeat`` means over ``--calls`` calls:
 * a row gather: ``x[idx]`` against ``x.index_select(0, idx)``;
 * dropout, forward and backward: ``torch.nn.functional.dropout`` against
   :func:`vqgnn.nn.models.dropout` (on the CPU a ``torch.rand`` mask);
+* a layer's (b, K) low-rank part over the batch's gathered entries (M per batch row:
+  89 on Tolokers, 9 on Minesweeper, with the self-loop; in-batch sources weigh 0), its
+  product with the codeword messages forward and backward plus the backward term's
+  product: the dense (b, K) matrix against :class:`~vqgnn.batching.lowrank.SparseLowRank`
+  (CSR), at the published architecture's width (D = 512) and at D = 64; the row names
+  which form :func:`~vqgnn.batching.lowrank.sparse_lowrank_pays` takes;
 * an attention layer's aggregation, forward and backward, at the shape of the published
   architecture's GAT step on Tolokers (b = 4,096 targets, 5,120 sources, 4 heads of 128
   channels, ``--attention-edges`` edges, 300,000 as measured there): the per-edge messages
@@ -38,8 +44,12 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from vqgnn.batching.lowrank import (  # noqa: E402
     BatchEdges,
+    SparseLowRank,
     attention_aggregate,
+    lowrank_apply,
+    lowrank_matmul,
     per_edge_aggregate,
+    sparse_lowrank_pays,
     thin_matmul,
     thin_matmul_t,
 )
@@ -64,6 +74,11 @@ def _dropout_step(fn: Callable[..., Tensor], x: Tensor, grad: Tensor) -> None:
 def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
                     value: Tensor, grad: Tensor) -> None:
     torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
+
+
+def _lowrank_step(low: object, values: Tensor, grad: Tensor, grads: Tensor) -> None:
+    torch.autograd.grad(lowrank_matmul(low, values), values, grad)
+    lowrank_apply(low, grads)
 
 
 def rows(calls: int, repeat: int,
@@ -93,6 +108,22 @@ def rows(calls: int, repeat: int,
         grad = torch.randn(*dims, generator=gen)
         row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
+    for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (4096, 1024, 57, 64)):
+        m = b * per_row
+        entry_row = torch.arange(b).repeat_interleave(per_row)
+        code = torch.randint(0, k, (m,), generator=gen)
+        weight = torch.rand(m, generator=gen)
+        weight[::3] = 0.0  # in-batch sources
+        low = SparseLowRank(entry_row, code, weight, b, k)
+        dense = torch.zeros(b, k).index_put_((entry_row, code), weight, accumulate=True)
+        values = torch.randn(k, d, generator=gen, requires_grad=True)
+        grad, grads = torch.randn(b, d, generator=gen), torch.randn(k, d, generator=gen)
+        form = "CSR" if sparse_lowrank_pays(m, b, k, d, torch.device("cpu"),
+                                            torch.float32) else "dense"
+        row(f"low-rank part, dense vs CSR ({form} taken)",
+            f"b={b}, K={k}, {per_row} entries a row, D={d}",
+            partial(_lowrank_step, dense, values, grad, grads),
+            partial(_lowrank_step, low, values, grad, grads))
     b, sources, heads, channels, m = 4096, 5120, 4, 128, attention_edges
     edge_row = torch.randint(0, b, (m,), generator=gen).sort().values
     edges = BatchEdges(edge_row, torch.randint(0, sources, (m,), generator=gen),

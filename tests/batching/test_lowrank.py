@@ -12,6 +12,7 @@ from vqgnn.batching.lowrank import (
     THIN_FORWARD,
     BackwardEdges,
     BatchEdges,
+    SparseLowRank,
     attention_aggregate,
     backward_edges,
     batch_edges,
@@ -20,10 +21,12 @@ from vqgnn.batching.lowrank import (
     codeword_edges,
     csr_matmul,
     gather_rows,
+    lowrank_apply,
     lowrank_backward,
     lowrank_matmul,
     merge_duplicates,
     operator_matmul,
+    sparse_lowrank_pays,
     thin_matmul,
     thin_matmul_t,
     to_sparse_csr,
@@ -421,6 +424,48 @@ def test_batch_plus_codewords_above_int16_range_map_correctly(path_case, index_d
     assert bool((local[back.target] < 0).all())
     assert torch.equal(back.code, assignment[back.target].long())
     assert int(back.code.max()) == k - 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_lowrank_products_equal_the_dense_matrix(dtype, device):
+    """The CSR low-rank part over gathered entries (repeated (row, code) pairs, zero
+    weights for in-batch sources, an empty row) multiplies like the dense (b, K) matrix it
+    stands for, forward, backward (the codeword messages' gradient) and without autograd."""
+    gen = torch.Generator().manual_seed(2)
+    b, k, d, m = 5, 4, 3, 14
+    row = torch.sort(torch.randint(b, (m,), generator=gen)).values
+    row[row == 2] = 3  # row 2 empty
+    code = torch.randint(k, (m,), generator=gen)
+    value = torch.rand(m, generator=gen, dtype=dtype)
+    value[::4] = 0.0  # in-batch sources
+    low = SparseLowRank(row.to(device), code.to(device), value.to(device), b, k)
+    dense = torch.zeros(b, k, dtype=dtype).index_put_((row, code), value, accumulate=True)
+    dense = dense.to(device)
+    values = torch.randn(k, d, generator=gen, dtype=dtype).to(device).requires_grad_()
+    grad = torch.randn(b, d, generator=gen, dtype=dtype).to(device)
+    got = lowrank_matmul(low, values)
+    want = dense @ values
+    assert_close(got, want)
+    assert_close(torch.autograd.grad(got, values, grad)[0],
+                 torch.autograd.grad(want, values, grad)[0])
+    assert_close(lowrank_apply(low, values.detach()), want.detach())
+    assert_close(lowrank_apply(dense, values.detach()), want.detach())
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda v: lowrank_matmul(low, v), (values,))
+    with pytest.raises(ConfigError, match=r"'values' must have shape \(4, D\), received "
+                                          r"\(3, 3\)"):
+        lowrank_matmul(low, values[:3])
+
+
+def test_sparse_lowrank_pays_on_few_entries_on_the_cpu_only():
+    cpu, f32 = torch.device("cpu"), torch.float32
+    b, k = 4096, 1024  # b K = 4,194,304
+    assert sparse_lowrank_pays(4096 * 8, b, k, 512, cpu, f32)  # 1/128 of b K
+    assert sparse_lowrank_pays(4096 * 57, b, k, 512, cpu, f32)  # wide: under b K / 8
+    assert not sparse_lowrank_pays(4096 * 57, b, k, 64, cpu, f32)  # narrow: over b K / 24
+    assert sparse_lowrank_pays(4096 * 9, 4096, 256, 64, cpu, f32)  # 10^6 graph: b K / 28
+    assert not sparse_lowrank_pays(4096 * 8, b, k, 512, torch.device("cuda"), f32)
+    assert not sparse_lowrank_pays(4096 * 8, b, k, 512, cpu, torch.bfloat16)
 
 
 def test_the_lean_products_name_the_argument_of_a_bad_shape():

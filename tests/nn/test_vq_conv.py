@@ -680,8 +680,14 @@ def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
     batch = torch.randperm(n)[:15]
     mask = torch.rand(n) < 0.6
     results = []
-    for limit in (vq_conv_module.DENSE_LOWRANK_MAX, 0):  # lean, then the merged sparse path
+    # lean with dense (b, K) parts, lean with CSR ones (linear layers), the merged path
+    variants = [(vq_conv_module.DENSE_LOWRANK_MAX, False), (vq_conv_module.DENSE_LOWRANK_MAX,
+                                                            True), (0, False)]
+    for limit, sparse in variants:
         monkeypatch.setattr(vq_conv_module, "DENSE_LOWRANK_MAX", limit)
+        chosen: list[bool] = []
+        monkeypatch.setattr(vq_conv_module, "sparse_lowrank_pays",
+                            lambda *args, forced=sparse, log=chosen: log.append(forced) or forced)
         torch.manual_seed(1)
         layer = VQConv(make_conv(kind, 6, 8), num_codewords=4, num_nodes=n)
         layer.init_codebook(x)
@@ -692,12 +698,14 @@ def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
         xb = x[batch].clone().requires_grad_()
         out = layer(xb, graph, batch)
         out.pow(2).sum().backward()
+        assert bool(chosen) == (limit > 0)  # the lean step asked which form to take
         results.append((out.detach(), xb.grad, [p.grad for p in layer.conv.parameters()]))
         layer.take_captured()
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
-    for a, b in zip(results[0][2], results[1][2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for got in results[:2]:
+        torch.testing.assert_close(got[0], results[2][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], results[2][1], rtol=1e-5, atol=1e-5)
+        for a, b in zip(got[2], results[2][2]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["gat", "gatv2"])

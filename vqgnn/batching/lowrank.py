@@ -265,10 +265,90 @@ class _LowRankMatmul(torch.autograd.Function):
         return grad_dense, grad_values
 
 
-def lowrank_matmul(dense: Tensor, values: Tensor) -> Tensor:
-    """(b, D) product of a layer's dense (b, K) low-rank part with (K, D) codeword
-    messages, differentiable in both."""
-    return _LowRankMatmul.apply(dense, values)
+class SparseLowRank(NamedTuple):
+    r"""A layer's (b, K) low-rank part as the batch's gathered entries: entry ``m`` adds
+    ``value[m]`` at (``row[m]``, ``code[m]``); repeated pairs are summed by the products
+    and in-batch sources weigh 0 (the gather's order, no sort or merge). The lean step
+    takes it instead of the dense matrix where the entries are few against b x K
+    (:func:`sparse_lowrank_pays`)."""
+
+    row: Tensor  # (M,) sorted batch positions
+    code: Tensor  # (M,) int64 codewords
+    value: Tensor  # (M,)
+    num_rows: int
+    num_codewords: int
+
+    def matrix(self, dtype: torch.dtype) -> Tensor:
+        """The (b, K) ``torch.sparse_csr`` matrix (repeated columns summed by products)."""
+        return csr(_row_pointer(self.row, self.num_rows), self.code, self.value.to(dtype),
+                   (self.num_rows, self.num_codewords))
+
+
+# Entries of a batch's rows below which a layer's (b, K) low-rank part is a CSR matrix
+# instead of a dense one: M * SPARSE_LOWRANK_RATIO[wide] <= b * K, "wide" being message
+# widths of at least SPARSE_LOWRANK_WIDE (``benchmarks/step_kernels.py`` times both forms
+# at the shapes of the graphs here; CPU only: on a GPU the dense products stay).
+SPARSE_LOWRANK_RATIO = {False: 24, True: 8}
+SPARSE_LOWRANK_WIDE = 256
+
+
+def sparse_lowrank_pays(entries: int, num_rows: int, num_codewords: int, width: int,
+                        device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a (b, K) low-rank part over ``entries`` gathered entries, multiplying
+    ``width``-column messages, runs faster as CSR (:class:`SparseLowRank`) than dense:
+    float32 or float64 on the CPU, with entries under b K / 24 (b K / 8 at widths of 256
+    and more). Host integers only: no device sync."""
+    if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return False
+    ratio = SPARSE_LOWRANK_RATIO[width >= SPARSE_LOWRANK_WIDE]
+    return entries * ratio <= num_rows * num_codewords
+
+
+class _SparseLowRankMatmul(torch.autograd.Function):
+    """``A @ values`` for a :class:`SparseLowRank` ``A``: one CSR product; the backward
+    (for ``values``) one CSR product with the transposed layout (a sort of the M codes)."""
+
+    @staticmethod
+    def forward(ctx: Any, row: Tensor, code: Tensor, value: Tensor, values: Tensor,
+                num_rows: int) -> Tensor:
+        ctx.save_for_backward(row, code, value)
+        ctx.shape = (num_rows, values.size(0))
+        a = SparseLowRank(row, code, value, num_rows, values.size(0))
+        return a.matrix(values.dtype) @ values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        row, code, value = ctx.saved_tensors
+        grad_values = None
+        if ctx.needs_input_grad[3]:
+            num_rows, num_codewords = ctx.shape
+            perm = torch.argsort(code, stable=True)
+            crow_t = _row_pointer(code.index_select(0, perm), num_codewords)
+            a_t = csr(crow_t, row.index_select(0, perm),
+                      value.index_select(0, perm).to(grad.dtype), (num_codewords, num_rows))
+            grad_values = a_t @ grad
+        return None, None, None, grad_values, None
+
+
+def lowrank_matmul(a: Any, values: Tensor) -> Tensor:
+    """(b, D) product of a layer's (b, K) low-rank part (dense, or a
+    :class:`SparseLowRank`) with (K, D) codeword messages, differentiable in ``values``
+    (and in a dense part)."""
+    if isinstance(a, SparseLowRank):
+        if values.dim() != 2 or values.size(0) != a.num_codewords:
+            raise ConfigError(f"'lowrank_matmul': 'values' must have shape "
+                              f"({a.num_codewords}, D), received {tuple(values.shape)}")
+        return _SparseLowRankMatmul.apply(a.row, a.code, a.value, values, a.num_rows)
+    return _LowRankMatmul.apply(a.to(values.dtype), values)
+
+
+def lowrank_apply(a: Any, values: Tensor) -> Tensor:
+    """``a @ values`` without autograd for a (b, K) low-rank part, dense or sparse (the
+    backward term's product with the codewords' gradients)."""
+    if isinstance(a, SparseLowRank):
+        return a.matrix(values.dtype) @ values
+    return thin_matmul(a.to(values.dtype), values)
 
 
 class _TransposedSpMM(torch.autograd.Function):
@@ -524,24 +604,34 @@ def _per_codeword(row: Tensor, node: Tensor, value: Tensor, assignment: Tensor, 
     return out.view(b, num_codewords)
 
 
-def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int) -> Tensor:
-    r"""Dense (b, K) matrix :math:`C_{B,\bar B} R`: the weight each batch node receives
-    through each codeword, for one layer's assignment."""
-    return _per_codeword(rows.row, rows.col, rows.outer, assignment, rows.num_rows,
-                         num_codewords)
+def _lowrank(row: Tensor, node: Tensor, value: Tensor, assignment: Tensor, b: int,
+             num_codewords: int, sparse: bool) -> Any:
+    if sparse:
+        return SparseLowRank(row, assignment.index_select(0, node).long(), value, b,
+                             num_codewords)
+    return _per_codeword(row, node, value, assignment, b, num_codewords)
+
+
+def lowrank_forward(rows: BatchRows, assignment: Tensor, num_codewords: int,
+                    sparse: bool = False) -> Any:
+    r"""The (b, K) matrix :math:`C_{B,\bar B} R`: the weight each batch node receives
+    through each codeword, for one layer's assignment; dense, or with ``sparse`` a
+    :class:`SparseLowRank` over the gathered entries."""
+    return _lowrank(rows.row, rows.col, rows.outer, assignment, rows.num_rows,
+                    num_codewords, sparse)
 
 
 def lowrank_backward_rows(rows: BatchRows, assignment: Tensor, num_codewords: int,
-                          mask: Optional[Tensor] = None) -> Tensor:
-    r"""Dense (b, K) matrix :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}` of the
-    backward term, from :class:`BatchRows`; ``mask`` (N,) drops receivers without a
-    gradient."""
+                          mask: Optional[Tensor] = None, sparse: bool = False) -> Any:
+    r"""The (b, K) matrix :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}` of the
+    backward term, from :class:`BatchRows` (dense, or with ``sparse`` a
+    :class:`SparseLowRank`); ``mask`` (N,) drops receivers without a gradient."""
     value = rows.t_outer
     if mask is not None:
         mask = mask.to(device=value.device)
         value = value * mask.index_select(0, rows.t_target).to(value.dtype)
-    return _per_codeword(rows.t_row, rows.t_target, value, assignment, rows.num_rows,
-                         num_codewords)
+    return _lowrank(rows.t_row, rows.t_target, value, assignment, rows.num_rows,
+                    num_codewords, sparse)
 
 
 def step_rows(graph: VQGraph, op: SparseOperator, batch: Tensor) -> BatchRows:

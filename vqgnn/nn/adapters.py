@@ -164,12 +164,12 @@ class LinearAdapter(ConvAdapter):
         return self.update(conv, agg, x_dst), agg
 
     def forward_lowrank(self, conv: MessagePassing, x_dst: Tensor, features: Tensor,
-                        rows: BatchRows, dense: Tensor) -> tuple[Tensor, Tensor]:
-        """The batch from its in-batch CSR part (``rows``) and its dense low-rank part
-        ``dense`` (b, K) over the codeword ``features`` (K, D_in): ``(out, agg)``."""
+                        rows: BatchRows, low: Any) -> tuple[Tensor, Tensor]:
+        """The batch from its in-batch CSR part (``rows``) and its (b, K) low-rank part
+        ``low`` (dense, or a :class:`~vqgnn.batching.lowrank.SparseLowRank`) over the
+        codeword ``features`` (K, D_in): ``(out, agg)``."""
         agg = (rows.inner_matmul(self.message(conv, x_dst))
-               + lowrank_matmul(dense.to(x_dst.dtype),
-                                self.message(conv, features)))  # (b, D_agg)
+               + lowrank_matmul(low, self.message(conv, features)))  # (b, D_agg)
         return self.update(conv, agg, x_dst), agg
 
 

@@ -14,18 +14,20 @@ from vqgnn.batching.lowrank import (
     DENSE_LOWRANK_MAX,
     BackwardEdges,
     BatchEdges,
+    BatchRows,
     SparseOperator,
     backward_edges,
     batch_edges,
     codeword_edges,
     csr_matmul,
     gather_rows,
+    lowrank_apply,
     lowrank_backward,
     lowrank_backward_rows,
     lowrank_forward,
     operator_matmul,
+    sparse_lowrank_pays,
     step_rows,
-    thin_matmul,
 )
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.adapters import (
@@ -332,17 +334,25 @@ class VQConv(QuantizedLayer):
             raise RuntimeError("'VQConv': the codebook is not initialised; call "
                                "init_codebook() (or the model's) before mini-batch steps")
         k = self.num_codewords
-        dense = lowrank_forward(rows, quantizer.assignment, k)  # (b, K)
+        sparse = self._sparse_lowrank(rows, x)
+        low = lowrank_forward(rows, quantizer.assignment, k, sparse)  # (b, K)
         out, agg = self.adapter.forward_lowrank(self.conv, x, quantizer.features().to(x.dtype),
-                                                rows, dense)
+                                                rows, low)
         if training and self.backward_approx and quantizer.initialized:
             if rows.t_outer is rows.outer and self._gradient_nodes is None:
-                weights = dense  # C^T = C (GCN's values): the backward weights are C_BB~ R
+                weights = low  # C^T = C (GCN's values): the backward weights are C_BB~ R
             else:
                 weights = lowrank_backward_rows(rows, quantizer.assignment, k,
-                                                self._gradient_nodes)
+                                                self._gradient_nodes, sparse)
             out = self._inject_weights(out, x, weights)
         return out, agg
+
+    def _sparse_lowrank(self, rows: BatchRows, x: Tensor) -> bool:
+        """Whether this step's (b, K) parts are CSR (:func:`sparse_lowrank_pays`)."""
+        quantizer = self.quantizer
+        assert quantizer is not None
+        return sparse_lowrank_pays(rows.row.numel(), rows.num_rows, self.num_codewords,
+                                   quantizer.grad_dim, x.device, x.dtype)
 
     def _forward_attention(self, x: Tensor, graph: VQGraph, op: SparseOperator, batch: Tensor,
                            training: bool) -> tuple[Tensor, Tensor]:
@@ -363,7 +373,8 @@ class VQConv(QuantizedLayer):
         out, agg = self.adapter.forward(self.conv, x_src, x, edges)
         if training and self.backward_approx and quantizer.initialized:
             out = self._inject_weights(out, x, lowrank_backward_rows(
-                rows, quantizer.assignment, k, self._gradient_nodes))
+                rows, quantizer.assignment, k, self._gradient_nodes,
+                self._sparse_lowrank(rows, x)))
         return out, agg
 
     @property
@@ -523,12 +534,13 @@ class VQConv(QuantizedLayer):
         target, extra = self._generic_backward_message(x, graph, edges, grads)
         return _InjectGradient.apply(out, target, extra)
 
-    def _inject_weights(self, out: Tensor, x: Tensor, weights: Tensor) -> Tensor:
+    def _inject_weights(self, out: Tensor, x: Tensor, weights: Any) -> Tensor:
         r"""The backward term of a layer with a ``backward_message``, from its (b, K) weights
-        :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}`."""
+        :math:`W_{ik} = \sum_{j \notin B, c(j)=k} C_{ji}` (dense, or a
+        :class:`~vqgnn.batching.lowrank.SparseLowRank`)."""
         grads = self._require_codebook("backward").gradients().to(x.dtype)  # (K, D_agg)
         target = self.adapter.backward_message(self.conv, x)  # (b, D_agg)
-        extra = thin_matmul(weights.to(x.dtype), grads)  # (b, D_agg)
+        extra = lowrank_apply(weights, grads)  # (b, D_agg)
         return _InjectGradient.apply(out, target, extra)
 
     def _generic_backward_message(self, x: Tensor, graph: VQGraph, edges: BackwardEdges,
