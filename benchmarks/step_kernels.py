@@ -14,7 +14,8 @@ best of ``--repeat`` means over ``--calls`` calls:
   89 on Tolokers, 9 on Minesweeper, with the self-loop; in-batch sources weigh 0), its
   product with the codeword messages forward and backward plus the backward term's
   product: the dense (b, K) matrix against :class:`~vqgnn.batching.lowrank.SparseLowRank`
-  (CSR), at the published architecture's width (D = 512) and at D = 64; the row names
+  (CSR), at the published architecture's width (D = 512, b = 4,096) and at D = 64 (b =
+  4,096 with 57 entries a row, and the suite's b = 1,024 on Tolokers); the row names
   which form :func:`~vqgnn.batching.lowrank.sparse_lowrank_pays` takes;
 * an attention layer's aggregation, forward and backward, at the shape of the published
   architecture's GAT step on Tolokers (b = 4,096 targets, 5,120 sources, 4 heads of 128
@@ -108,7 +109,8 @@ def rows(calls: int, repeat: int,
         grad = torch.randn(*dims, generator=gen)
         row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
-    for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (4096, 1024, 57, 64)):
+    for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (4096, 1024, 57, 64),
+                             (1024, 1024, 89, 64)):
         m = b * per_row
         entry_row = torch.arange(b).repeat_interleave(per_row)
         code = torch.randint(0, k, (m,), generator=gen)
