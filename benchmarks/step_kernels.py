@@ -14,9 +14,10 @@ best of ``--repeat`` means over ``--calls`` calls:
   89 on Tolokers, 9 on Minesweeper, with the self-loop; in-batch sources weigh 0), its
   product with the codeword messages forward and backward plus the backward term's
   product: the dense (b, K) matrix against :class:`~vqgnn.batching.lowrank.SparseLowRank`
-  (CSR), at the published architecture's width (D = 512, b = 4,096) and at D = 64 (b =
-  4,096 with 57 entries a row, and the suite's b = 1,024 on Tolokers); the row names
-  which form :func:`~vqgnn.batching.lowrank.sparse_lowrank_pays` takes;
+  (CSR), each built from the entries, at the published architecture's width (D = 512, b
+  = 4,096), at the suite's Tolokers shape (b = 1,024, D = 64 and a last layer's 2), and
+  with 300 entries a row; the row names which form
+  :func:`~vqgnn.batching.lowrank.sparse_lowrank_pays` takes;
 * an attention layer's aggregation, forward and backward, at the shape of the published
   architecture's GAT step on Tolokers (b = 4,096 targets, 5,120 sources, 4 heads of 128
   channels, ``--attention-edges`` edges, 300,000 as measured there): the per-edge messages
@@ -77,7 +78,13 @@ def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
     torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
 
 
-def _lowrank_step(low: object, values: Tensor, grad: Tensor, grads: Tensor) -> None:
+def _lowrank_step(sparse: bool, parts: tuple, values: Tensor, grad: Tensor,
+                  grads: Tensor) -> None:
+    """A low-rank part built from the gathered entries (as ``lowrank_forward`` does),
+    its product with ``values`` forward and backward, and the backward term's product."""
+    entry_row, flat, code, weight, b, k = parts
+    low: object = (SparseLowRank(entry_row, code, weight, b, k) if sparse else
+                   torch.zeros(b * k).index_add_(0, flat, weight).view(b, k))
     torch.autograd.grad(lowrank_matmul(low, values), values, grad)
     lowrank_apply(low, grads)
 
@@ -109,23 +116,22 @@ def rows(calls: int, repeat: int,
         grad = torch.randn(*dims, generator=gen)
         row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
-    for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (4096, 1024, 57, 64),
-                             (1024, 1024, 89, 64)):
+    for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (1024, 1024, 89, 64),
+                             (1024, 1024, 89, 2), (4096, 1024, 300, 64)):
         m = b * per_row
         entry_row = torch.arange(b).repeat_interleave(per_row)
         code = torch.randint(0, k, (m,), generator=gen)
         weight = torch.rand(m, generator=gen)
         weight[::3] = 0.0  # in-batch sources
-        low = SparseLowRank(entry_row, code, weight, b, k)
-        dense = torch.zeros(b, k).index_put_((entry_row, code), weight, accumulate=True)
         values = torch.randn(k, d, generator=gen, requires_grad=True)
         grad, grads = torch.randn(b, d, generator=gen), torch.randn(k, d, generator=gen)
         form = "CSR" if sparse_lowrank_pays(m, b, k, d, torch.device("cpu"),
                                             torch.float32) else "dense"
+        parts = (entry_row, entry_row * k + code, code, weight, b, k)
         row(f"low-rank part, dense vs CSR ({form} taken)",
             f"b={b}, K={k}, {per_row} entries a row, D={d}",
-            partial(_lowrank_step, dense, values, grad, grads),
-            partial(_lowrank_step, low, values, grad, grads))
+            partial(_lowrank_step, False, parts, values, grad, grads),
+            partial(_lowrank_step, True, parts, values, grad, grads))
     b, sources, heads, channels, m = 4096, 5120, 4, 128, attention_edges
     edge_row = torch.randint(0, b, (m,), generator=gen).sort().values
     edges = BatchEdges(edge_row, torch.randint(0, sources, (m,), generator=gen),

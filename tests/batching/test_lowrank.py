@@ -460,12 +460,14 @@ def test_sparse_lowrank_products_equal_the_dense_matrix(dtype, device):
 def test_sparse_lowrank_pays_on_few_entries_on_the_cpu_only():
     cpu, f32 = torch.device("cpu"), torch.float32
     b, k = 4096, 1024  # b K = 4,194,304
-    assert sparse_lowrank_pays(4096 * 8, b, k, 512, cpu, f32)  # 1/128 of b K
-    assert sparse_lowrank_pays(4096 * 57, b, k, 512, cpu, f32)  # wide: under b K / 8
-    assert not sparse_lowrank_pays(4096 * 57, b, k, 64, cpu, f32)  # narrow: over b K / 24
-    assert sparse_lowrank_pays(4096 * 9, 4096, 256, 64, cpu, f32)  # 10^6 graph: b K / 28
-    assert not sparse_lowrank_pays(4096 * 8, b, k, 512, torch.device("cuda"), f32)
-    assert not sparse_lowrank_pays(4096 * 8, b, k, 512, cpu, torch.bfloat16)
+    assert sparse_lowrank_pays(4096 * 9, b, k, 512, cpu, f32)  # Minesweeper: b K / 114
+    assert sparse_lowrank_pays(4096 * 89, b, k, 10, cpu, f32)  # Tolokers: b K / 11.5
+    assert sparse_lowrank_pays(b * k // 8, b, k, 8, cpu, f32)  # at both limits
+    assert not sparse_lowrank_pays(b * k // 8 + 1, b, k, 512, cpu, f32)
+    assert not sparse_lowrank_pays(4096 * 89, b, k, 7, cpu, f32)  # thin: dense is cheap
+    assert not sparse_lowrank_pays(4096 * 300, b, k, 512, cpu, f32)  # b K / 3.4: dense
+    assert not sparse_lowrank_pays(4096 * 9, b, k, 512, torch.device("cuda"), f32)
+    assert not sparse_lowrank_pays(4096 * 9, b, k, 512, cpu, torch.bfloat16)
 
 
 def test_the_lean_products_name_the_argument_of_a_bad_shape():

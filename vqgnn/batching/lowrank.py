@@ -284,24 +284,27 @@ class SparseLowRank(NamedTuple):
                    (self.num_rows, self.num_codewords))
 
 
-# Entries of a batch's rows below which a layer's (b, K) low-rank part is a CSR matrix
-# instead of a dense one: M * SPARSE_LOWRANK_RATIO[wide] <= b * K, "wide" being message
-# widths of at least SPARSE_LOWRANK_WIDE (``benchmarks/step_kernels.py`` times both forms
-# at the shapes of the graphs here; CPU only: on a GPU the dense products stay).
-SPARSE_LOWRANK_RATIO = {False: 24, True: 8}
-SPARSE_LOWRANK_WIDE = 256
+# A layer's (b, K) low-rank part is a CSR matrix instead of a dense one when the batch's
+# gathered entries M satisfy M * SPARSE_LOWRANK_RATIO <= b * K and the messages have at
+# least SPARSE_LOWRANK_MIN_WIDTH columns (thinner products are cheap dense). Measured on
+# this project's 2-core CPU, building the part included: CSR 1.15-3.1x faster at
+# b K / M of 11.5 and 23.3 for widths 10 to 512, dense 1.9-3x faster at b K / M of 2.9
+# and 3.4 (``benchmarks/step_kernels.py`` times both forms). CPU only: on a GPU the
+# dense products stay.
+SPARSE_LOWRANK_RATIO = 8
+SPARSE_LOWRANK_MIN_WIDTH = 8
 
 
 def sparse_lowrank_pays(entries: int, num_rows: int, num_codewords: int, width: int,
                         device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a (b, K) low-rank part over ``entries`` gathered entries, multiplying
-    ``width``-column messages, runs faster as CSR (:class:`SparseLowRank`) than dense:
-    float32 or float64 on the CPU, with entries under b K / 24 (b K / 8 at widths of 256
-    and more). Host integers only: no device sync."""
+    ``width``-column messages, is taken as CSR (:class:`SparseLowRank`) rather than dense:
+    float32 or float64 on the CPU, entries at most b K / 8, at least 8 columns. Host
+    integers only: no device sync."""
     if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return False
-    ratio = SPARSE_LOWRANK_RATIO[width >= SPARSE_LOWRANK_WIDE]
-    return entries * ratio <= num_rows * num_codewords
+    return (width >= SPARSE_LOWRANK_MIN_WIDTH
+            and entries * SPARSE_LOWRANK_RATIO <= num_rows * num_codewords)
 
 
 class _SparseLowRankMatmul(torch.autograd.Function):
