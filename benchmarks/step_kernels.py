@@ -15,8 +15,9 @@ best of ``--repeat`` means over ``--calls`` calls:
   product with the codeword messages forward and backward plus the backward term's
   product: the dense (b, K) matrix against :class:`~vqgnn.batching.lowrank.SparseLowRank`
   (CSR), each built from the entries, at the published architecture's width (D = 512, b
-  = 4,096), at the suite's Tolokers shape (b = 1,024, D = 64 and a last layer's 2), and
-  with 300 entries a row; the row names which form
+  = 4,096), at the suite's Tolokers shape (b = 1,024, D = 64 and a last layer's 2), at
+  the 10^6-node graph's (b = 4,096, K = 256, 11 entries a row, 10 classes), and with 300
+  entries a row; the row names which form
   :func:`~vqgnn.batching.lowrank.sparse_lowrank_pays` takes;
 * an attention layer's aggregation, forward and backward, at the shape of the published
   architecture's GAT step on Tolokers (b = 4,096 targets, 5,120 sources, 4 heads of 128
@@ -117,7 +118,7 @@ def rows(calls: int, repeat: int,
         row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
     for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (1024, 1024, 89, 64),
-                             (1024, 1024, 89, 2), (4096, 1024, 300, 64)):
+                             (4096, 256, 11, 10), (1024, 1024, 89, 2), (4096, 1024, 300, 64)):
         m = b * per_row
         entry_row = torch.arange(b).repeat_interleave(per_row)
         code = torch.randint(0, k, (m,), generator=gen)

@@ -427,10 +427,12 @@ def test_batch_plus_codewords_above_int16_range_map_correctly(path_case, index_d
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sparse_lowrank_products_equal_the_dense_matrix(dtype, device):
+def test_sparse_lowrank_products_equal_the_dense_matrix(dtype):
     """The CSR low-rank part over gathered entries (repeated (row, code) pairs, zero
     weights for in-batch sources, an empty row) multiplies like the dense (b, K) matrix it
-    stands for, forward, backward (the codeword messages' gradient) and without autograd."""
+    stands for, forward, backward (the codeword messages' gradient) and without autograd.
+    CPU only: no step takes it on another device (``sparse_lowrank_pays``)."""
+    device = "cpu"
     gen = torch.Generator().manual_seed(2)
     b, k, d, m = 5, 4, 3, 14
     row = torch.sort(torch.randint(b, (m,), generator=gen)).values

@@ -790,12 +790,12 @@ def test_step_kernels_times_each_choice_both_ways(capsys):
 
     step_kernels.main(["--calls", "1", "--repeat", "1", "--attention-edges", "1000"])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    # header, 3 shapes x 2 products, 2 gathers, 2 dropouts, 5 low-rank parts, the
+    # header, 3 shapes x 2 products, 2 gathers, 2 dropouts, 6 low-rank parts, the
     # attention aggregation
-    assert len(table) == 1 + 6 + 2 + 2 + 5 + 1
+    assert len(table) == 1 + 6 + 2 + 2 + 6 + 1
     assert all(line.endswith("x |") for line in table[1:])
     low = [line for line in table if line.startswith("| low-rank part")]
-    assert [line.split("(")[1].split(" ")[0] for line in low] == ["CSR", "CSR", "CSR",
+    assert [line.split("(")[1].split(" ")[0] for line in low] == ["CSR", "CSR", "CSR", "CSR",
                                                                   "dense", "dense"]
     assert "| attention aggregation, forward + backward | 1,000 edges" in table[-1]
     with pytest.raises(SystemExit):

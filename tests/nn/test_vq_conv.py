@@ -662,14 +662,17 @@ def test_loss_nodes_reach_one_hop_further_per_layer_down() -> None:
     assert all(layer._gradient_nodes is None for layer in model.layers)
 
 
+@pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("directed", [False, True])
 @pytest.mark.parametrize("kind", ["gcn", "sage", "graph", "gin", "gat", "gatv2"])
-def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
+def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool, masked: bool,
                                                  monkeypatch) -> None:
-    """The lean step (in-batch CSR + dense (b, K) low-rank part, the backward weights from
-    the same gather; for attention, one edge per neighbour instead of merged codeword
-    edges) gives the outputs and gradients of the merged sparse operator, on an undirected
-    graph (one shared pattern) and a directed one (a second gather)."""
+    """The lean step (in-batch CSR + a (b, K) low-rank part, dense or CSR, the backward
+    weights from the same gather; for attention, one edge per neighbour instead of merged
+    codeword edges) gives the outputs and gradients of the merged sparse operator, on an
+    undirected graph (one shared pattern) and a directed one (a second gather), with and
+    without a gradient mask (GCN's unmasked undirected step reuses its forward part as
+    the backward weights)."""
     import vqgnn.nn.vq_conv as vq_conv_module
 
     torch.manual_seed(0)
@@ -692,7 +695,8 @@ def test_lean_step_equals_the_merged_sparse_path(kind: str, directed: bool,
         layer = VQConv(make_conv(kind, 6, 8), num_codewords=4, num_nodes=n)
         layer.init_codebook(x)
         layer.quantizer.codebook.embed[:, 6:] = torch.randn(4, layer.quantizer.grad_dim)
-        layer.set_gradient_nodes(mask)
+        if masked:
+            layer.set_gradient_nodes(mask)
         graph = VQGraph(edge_index, n)
         assert layer._lean(15) == (limit > 0)
         xb = x[batch].clone().requires_grad_()

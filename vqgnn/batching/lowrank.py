@@ -286,11 +286,11 @@ class SparseLowRank(NamedTuple):
 
 # A layer's (b, K) low-rank part is a CSR matrix instead of a dense one when the batch's
 # gathered entries M satisfy M * SPARSE_LOWRANK_RATIO <= b * K and the messages have at
-# least SPARSE_LOWRANK_MIN_WIDTH columns (thinner products are cheap dense). Measured on
-# this project's 2-core CPU, building the part included: CSR 1.15-3.1x faster at
-# b K / M of 11.5 and 23.3 for widths 10 to 512, dense 1.9-3x faster at b K / M of 2.9
-# and 3.4 (``benchmarks/step_kernels.py`` times both forms). CPU only: on a GPU the
-# dense products stay.
+# least SPARSE_LOWRANK_MIN_WIDTH columns (thinner products are cheap dense). Chosen from
+# ``benchmarks/step_kernels.py``'s low-rank rows (the part built from the entries, then
+# multiplied forward, backward and in the backward term; README "Training epoch"): CSR
+# faster at b K / M of 11.5 to 114 with 10 to 512 columns, dense faster at 2 columns and
+# at b K / M of 3.4. CPU only: on a GPU the dense products stay.
 SPARSE_LOWRANK_RATIO = 8
 SPARSE_LOWRANK_MIN_WIDTH = 8
 
@@ -309,7 +309,8 @@ def sparse_lowrank_pays(entries: int, num_rows: int, num_codewords: int, width: 
 
 class _SparseLowRankMatmul(torch.autograd.Function):
     """``A @ values`` for a :class:`SparseLowRank` ``A``: one CSR product; the backward
-    (for ``values``) one CSR product with the transposed layout (a sort of the M codes)."""
+    (for ``values``) one CSR product with the transposed layout (a sort of the M codes).
+    ``A``'s weights get no gradient (they are the operator's constants)."""
 
     @staticmethod
     def forward(ctx: Any, row: Tensor, code: Tensor, value: Tensor, values: Tensor,
@@ -337,7 +338,7 @@ class _SparseLowRankMatmul(torch.autograd.Function):
 def lowrank_matmul(a: Any, values: Tensor) -> Tensor:
     """(b, D) product of a layer's (b, K) low-rank part (dense, or a
     :class:`SparseLowRank`) with (K, D) codeword messages, differentiable in ``values``
-    (and in a dense part)."""
+    (and in a dense part; a sparse part's weights get no gradient)."""
     if isinstance(a, SparseLowRank):
         if values.dim() != 2 or values.size(0) != a.num_codewords:
             raise ConfigError(f"'lowrank_matmul': 'values' must have shape "
@@ -482,8 +483,8 @@ class BatchRows(NamedTuple):
 
     The in-batch part :math:`C_{B,B}` is a (b, b) CSR matrix (``inner``). The entries from
     out-of-batch sources keep their place in the flat lists below with weight ``outer``
-    (0 for in-batch sources): a layer turns them into its dense (b, K) low-rank part with
-    its own assignment (:func:`lowrank_forward`), without sorting or merging. The backward
+    (0 for in-batch sources): a layer turns them into its (b, K) low-rank part, dense or
+    CSR, with its own assignment (:func:`lowrank_forward`), without sorting or merging. The backward
     term's entries (batch node ``i`` -> out-of-batch ``j``, weight :math:`C_{ji}`) come from
     the same gather when the operator's pattern is symmetric, else from one more.
 

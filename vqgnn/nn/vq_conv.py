@@ -323,10 +323,11 @@ class VQConv(QuantizedLayer):
     def _forward_lowrank(self, x: Tensor, graph: VQGraph, op: SparseOperator, batch: Tensor,
                          training: bool) -> tuple[Tensor, Tensor]:
         r"""The lean step of a linear layer: :math:`\mathrm{agg}_B = C_{B,B}\, m(X_B) +
-        (C_{B,ar B} R)\, m(V^x)`, the sparse in-batch part shared with the other layers
-        of the step (:func:`~vqgnn.batching.lowrank.step_rows`), the low-rank part a dense
-        (b, K) matrix built without sorting; the backward term's (b, K) matrix from the same
-        gather. No device sync beyond the shared gather's two."""
+        (C_{B,\bar B} R)\, m(V^x)`, the sparse in-batch part shared with the other layers
+        of the step (:func:`~vqgnn.batching.lowrank.step_rows`), the low-rank part a (b, K)
+        matrix built without sorting (dense, or CSR over the gathered entries where they
+        are few: :func:`~vqgnn.batching.lowrank.sparse_lowrank_pays`); the backward term's
+        (b, K) matrix from the same gather. No device sync beyond the shared gather's two."""
         quantizer = self.quantizer
         assert quantizer is not None and isinstance(self.adapter, LinearAdapter)
         rows = step_rows(graph, op, batch)
@@ -334,7 +335,8 @@ class VQConv(QuantizedLayer):
             raise RuntimeError("'VQConv': the codebook is not initialised; call "
                                "init_codebook() (or the model's) before mini-batch steps")
         k = self.num_codewords
-        sparse = self._sparse_lowrank(rows, x)
+        # the forward's entries, or the backward's where a second gather gives them
+        sparse = self._sparse_lowrank(max(rows.row.numel(), rows.t_row.numel()), rows, x)
         low = lowrank_forward(rows, quantizer.assignment, k, sparse)  # (b, K)
         out, agg = self.adapter.forward_lowrank(self.conv, x, quantizer.features().to(x.dtype),
                                                 rows, low)
@@ -347,11 +349,12 @@ class VQConv(QuantizedLayer):
             out = self._inject_weights(out, x, weights)
         return out, agg
 
-    def _sparse_lowrank(self, rows: BatchRows, x: Tensor) -> bool:
-        """Whether this step's (b, K) parts are CSR (:func:`sparse_lowrank_pays`)."""
+    def _sparse_lowrank(self, entries: int, rows: BatchRows, x: Tensor) -> bool:
+        """Whether this step's (b, K) parts over ``entries`` gathered entries are CSR
+        (:func:`~vqgnn.batching.lowrank.sparse_lowrank_pays`)."""
         quantizer = self.quantizer
         assert quantizer is not None
-        return sparse_lowrank_pays(rows.row.numel(), rows.num_rows, self.num_codewords,
+        return sparse_lowrank_pays(entries, rows.num_rows, self.num_codewords,
                                    quantizer.grad_dim, x.device, x.dtype)
 
     def _forward_attention(self, x: Tensor, graph: VQGraph, op: SparseOperator, batch: Tensor,
@@ -374,7 +377,7 @@ class VQConv(QuantizedLayer):
         if training and self.backward_approx and quantizer.initialized:
             out = self._inject_weights(out, x, lowrank_backward_rows(
                 rows, quantizer.assignment, k, self._gradient_nodes,
-                self._sparse_lowrank(rows, x)))
+                self._sparse_lowrank(rows.t_row.numel(), rows, x)))
         return out, agg
 
     @property
