@@ -313,8 +313,8 @@ class VQConv(QuantizedLayer):
 
     def _lean(self, b: int) -> bool:
         """Whether a batch of ``b`` nodes takes the lean path: a linear layer with merged
-        messages or an attention layer, whose dense (b, K) low-rank part (the backward
-        term's, for attention) stays under ``DENSE_LOWRANK_MAX``."""
+        messages or an attention layer, with b K (the size of a dense (b, K) low-rank part,
+        the backward term's for attention) at most ``DENSE_LOWRANK_MAX``."""
         if b * self.num_codewords > DENSE_LOWRANK_MAX:
             return False
         return (isinstance(self.adapter, AttentionAdapter)
