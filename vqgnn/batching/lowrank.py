@@ -327,10 +327,9 @@ class _SparseLowRankMatmul(torch.autograd.Function):
         grad_values = None
         if ctx.needs_input_grad[3]:
             num_rows, num_codewords = ctx.shape
-            perm = torch.argsort(code, stable=True)
-            crow_t = _row_pointer(code.index_select(0, perm), num_codewords)
-            a_t = csr(crow_t, row.index_select(0, perm),
-                      value.index_select(0, perm).to(grad.dtype), (num_codewords, num_rows))
+            crow_t, row_t, perm = _transposed(row, code, num_codewords)
+            a_t = csr(crow_t, row_t, value.index_select(0, perm).to(grad.dtype),
+                      (num_codewords, num_rows))
             grad_values = a_t @ grad
         return None, None, None, grad_values, None
 
@@ -393,6 +392,14 @@ def _row_pointer(sorted_rows: Tensor, num_rows: int) -> Tensor:
     return torch.searchsorted(sorted_rows, bounds, out_int32=sorted_rows.dtype == torch.int32)
 
 
+def _transposed(row: Tensor, col: Tensor, num_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The transposed CSR layout of entries ``(row, col)``: its row pointer (over
+    ``num_cols`` rows), its column ids (the entries' rows) and the permutation that puts
+    any per-entry values in its order (a stable sort of ``col``; no device sync)."""
+    perm = torch.argsort(col, stable=True)
+    return _row_pointer(col.index_select(0, perm), num_cols), row.index_select(0, perm), perm
+
+
 def _per_head(crow: Tensor, col: Tensor, weight: Tensor, shape: tuple[int, int],
               dense: Tensor) -> Tensor:
     """``stack_h csr(crow, col, weight[:, h]) @ dense[h]``: (rows, H, C) from (H, cols, C)."""
@@ -438,9 +445,8 @@ class _AttentionAggregate(torch.autograd.Function):
                                                 beta=0).values()
                      for h in range(alpha.size(1))], dim=1)
         if ctx.needs_input_grad[3]:
-            perm = torch.argsort(col, stable=True)
-            crow_t = _row_pointer(col[perm], num_src)
-            grad_value = _per_head(crow_t, row[perm], alpha[perm], (num_src, num_rows), grad_h)
+            crow_t, row_t, perm = _transposed(row, col, num_src)
+            grad_value = _per_head(crow_t, row_t, alpha[perm], (num_src, num_rows), grad_h)
         return None, None, grad_alpha, grad_value, None
 
 

@@ -330,10 +330,7 @@ class VQConv(QuantizedLayer):
         (b, K) matrix from the same gather. No device sync beyond the shared gather's two."""
         quantizer = self.quantizer
         assert quantizer is not None and isinstance(self.adapter, LinearAdapter)
-        rows = step_rows(graph, op, batch)
-        if not quantizer.initialized and rows.num_inner < rows.row.numel():
-            raise RuntimeError("'VQConv': the codebook is not initialised; call "
-                               "init_codebook() (or the model's) before mini-batch steps")
+        rows = self._lean_rows(graph, op, batch)
         k = self.num_codewords
         # the forward's entries, or the backward's where a second gather gives them
         sparse = self._sparse_lowrank(max(rows.row.numel(), rows.t_row.numel()), rows, x)
@@ -348,6 +345,17 @@ class VQConv(QuantizedLayer):
                                                 self._gradient_nodes, sparse)
             out = self._inject_weights(out, x, weights)
         return out, agg
+
+    def _lean_rows(self, graph: VQGraph, op: SparseOperator, batch: Tensor) -> BatchRows:
+        """The step's shared gather (:func:`~vqgnn.batching.lowrank.step_rows`); a batch
+        with out-of-batch neighbours needs an initialised codebook (a host-side test)."""
+        quantizer = self.quantizer
+        assert quantizer is not None
+        rows = step_rows(graph, op, batch)
+        if not quantizer.initialized and rows.num_inner < rows.row.numel():
+            raise RuntimeError("'VQConv': the codebook is not initialised; call "
+                               "init_codebook() (or the model's) before mini-batch steps")
+        return rows
 
     def _sparse_lowrank(self, entries: int, rows: BatchRows, x: Tensor) -> bool:
         """Whether this step's (b, K) parts over ``entries`` gathered entries are CSR
@@ -366,10 +374,7 @@ class VQConv(QuantizedLayer):
         gather."""
         quantizer = self.quantizer
         assert quantizer is not None
-        rows = step_rows(graph, op, batch)
-        if not quantizer.initialized and rows.num_inner < rows.row.numel():
-            raise RuntimeError("'VQConv': the codebook is not initialised; call "
-                               "init_codebook() (or the model's) before mini-batch steps")
+        rows = self._lean_rows(graph, op, batch)
         k = self.num_codewords
         edges = codeword_edges(rows, quantizer.assignment, k)
         x_src = torch.cat([x, quantizer.features().to(x.dtype)], dim=0)  # (b + K, D_in)
