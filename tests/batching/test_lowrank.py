@@ -457,6 +457,13 @@ def test_sparse_lowrank_products_equal_the_dense_matrix(dtype):
     with pytest.raises(ConfigError, match=r"'values' must have shape \(4, D\), received "
                                           r"\(3, 3\)"):
         lowrank_matmul(low, values[:3])
+    for part in (low, dense):
+        with pytest.raises(ConfigError, match=r"'lowrank_apply': 'values' must have shape "
+                                              r"\(4, D\), received \(3, 3\)"):
+            lowrank_apply(part, values.detach()[:3])
+    with pytest.raises(ConfigError, match=r"'lowrank_matmul': 'values' must have shape "
+                                          r"\(4, D\), received \(4,\)"):
+        lowrank_matmul(dense, values[:, 0])
 
 
 def test_sparse_lowrank_pays_on_few_entries_on_the_cpu_only():

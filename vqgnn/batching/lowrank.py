@@ -334,14 +334,20 @@ class _SparseLowRankMatmul(torch.autograd.Function):
         return None, None, None, grad_values, None
 
 
+def _check_lowrank_values(owner: str, a: Any, values: Tensor) -> None:
+    """``values`` is (K, D) for a (b, K) low-rank part ``a``, dense or sparse."""
+    num_codewords = a.num_codewords if isinstance(a, SparseLowRank) else a.size(-1)
+    if values.dim() != 2 or values.size(0) != num_codewords:
+        raise ConfigError(f"'{owner}': 'values' must have shape ({num_codewords}, D), "
+                          f"received {tuple(values.shape)}")
+
+
 def lowrank_matmul(a: Any, values: Tensor) -> Tensor:
     """(b, D) product of a layer's (b, K) low-rank part (dense, or a
     :class:`SparseLowRank`) with (K, D) codeword messages, differentiable in ``values``
     (and in a dense part; a sparse part's weights get no gradient)."""
+    _check_lowrank_values("lowrank_matmul", a, values)
     if isinstance(a, SparseLowRank):
-        if values.dim() != 2 or values.size(0) != a.num_codewords:
-            raise ConfigError(f"'lowrank_matmul': 'values' must have shape "
-                              f"({a.num_codewords}, D), received {tuple(values.shape)}")
         return _SparseLowRankMatmul.apply(a.row, a.code, a.value, values, a.num_rows)
     return _LowRankMatmul.apply(a.to(values.dtype), values)
 
@@ -349,6 +355,7 @@ def lowrank_matmul(a: Any, values: Tensor) -> Tensor:
 def lowrank_apply(a: Any, values: Tensor) -> Tensor:
     """``a @ values`` without autograd for a (b, K) low-rank part, dense or sparse (the
     backward term's product with the codewords' gradients)."""
+    _check_lowrank_values("lowrank_apply", a, values)
     if isinstance(a, SparseLowRank):
         return a.matrix(values.dtype) @ values
     return thin_matmul(a.to(values.dtype), values)
