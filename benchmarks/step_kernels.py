@@ -24,7 +24,14 @@ best of ``--repeat`` means over ``--calls`` calls:
   channels, ``--attention-edges`` edges, 300,000 as measured there): the per-edge messages
   (gather, multiply, ``index_add``) against
   :func:`~vqgnn.batching.lowrank.attention_aggregate` (a CSR product per head); it takes
-  ``--calls`` / 25 calls (at least one), as the per-edge form takes seconds.
+  ``--calls`` / 25 calls (at least one), as the per-edge form takes seconds;
+* GATv2's logits at that shape, forward and backward (gradients of sources, targets and
+  the attention vector): the per-edge form (an (M, H, C) gather, sum and LeakyReLU, as
+  PyG's ``GATv2Conv`` computes them) against :func:`~vqgnn.batching.lowrank.pair_logits`
+  (by chunks of edges, recomputed in the backward).
+
+A second table gives, for the two attention rows, the peak bytes of the tensors one
+forward and backward keeps alive at once (:class:`~vqgnn.train.meters.TensorMemoryMeter`).
 
 Usage:
     python benchmarks/step_kernels.py --threads 2
@@ -51,12 +58,14 @@ from vqgnn.batching.lowrank import (  # noqa: E402
     attention_aggregate,
     lowrank_apply,
     lowrank_matmul,
+    pair_logits,
     per_edge_aggregate,
     sparse_lowrank_pays,
     thin_matmul,
     thin_matmul_t,
 )
 from vqgnn.nn.models import dropout  # noqa: E402
+from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
 
 
 def best_ms(fn: Callable[[], object], calls: int, repeat: int) -> float:
@@ -79,6 +88,23 @@ def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
     torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
 
 
+def _per_edge_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
+                     slope: float) -> Tensor:
+    return (F.leaky_relu(src[col] + dst[row], slope) * att).sum(-1)
+
+
+def _logits_step(fn: Callable[..., Tensor], src: Tensor, dst: Tensor, row: Tensor,
+                 col: Tensor, att: Tensor, grad: Tensor) -> None:
+    torch.autograd.grad(fn(src, dst, row, col, att, 0.2), (src, dst, att), grad)
+
+
+def peak_mb(fn: Callable[[], object]) -> float:
+    """Peak MB of the tensors ``fn`` keeps alive at once (its outputs included)."""
+    with TensorMemoryMeter() as meter:
+        fn()
+    return meter.peak / 2**20
+
+
 def _lowrank_step(sparse: bool, parts: tuple, values: Tensor, grad: Tensor,
                   grads: Tensor) -> None:
     """A low-rank part built from the gathered entries (as ``lowrank_forward`` does),
@@ -90,14 +116,19 @@ def _lowrank_step(sparse: bool, parts: tuple, values: Tensor, grad: Tensor,
     lowrank_apply(low, grads)
 
 
-def rows(calls: int, repeat: int,
-         attention_edges: int = 300_000) -> list[tuple[str, str, float, float]]:
+def rows(calls: int, repeat: int, attention_edges: int = 300_000,
+         memory: Optional[list[tuple[str, str, float, float]]] = None
+         ) -> list[tuple[str, str, float, float]]:
+    """The timed rows: (operation, shape, plain ms, vqgnn's ms). The attention rows'
+    peak tensor MB, both ways, are appended to ``memory`` when given."""
     gen = torch.Generator().manual_seed(0)
     out = []
 
     def row(name: str, shape: str, plain: Callable[[], object],
-            ours: Callable[[], object], n: int = calls) -> None:
+            ours: Callable[[], object], n: int = calls, measure: bool = False) -> None:
         out.append((name, shape, best_ms(plain, n, repeat), best_ms(ours, n, repeat)))
+        if measure and memory is not None:
+            memory.append((name, shape, peak_mb(plain), peak_mb(ours)))
 
     for b, k, d in ((1024, 1024, 2), (4096, 256, 10), (1024, 1024, 64)):
         a = torch.rand(b, k, generator=gen)
@@ -140,11 +171,20 @@ def rows(calls: int, repeat: int,
     alpha = torch.rand(m, heads, generator=gen, requires_grad=True)
     value = torch.randn(sources, heads, channels, generator=gen, requires_grad=True)
     grad = torch.randn(b, heads, channels, generator=gen)
-    row("attention aggregation, forward + backward",
-        f"{m:,} edges, {b:,} x {sources:,}, {heads} x {channels}",
+    shape = f"{m:,} edges, {b:,} x {sources:,}, {heads} x {channels}"
+    row("attention aggregation, forward + backward", shape,
         partial(_attention_step, per_edge_aggregate, edges, alpha, value, grad),
         partial(_attention_step, attention_aggregate, edges, alpha, value, grad),
-        n=max(1, calls // 25))
+        n=max(1, calls // 25), measure=True)
+    src = torch.randn(sources, heads, channels, generator=gen, requires_grad=True)
+    dst = torch.randn(b, heads, channels, generator=gen, requires_grad=True)
+    att = torch.randn(1, heads, channels, generator=gen, requires_grad=True)
+    grad_logit = torch.randn(m, heads, generator=gen)
+    row("GATv2 logits, forward + backward", shape,
+        partial(_logits_step, _per_edge_logits, src, dst, edges.row, edges.col, att,
+                grad_logit),
+        partial(_logits_step, pair_logits, src, dst, edges.row, edges.col, att, grad_logit),
+        n=max(1, calls // 25), measure=True)
     return out
 
 
@@ -166,8 +206,14 @@ def main(argv: Optional[list[str]] = None) -> None:
           f"{args.calls} calls")
     print("| operation | shape | plain (ms) | vqgnn's (ms) | plain / vqgnn's |")
     print("|---|---|---|---|---|")
-    for name, shape, plain, ours in rows(args.calls, args.repeat, args.attention_edges):
+    memory: list[tuple[str, str, float, float]] = []
+    for name, shape, plain, ours in rows(args.calls, args.repeat, args.attention_edges,
+                                         memory):
         print(f"| {name} | {shape} | {plain:.3f} | {ours:.3f} | {plain / ours:.2f}x |")
+    print("\n| operation | shape | plain: peak tensors (MB) | vqgnn's (MB) | plain / vqgnn's |")
+    print("|---|---|---|---|---|")
+    for name, shape, plain, ours in memory:
+        print(f"| {name} | {shape} | {plain:.1f} | {ours:.1f} | {plain / ours:.2f}x |")
 
 
 if __name__ == "__main__":

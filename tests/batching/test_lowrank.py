@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 
 from vqgnn import ConfigError
+from vqgnn.batching import lowrank
 from vqgnn.batching.graph import sorted_csr
 from vqgnn.batching.lowrank import (
     THIN_BACKWARD,
@@ -604,3 +606,89 @@ def test_attention_aggregate_makes_no_syncing_call():
     assert alpha.grad is not None and value.grad is not None
     # the counter sees a syncing call when one is made:
     assert sum(count_syncs(lambda: torch.unique(col)).values()) == 1
+
+
+def _pair_logits_reference(src, dst, row, col, att, slope):
+    return (F.leaky_relu(src[col] + dst[row], slope) * att).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 24])  # one chunk; chunks of 2 edges
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_logits_equal_the_per_edge_form_with_gradients(dtype, chunk_elements, device,
+                                                            monkeypatch):
+    """GATv2's logits by chunks of edges: values and the gradients of sources, targets and
+    the attention vector as the per-edge (M, H, C) form gives them, with repeated pairs,
+    a source no edge reads, sums exactly at 0 (leaky_relu's kink), int32 columns, and an
+    edge count that the chunk does not divide."""
+    if chunk_elements is not None:  # H * C = 12: 2 edges a chunk, 11 edges
+        monkeypatch.setattr(lowrank, "PAIR_LOGIT_CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(3)
+    heads, channels, slope = 3, 4, 0.2
+    row = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3, 4, 4], device=device)
+    col = torch.tensor([0, 2, 1, 1, 5, 3, 0, 4, 2, 5, 0], dtype=torch.int32, device=device)
+    src = torch.randn(7, heads, channels, generator=gen, dtype=dtype).to(device)
+    dst = torch.randn(5, heads, channels, generator=gen, dtype=dtype).to(device)
+    dst[2] = -src[3]  # edge 3 -> 2 sums to exactly 0
+    src.requires_grad_(), dst.requires_grad_()
+    att = torch.randn(1, heads, channels, generator=gen, dtype=dtype).to(device)
+    att.requires_grad_()
+    grad = torch.randn(row.numel(), heads, generator=gen, dtype=dtype).to(device)
+    got = lowrank.pair_logits(src, dst, row, col, att, slope)
+    want = _pair_logits_reference(src, dst, row, col.long(), att, slope)
+    assert_close(got, want)
+    got_grads = torch.autograd.grad(got, (src, dst, att), grad)
+    want_grads = torch.autograd.grad(want, (src, dst, att), grad)
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w)
+    assert got_grads[0][6].abs().sum() == 0
+    if dtype == torch.float64:
+        dst_smooth = dst.detach().clone()
+        dst_smooth[2] += 0.5  # gradcheck's finite differences need no kink on an edge
+        assert torch.autograd.gradcheck(
+            lambda s, d, a: lowrank.pair_logits(s, d, row, col, a, slope),
+            (src, dst_smooth.requires_grad_(), att))
+
+
+def test_pair_logits_no_edges_bad_shapes_and_no_syncing_call():
+    from benchmarks.host_syncs import count_syncs
+
+    src = torch.randn(4, 2, 3, requires_grad=True)
+    dst = torch.randn(3, 2, 3, requires_grad=True)
+    att = torch.randn(1, 2, 3, requires_grad=True)
+    none = torch.zeros(0, dtype=torch.long)
+    out = lowrank.pair_logits(src, dst, none, none, att, 0.2)
+    out.sum().backward()
+    assert out.shape == (0, 2) and src.grad.abs().sum() == 0 and att.grad.abs().sum() == 0
+    with pytest.raises(ConfigError, match=r"'pair_logits': .* received \(4, 2, 3\), "
+                                          r"\(3, 2, 3\), \(2, 3\)"):
+        lowrank.pair_logits(src, dst, none, none, att[0], 0.2)
+    row, col = torch.tensor([0, 1, 2, 2]), torch.tensor([3, 0, 1, 3])
+
+    def step():
+        lowrank.pair_logits(src, dst, row, col, att, 0.2).sum().backward()
+
+    assert count_syncs(step) == {}
+
+
+def test_pair_logits_keep_no_per_edge_tensor(monkeypatch):
+    """By chunks, one forward and backward keeps far less alive than the per-edge form,
+    which saves (M, H, C) tensors for its backward."""
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    monkeypatch.setattr(lowrank, "PAIR_LOGIT_CHUNK_ELEMENTS", 1 << 14)  # 512 edges a chunk
+    gen = torch.Generator().manual_seed(4)
+    m, heads, channels = 20_000, 2, 16  # (M, H, C): 2.5 MB in float32
+    row = torch.randint(0, 300, (m,), generator=gen).sort().values
+    col = torch.randint(0, 400, (m,), generator=gen)
+    src = torch.randn(400, heads, channels, generator=gen, requires_grad=True)
+    dst = torch.randn(300, heads, channels, generator=gen, requires_grad=True)
+    att = torch.randn(1, heads, channels, generator=gen, requires_grad=True)
+    grad = torch.randn(m, heads, generator=gen)
+    peaks = []
+    for fn in (_pair_logits_reference, lowrank.pair_logits):
+        with TensorMemoryMeter() as meter:
+            torch.autograd.grad(fn(src, dst, row, col, att, 0.2), (src, dst, att), grad)
+        peaks.append(meter.peak)
+    per_edge = m * heads * channels * 4
+    assert peaks[0] >= 2 * per_edge  # the reference keeps two (M, H, C) tensors
+    assert peaks[1] < per_edge / 2, peaks

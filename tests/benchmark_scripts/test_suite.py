@@ -789,15 +789,22 @@ def test_step_kernels_times_each_choice_both_ways(capsys):
     from benchmarks import step_kernels
 
     step_kernels.main(["--calls", "1", "--repeat", "1", "--attention-edges", "1000"])
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    split = next(i for i, line in enumerate(lines) if "peak tensors (MB)" in line)
+    table, memory = lines[:split], lines[split:]
     # header, 3 shapes x 2 products, 2 gathers, 2 dropouts, 6 low-rank parts, the
-    # attention aggregation
-    assert len(table) == 1 + 6 + 2 + 2 + 6 + 1
+    # attention aggregation, GATv2's logits
+    assert len(table) == 1 + 6 + 2 + 2 + 6 + 1 + 1
     assert all(line.endswith("x |") for line in table[1:])
     low = [line for line in table if line.startswith("| low-rank part")]
     assert [line.split("(")[1].split(" ")[0] for line in low] == ["CSR", "CSR", "CSR", "CSR",
                                                                   "dense", "dense"]
-    assert "| attention aggregation, forward + backward | 1,000 edges" in table[-1]
+    assert "| attention aggregation, forward + backward | 1,000 edges" in table[-2]
+    assert "| GATv2 logits, forward + backward | 1,000 edges" in table[-1]
+    # the two attention rows' peak tensor memory, both ways
+    assert [line.split(" | ")[0] for line in memory[1:]] == [
+        "| attention aggregation, forward + backward", "| GATv2 logits, forward + backward"]
+    assert all(float(line.split(" | ")[2]) > 0 and line.endswith("x |") for line in memory[1:])
     with pytest.raises(SystemExit):
         step_kernels.main(["--calls", "0"])
     with pytest.raises(SystemExit):

@@ -37,6 +37,7 @@ from vqgnn.batching.lowrank import (
     attention_aggregate,
     build_operator,
     lowrank_matmul,
+    pair_logits,
     to_sparse_csr,
 )
 from vqgnn.errors import ConfigError, ConfigTypeError
@@ -384,8 +385,9 @@ class GATv2Adapter(AttentionAdapter):
         heads, channels = conv.heads, conv.out_channels
         h_src = conv.lin_l(x_src).view(-1, heads, channels)
         h_dst = conv.lin_r(x_dst).view(-1, heads, channels)
-        e = F.leaky_relu(h_src[edges.col] + h_dst[edges.row], conv.negative_slope)
-        return (e * conv.att).sum(-1), h_src
+        # By chunks of edges: no (M, H, C) tensor is made or kept for backward.
+        logit = pair_logits(h_src, h_dst, edges.row, edges.col, conv.att, conv.negative_slope)
+        return logit, h_src
 
     def backward_message(self, conv: MessagePassing, x: Tensor) -> Tensor:
         return _detached_linear(conv.lin_l, x)
