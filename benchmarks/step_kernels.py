@@ -26,8 +26,9 @@ best of ``--repeat`` means over ``--calls`` calls:
   :func:`~vqgnn.batching.lowrank.attention_aggregate` (a CSR product per head); it takes
   ``--calls`` / 25 calls (at least one), as the per-edge form takes seconds;
 * GATv2's logits at that shape, forward and backward (gradients of sources, targets and
-  the attention vector): the per-edge form (an (M, H, C) gather, sum and LeakyReLU, as
-  PyG's ``GATv2Conv`` computes them) against :func:`~vqgnn.batching.lowrank.pair_logits`
+  the attention vector): the per-edge form
+  (:func:`~vqgnn.batching.lowrank.per_edge_pair_logits`: (M, H, C) ``index_select``
+  gathers, sum and LeakyReLU, as PyG's ``GATv2Conv`` computes them) against :func:`~vqgnn.batching.lowrank.pair_logits`
   (by chunks of edges, recomputed in the backward).
 
 A second table gives, for the two attention rows, the peak bytes of the tensors one
@@ -60,6 +61,7 @@ from vqgnn.batching.lowrank import (  # noqa: E402
     lowrank_matmul,
     pair_logits,
     per_edge_aggregate,
+    per_edge_pair_logits,
     sparse_lowrank_pays,
     thin_matmul,
     thin_matmul_t,
@@ -86,11 +88,6 @@ def _dropout_step(fn: Callable[..., Tensor], x: Tensor, grad: Tensor) -> None:
 def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
                     value: Tensor, grad: Tensor) -> None:
     torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
-
-
-def _per_edge_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
-                     slope: float) -> Tensor:
-    return (F.leaky_relu(src[col] + dst[row], slope) * att).sum(-1)
 
 
 def _logits_step(fn: Callable[..., Tensor], src: Tensor, dst: Tensor, row: Tensor,
@@ -181,7 +178,7 @@ def rows(calls: int, repeat: int, attention_edges: int = 300_000,
     att = torch.randn(1, heads, channels, generator=gen, requires_grad=True)
     grad_logit = torch.randn(m, heads, generator=gen)
     row("GATv2 logits, forward + backward", shape,
-        partial(_logits_step, _per_edge_logits, src, dst, edges.row, edges.col, att,
+        partial(_logits_step, per_edge_pair_logits, src, dst, edges.row, edges.col, att,
                 grad_logit),
         partial(_logits_step, pair_logits, src, dst, edges.row, edges.col, att, grad_logit),
         n=max(1, calls // 25), measure=True)

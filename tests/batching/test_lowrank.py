@@ -692,3 +692,51 @@ def test_pair_logits_keep_no_per_edge_tensor(monkeypatch):
     per_edge = m * heads * channels * 4
     assert peaks[0] >= 2 * per_edge  # the reference keeps two (M, H, C) tensors
     assert peaks[1] < per_edge / 2, peaks
+
+
+def test_pair_logits_other_dtypes_partial_gradients_and_shared_inputs():
+    """Half precision by chunks (against float64), mixed dtypes by the per-edge form with
+    torch's promotion (half activations with a float32 attention vector, as under
+    autocast), gradients for only some inputs, and ``src`` and ``dst`` one tensor."""
+    gen = torch.Generator().manual_seed(5)
+    row = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    col = torch.tensor([1, 3, 0, 2, 0, 3, 3])
+    src = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64)
+    dst = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64)
+    att = torch.randn(1, 2, 3, generator=gen, dtype=torch.float64)
+    grad = torch.randn(7, 2, generator=gen, dtype=torch.float64)
+
+    def grads(fn, s, d, a, inputs):
+        out = fn(s, d, row, col, a, 0.2)
+        return out, torch.autograd.grad(out, inputs, grad.to(out.dtype))
+
+    ref = [t.clone().requires_grad_() for t in (src, dst, att)]
+    want, want_grads = grads(_pair_logits_reference, *ref, ref)
+    for dtype in (torch.bfloat16, torch.float16):  # by chunks, in that dtype
+        low = [t.to(dtype).requires_grad_() for t in (src, dst, att)]
+        got, got_grads = grads(lowrank.pair_logits, *low, low)
+        assert type(got.grad_fn).__name__ == "_PairLogitsBackward"
+        assert got.dtype == dtype
+        assert_close(got.double(), want, atol=0.05, rtol=0.05)
+        for g, w in zip(got_grads, want_grads):
+            assert_close(g.double(), w, atol=0.05, rtol=0.05)
+    half = [src.bfloat16().requires_grad_(), dst.bfloat16().requires_grad_(),
+            att.float().requires_grad_()]
+    got, got_grads = grads(lowrank.pair_logits, *half, half)  # per-edge, promoted
+    assert got.dtype == torch.float32 and type(got.grad_fn).__name__ != "_PairLogitsBackward"
+    assert [g.dtype for g in got_grads] == [torch.bfloat16, torch.bfloat16, torch.float32]
+    assert_close(got.double(), want, atol=0.05, rtol=0.05)
+    # only the sources need a gradient (a frozen attention vector, a constant target side)
+    s1 = src.clone().requires_grad_()
+    got, (g_src,) = grads(lowrank.pair_logits, s1, dst, att, [s1])
+    assert_close(g_src, want_grads[0])
+    a1 = att.clone().requires_grad_()
+    got, (g_att,) = grads(lowrank.pair_logits, src, dst, a1, [a1])
+    assert_close(g_att, want_grads[2])
+    # one tensor on both sides: the two gradients add up
+    x = src.clone().requires_grad_()
+    xr = src.clone().requires_grad_()
+    got, (g_x,) = grads(lowrank.pair_logits, x, x, att, [x])
+    want_x, (w_x,) = grads(_pair_logits_reference, xr, xr, att, [xr])
+    assert_close(got, want_x)
+    assert_close(g_x, w_x)

@@ -492,19 +492,19 @@ def per_edge_aggregate(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tenso
 
 
 # Edges per chunk of :func:`pair_logits`: chunks of at most this many (edge, head, channel)
-# elements (16 MB in float32), so a chunk's transient (chunk, H, C) tensors stay small.
+# elements (16 MB in float32; at least one edge a chunk), so a chunk's transient
+# (chunk, H, C) tensors stay small.
 PAIR_LOGIT_CHUNK_ELEMENTS = 1 << 22
 
 
-def _pair_chunks(num_edges: int, width: int) -> range:
-    """Start offsets of :func:`pair_logits`' edge chunks (host integers: no sync)."""
-    step = max(1, PAIR_LOGIT_CHUNK_ELEMENTS // max(1, width))
-    return range(0, num_edges, step)
+def _pair_step(heads: int, channels: int) -> int:
+    """Edges per chunk of :func:`pair_logits` (host integers: no sync)."""
+    return max(1, PAIR_LOGIT_CHUNK_ELEMENTS // max(1, heads * channels))
 
 
 class _PairLogits(torch.autograd.Function):
     """GATv2's per-edge logits by chunks of edges; the backward recomputes each chunk's
-    (chunk, H, C) sums instead of saving them."""
+    (chunk, H, C) sums instead of saving them. First-order only (``once_differentiable``)."""
 
     @staticmethod
     def forward(ctx: Any, src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
@@ -513,11 +513,11 @@ class _PairLogits(torch.autograd.Function):
         ctx.slope = slope
         num_edges, heads, channels = row.numel(), src.size(1), src.size(2)
         out = src.new_empty(num_edges, heads)
-        step = _pair_chunks(num_edges, heads * channels).step
+        step = _pair_step(heads, channels)
         for start in range(0, num_edges, step):
             r, c = row[start:start + step], col[start:start + step]
             e = F.leaky_relu(src.index_select(0, c) + dst.index_select(0, r), slope)
-            out[start:start + step] = (e * att).sum(-1)
+            out[start:start + step] = torch.einsum("ehc,hc->eh", e, att[0])
         return out
 
     @staticmethod
@@ -527,25 +527,35 @@ class _PairLogits(torch.autograd.Function):
         need_src, need_dst, _, _, need_att, _ = ctx.needs_input_grad
         grad_src = torch.zeros_like(src) if need_src else None
         grad_dst = torch.zeros_like(dst) if need_dst else None
-        grad_att = torch.zeros(att.shape[1:], dtype=att.dtype, device=att.device) \
-            if need_att else None
+        grad_att = torch.zeros_like(att[0]) if need_att else None
         num_edges, heads, channels = row.numel(), src.size(1), src.size(2)
-        step = _pair_chunks(num_edges, heads * channels).step
+        step = _pair_step(heads, channels)
         for start in range(0, num_edges, step):
             r, c = row[start:start + step], col[start:start + step]
-            g = grad[start:start + step].unsqueeze(-1)  # (chunk, H, 1)
+            g = grad[start:start + step]  # (chunk, H)
             pre = src.index_select(0, c) + dst.index_select(0, r)  # (chunk, H, C)
             if grad_att is not None:
-                grad_att += (g * F.leaky_relu(pre, ctx.slope)).sum(0)
-            grad_e = g * att
-            grad_pre = torch.where(pre > 0, grad_e, grad_e * ctx.slope)  # leaky_relu's
+                grad_att += torch.einsum("eh,ehc->hc", g, F.leaky_relu(pre, ctx.slope))
+            if grad_src is None and grad_dst is None:
+                continue
+            # LeakyReLU's own derivative (the slope at 0, as its autograd gives it)
+            grad_pre = torch.ops.aten.leaky_relu_backward(
+                g.unsqueeze(-1) * att, pre, ctx.slope, False)
             if grad_src is not None:
                 grad_src.index_add_(0, c, grad_pre)
             if grad_dst is not None:
                 grad_dst.index_add_(0, r, grad_pre)
-        if grad_att is not None:
-            grad_att = grad_att.view(att.shape)
-        return grad_src, grad_dst, None, None, grad_att, None
+        return (grad_src, grad_dst, None, None,
+                None if grad_att is None else grad_att.view(att.shape), None)
+
+
+def per_edge_pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
+                         negative_slope: float) -> Tensor:
+    """:func:`pair_logits` by (M, H, C) per-edge tensors, as PyG's ``GATv2Conv`` computes
+    them (``index_select`` gathers): its form for mixed dtypes, and the plain form it is
+    timed against."""
+    pre = src.index_select(0, col) + dst.index_select(0, row)
+    return (F.leaky_relu(pre, negative_slope) * att).sum(-1)
 
 
 def pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
@@ -553,11 +563,13 @@ def pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
     r"""GATv2's logits :math:`e_{ij,h} = \sum_c a_{h,c}\,
     \mathrm{LeakyReLU}(\mathrm{src}_{j,h,c} + \mathrm{dst}_{i,h,c})` of the edges
     ``col -> row``: (M, H) from ``src`` (sources, H, C), ``dst`` (targets, H, C) and
-    ``att`` (1, H, C), differentiable in all three.
+    ``att`` (1, H, C), differentiable in all three (first order).
 
     Computed by chunks of edges, so that no (M, H, C) tensor is made or saved for
     backward (the per-edge form saves two: at 300,000 edges and 4 heads of 128 channels,
-    1.2 GB a layer); the backward recomputes each chunk's sums. No device sync."""
+    1.2 GB a layer); the backward recomputes each chunk's sums. No device sync. Inputs of
+    different dtypes (e.g. half-precision activations with a float32 ``att``) take the
+    per-edge form (:func:`per_edge_pair_logits`), with torch's type promotion."""
     if src.dim() != 3 or dst.dim() != 3 or src.shape[1:] != dst.shape[1:] \
             or tuple(att.shape) != (1, *src.shape[1:]) or row.shape != col.shape \
             or row.dim() != 1:
@@ -565,6 +577,8 @@ def pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
                           f"and 'row', 'col' (M,) expected, received {tuple(src.shape)}, "
                           f"{tuple(dst.shape)}, {tuple(att.shape)}, {tuple(row.shape)} and "
                           f"{tuple(col.shape)}")
+    if not src.dtype == dst.dtype == att.dtype:
+        return per_edge_pair_logits(src, dst, row, col, att, negative_slope)
     return _PairLogits.apply(src, dst, row, col, att, float(negative_slope))
 
 
