@@ -28,8 +28,9 @@ best of ``--repeat`` means over ``--calls`` calls:
 * GATv2's logits at that shape, forward and backward (gradients of sources, targets and
   the attention vector): the per-edge form
   (:func:`~vqgnn.batching.lowrank.per_edge_pair_logits`: (M, H, C) ``index_select``
-  gathers, sum and LeakyReLU, as PyG's ``GATv2Conv`` computes them) against :func:`~vqgnn.batching.lowrank.pair_logits`
-  (by chunks of edges, recomputed in the backward).
+  gathers, sum and LeakyReLU, as PyG's ``GATv2Conv`` computes them) against
+  :func:`~vqgnn.batching.lowrank.pair_logits` (by chunks of edges, recomputed in the
+  backward).
 
 A second table gives, for the two attention rows, the peak bytes of the tensors one
 forward and backward keeps alive at once (:class:`~vqgnn.train.meters.TensorMemoryMeter`).
