@@ -19,6 +19,9 @@ from torch.autograd.function import once_differentiable
 from vqgnn.batching.graph import VQGraph, sorted_csr
 from vqgnn.errors import ConfigError
 
+# dtypes without CPU kernels for torch's sparse products: :func:`spmm` runs them in float32.
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
 
 class SparseOperator(NamedTuple):
     r"""A full-graph convolution matrix :math:`C` in two CSR layouts.
@@ -186,6 +189,23 @@ def csr(crow: Tensor, col: Tensor, value: Tensor, shape: tuple[int, int]) -> Ten
         return torch.sparse_csr_tensor(crow, col, value, shape, check_invariants=False)
 
 
+def spmm(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` for a sparse ``a`` and dense ``x``. torch's sparse products have no
+    half-precision kernel on the CPU: a bfloat16 or float16 ``x`` is multiplied in
+    float32 and the result cast back to its dtype, and under CPU ``torch.autocast``
+    (which would cast the operands to half precision) the product runs with autocast off,
+    in ``x``'s dtype (float32 or float64) or in float32. Differentiable in ``x``."""
+    if x.device.type != "cpu":
+        return a @ x
+    autocast = torch.is_autocast_enabled("cpu")
+    if x.dtype not in _HALF_DTYPES and not autocast:
+        return a @ x
+    with torch.autocast("cpu", enabled=False):
+        if x.dtype in _HALF_DTYPES:
+            return (a.to(torch.float32) @ x.float()).to(x.dtype)
+        return a.to(x.dtype) @ x
+
+
 def to_sparse_csr(edges: BatchEdges) -> Tensor:
     """The merged ``edges`` as a (b, b + K) ``torch.sparse_csr`` matrix (rows sorted)."""
     counts = torch.bincount(edges.row, minlength=edges.num_rows)
@@ -196,7 +216,8 @@ def to_sparse_csr(edges: BatchEdges) -> Tensor:
 
 def csr_matmul(rowptr: Tensor, col: Tensor, value: Tensor, dense: Tensor) -> Tensor:
     """(rows, D) product of a CSR matrix with ``dense`` (num_cols, D)."""
-    return csr(rowptr, col, value.to(dense.dtype), (rowptr.numel() - 1, dense.size(0))) @ dense
+    return spmm(csr(rowptr, col, value.to(dense.dtype), (rowptr.numel() - 1, dense.size(0))),
+                dense)
 
 
 def operator_matmul(op: SparseOperator, x: Tensor) -> Tensor:
@@ -319,7 +340,7 @@ class _SparseLowRankMatmul(torch.autograd.Function):
         ctx.save_for_backward(row, code, value)
         ctx.shape = (num_rows, values.size(0))
         a = SparseLowRank(row, code, value, num_rows, values.size(0))
-        return a.matrix(values.dtype) @ values
+        return spmm(a.matrix(values.dtype), values)
 
     @staticmethod
     @once_differentiable
@@ -331,7 +352,7 @@ class _SparseLowRankMatmul(torch.autograd.Function):
             crow_t, row_t, perm = _transposed(row, code, num_codewords)
             a_t = csr(crow_t, row_t, value.index_select(0, perm).to(grad.dtype),
                       (num_codewords, num_rows))
-            grad_values = a_t @ grad
+            grad_values = spmm(a_t, grad)
         return None, None, None, grad_values, None
 
 
@@ -358,7 +379,7 @@ def lowrank_apply(a: Any, values: Tensor) -> Tensor:
     backward term's product with the codewords' gradients)."""
     _check_lowrank_values("lowrank_apply", a, values)
     if isinstance(a, SparseLowRank):
-        return a.matrix(values.dtype) @ values
+        return spmm(a.matrix(values.dtype), values)
     return thin_matmul(a.to(values.dtype), values)
 
 
@@ -369,12 +390,12 @@ class _TransposedSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:
         ctx.save_for_backward(a_t)
-        return a @ x
+        return spmm(a, x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Optional[Tensor]]:
         (a_t,) = ctx.saved_tensors
-        return None, None, (a_t @ grad) if ctx.needs_input_grad[2] else None
+        return None, None, spmm(a_t, grad) if ctx.needs_input_grad[2] else None
 
 
 def transposed_matmul(a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:
@@ -635,7 +656,7 @@ class BatchRows(NamedTuple):
         one CSR product with :math:`C_{B,B}^\top` (the same matrix for GCN's values)."""
         a = self.inner(x.dtype)
         if self.inner_t_value is None:
-            return a @ x
+            return spmm(a, x)
         a_t = a if self.inner_t_value is self.inner_value else self.inner(x.dtype, True)
         return transposed_matmul(a, a_t, x)
 

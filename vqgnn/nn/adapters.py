@@ -38,6 +38,7 @@ from vqgnn.batching.lowrank import (
     build_operator,
     lowrank_matmul,
     pair_logits,
+    spmm,
     to_sparse_csr,
 )
 from vqgnn.errors import ConfigError, ConfigTypeError
@@ -181,7 +182,7 @@ def aggregate(edges: BatchEdges, msg: Tensor) -> Tensor:
     per-edge lists (``count`` all 1, duplicates allowed) through gather and scatter.
     """
     if edges.merged:
-        return to_sparse_csr(edges).to(msg.dtype) @ msg
+        return spmm(to_sparse_csr(edges).to(msg.dtype), msg)
     out = msg.new_zeros(edges.num_rows, msg.size(1))
     return out.index_add(0, edges.row, msg[edges.col] * edges.value.to(msg.dtype).unsqueeze(1))
 
