@@ -189,6 +189,14 @@ def csr(crow: Tensor, col: Tensor, value: Tensor, shape: tuple[int, int]) -> Ten
         return torch.sparse_csr_tensor(crow, col, value, shape, check_invariants=False)
 
 
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (``is_autocast_enabled(device)`` since torch 2.4)."""
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # torch < 2.4
+        return bool(torch.is_autocast_cpu_enabled())
+
+
 def spmm(a: Tensor, x: Tensor) -> Tensor:
     """``a @ x`` for a sparse ``a`` and dense ``x``. torch's sparse products have no
     half-precision kernel on the CPU: a bfloat16 or float16 ``x`` is multiplied in
@@ -197,8 +205,7 @@ def spmm(a: Tensor, x: Tensor) -> Tensor:
     in ``x``'s dtype (float32 or float64) or in float32. Differentiable in ``x``."""
     if x.device.type != "cpu":
         return a @ x
-    autocast = torch.is_autocast_enabled("cpu")
-    if x.dtype not in _HALF_DTYPES and not autocast:
+    if x.dtype not in _HALF_DTYPES and not _cpu_autocast():
         return a @ x
     with torch.autocast("cpu", enabled=False):
         if x.dtype in _HALF_DTYPES:
