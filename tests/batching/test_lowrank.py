@@ -740,3 +740,14 @@ def test_pair_logits_other_dtypes_partial_gradients_and_shared_inputs():
     want_x, (w_x,) = grads(_pair_logits_reference, xr, xr, att, [xr])
     assert_close(got, want_x)
     assert_close(g_x, w_x)
+
+
+def test_spmm_and_the_per_edge_logits_name_bad_shapes():
+    a = lowrank.csr(torch.tensor([0, 1, 2]), torch.tensor([0, 1]), torch.ones(2), (2, 3))
+    with pytest.raises(ConfigError, match=r"'spmm': 'a' \(n, m\) and 'x' \(m, D\) expected, "
+                                          r"received \(2, 3\) and \(2, 4\)"):
+        lowrank.spmm(a, torch.randn(2, 4))
+    src, att, edges = torch.randn(4, 2, 3), torch.randn(1, 2, 3), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match=r"'per_edge_pair_logits': .* received \(4, 2, 3\), "
+                                          r"\(4, 2, 3\), \(1, 2, 3\), \(2,\) and \(1,\)"):
+        lowrank.per_edge_pair_logits(src, src, edges, edges[:1], att, 0.2)

@@ -203,6 +203,9 @@ def spmm(a: Tensor, x: Tensor) -> Tensor:
     float32 and the result cast back to its dtype, and under CPU ``torch.autocast``
     (which would cast the operands to half precision) the product runs with autocast off,
     in ``x``'s dtype (float32 or float64) or in float32. Differentiable in ``x``."""
+    if a.dim() != 2 or x.dim() != 2 or a.size(1) != x.size(0):
+        raise ConfigError(f"'spmm': 'a' (n, m) and 'x' (m, D) expected, received "
+                          f"{tuple(a.shape)} and {tuple(x.shape)}")
     if x.device.type != "cpu":
         return a @ x
     if x.dtype not in _HALF_DTYPES and not _cpu_autocast():
@@ -577,11 +580,24 @@ class _PairLogits(torch.autograd.Function):
                 None if grad_att is None else grad_att.view(att.shape), None)
 
 
+def _check_pair_inputs(owner: str, src: Tensor, dst: Tensor, row: Tensor, col: Tensor,
+                       att: Tensor) -> None:
+    """Shapes of :func:`pair_logits`' inputs (host-side: no sync)."""
+    if src.dim() != 3 or dst.dim() != 3 or src.shape[1:] != dst.shape[1:] \
+            or tuple(att.shape) != (1, *src.shape[1:]) or row.shape != col.shape \
+            or row.dim() != 1:
+        raise ConfigError(f"'{owner}': 'src' (n, H, C), 'dst' (m, H, C), 'att' (1, H, C) "
+                          f"and 'row', 'col' (M,) expected, received {tuple(src.shape)}, "
+                          f"{tuple(dst.shape)}, {tuple(att.shape)}, {tuple(row.shape)} and "
+                          f"{tuple(col.shape)}")
+
+
 def per_edge_pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
                          negative_slope: float) -> Tensor:
     """:func:`pair_logits` by (M, H, C) per-edge tensors, as PyG's ``GATv2Conv`` computes
     them (``index_select`` gathers): its form for mixed dtypes, and the plain form it is
     timed against."""
+    _check_pair_inputs("per_edge_pair_logits", src, dst, row, col, att)
     pre = src.index_select(0, col) + dst.index_select(0, row)
     return (F.leaky_relu(pre, negative_slope) * att).sum(-1)
 
@@ -598,13 +614,7 @@ def pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
     1.2 GB a layer); the backward recomputes each chunk's sums. No device sync. Inputs of
     different dtypes (e.g. half-precision activations with a float32 ``att``) take the
     per-edge form (:func:`per_edge_pair_logits`), with torch's type promotion."""
-    if src.dim() != 3 or dst.dim() != 3 or src.shape[1:] != dst.shape[1:] \
-            or tuple(att.shape) != (1, *src.shape[1:]) or row.shape != col.shape \
-            or row.dim() != 1:
-        raise ConfigError(f"'pair_logits': 'src' (n, H, C), 'dst' (m, H, C), 'att' (1, H, C) "
-                          f"and 'row', 'col' (M,) expected, received {tuple(src.shape)}, "
-                          f"{tuple(dst.shape)}, {tuple(att.shape)}, {tuple(row.shape)} and "
-                          f"{tuple(col.shape)}")
+    _check_pair_inputs("pair_logits", src, dst, row, col, att)
     if not src.dtype == dst.dtype == att.dtype:
         return per_edge_pair_logits(src, dst, row, col, att, negative_slope)
     return _PairLogits.apply(src, dst, row, col, att, float(negative_slope))
