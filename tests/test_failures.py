@@ -236,6 +236,57 @@ def test_unreadable_checkpoints_are_one_line(tmp_path, capsys, content, message)
     assert message in err[-1] and err[-1].startswith("vqgnn train: error:")
 
 
+def _interrupt_at_epoch(monkeypatch, epoch: int) -> None:
+    """Full-graph training (one step an epoch) raises KeyboardInterrupt in ``epoch``."""
+    from vqgnn.train.methods import FullGraphMethod
+
+    original = FullGraphMethod.loss
+    calls = []
+
+    def loss(self, batch):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(FullGraphMethod, "loss", loss)
+
+
+def test_ctrl_c_names_only_a_checkpoint_this_run_can_continue(tmp_path, monkeypatch, capsys):
+    ck = str(tmp_path / "ck")
+
+    def train_full(*argv: str) -> list[str]:
+        return ["train", "--dataset", DATASET, "--hidden", "16", "--quiet", "--method",
+                "full", "--checkpoint", ck, *argv]
+    # Nothing written yet: no file is named.
+    _interrupt_at_epoch(monkeypatch, 2)
+    assert run(train_full("--epochs", "5", "--checkpoint-every", "3")) == EXIT_INTERRUPTED
+    assert ("interrupted while training full; no checkpoint was written yet (one is "
+            "written every 3 epochs)") in capsys.readouterr().err
+    assert not (tmp_path / "ck.full.pt").exists()
+    # This run's own checkpoint (epoch 1 of 5, interrupted in epoch 2).
+    _interrupt_at_epoch(monkeypatch, 2)
+    assert run(train_full("--epochs", "5")) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert f"; the last checkpoint is {ck}.full.pt (continue with --resume)" in err
+    assert load_state(f"{ck}.full.pt")["epoch"] == 1
+    # A new run of the same configuration, without --resume, interrupted before its
+    # first checkpoint: the file is the earlier run's, and the message says so.
+    _interrupt_at_epoch(monkeypatch, 2)
+    assert run(train_full("--epochs", "5", "--checkpoint-every", "3")) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "the last checkpoint is" not in err
+    assert (f"; this run wrote no checkpoint yet (one is written every 3 epochs): "
+            f"{ck}.full.pt is an earlier run's, which --resume would continue") in err
+    # Resumed at epoch 1 and interrupted before writing another: still the resumed one.
+    _interrupt_at_epoch(monkeypatch, 1)
+    assert run(train_full("--epochs", "5", "--checkpoint-every", "3", "--resume")) \
+        == EXIT_INTERRUPTED
+    assert (f"; no checkpoint was written since resuming: {ck}.full.pt is still the one "
+            f"resumed (continue with --resume)") in capsys.readouterr().err
+    assert load_state(f"{ck}.full.pt")["epoch"] == 1
+
+
 @pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"PK\x03\x04 broken"])
 def test_a_pt_file_that_is_not_a_torch_file_is_one_line(tmp_path, capsys, content):
     path = tmp_path / "g.pt"

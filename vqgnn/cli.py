@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -175,10 +176,44 @@ def train_one(data, method: str, args: argparse.Namespace, options: dict) -> dic
         where = (f"resuming from {checkpoint}" if Path(checkpoint).exists()
                  else f"no checkpoint at {checkpoint}: starting from epoch 1")
         print(f"[{method}] {where}", file=sys.stderr, flush=True)
+    args._checkpoint_before = _file_key(checkpoint)
     config = train_config(args, method, options, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
     return run_experiment(data, model_config(args), config, log=log, resume=args.resume,
                           parallel=parallel)
+
+
+def _file_key(path: Optional[str]) -> Optional[tuple[int, int, int]]:
+    """The identity of the file at ``path`` as it is now (inode, size, modification time),
+    or None where there is none: a checkpoint this run writes replaces it (a rename) and
+    changes the key."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+
+
+def interrupt_checkpoint_note(args: argparse.Namespace, method: Optional[str]) -> str:
+    """What the Ctrl-C line says about ``method``'s checkpoint: the file this run wrote last;
+    the one it resumed when it wrote none; or, when it wrote none and the file there is an
+    earlier run's (a run of the same configuration started without ``--resume`` only
+    replaces it at its first checkpoint), that this run's epochs are lost."""
+    checkpoint = method_checkpoint(args, method) if method and args.checkpoint else None
+    if checkpoint is None:
+        return ""
+    now = _file_key(checkpoint)
+    every = args.checkpoint_every
+    when = "every epoch" if every == 1 else f"every {every} epochs"
+    if now is None:
+        return f"; no checkpoint was written yet (one is written {when})"
+    if now != getattr(args, "_checkpoint_before", None):
+        return f"; the last checkpoint is {checkpoint} (continue with --resume)"
+    if args.resume:
+        return (f"; no checkpoint was written since resuming: {checkpoint} is still the "
+                f"one resumed (continue with --resume)")
+    return (f"; this run wrote no checkpoint yet (one is written {when}): {checkpoint} is "
+            f"an earlier run's, which --resume would continue")
 
 
 def _recorded_before(path: str, record: dict[str, Any]) -> bool:
@@ -501,9 +536,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         code = EXIT_IO
     except KeyboardInterrupt:
         method = getattr(args, "_current_method", None)
-        checkpoint = method_checkpoint(args, method) if method and args.checkpoint else None
-        where = (f"; the last checkpoint is {checkpoint} (continue with --resume)"
-                 if checkpoint and Path(checkpoint).exists() else "")
+        where = interrupt_checkpoint_note(args, method)
         kept = ("; records of the methods that had finished are written"
                 if getattr(args, "json", None) else "")
         print(f"\n{prefix}: interrupted{f' while training {method}' if method else ''}"
