@@ -689,13 +689,20 @@ def test_pair_logits_keep_no_per_edge_tensor(monkeypatch):
         with TensorMemoryMeter() as meter:
             torch.autograd.grad(fn(src, dst, row, col, att, 0.2), (src, dst, att), grad)
         peaks.append(meter.peak)
+    # half-precision activations with a float32 attention vector (autocast's mix): by
+    # chunks too, after one cast of the node-level inputs
+    half = [src.detach().bfloat16().requires_grad_(), dst.detach().bfloat16().requires_grad_()]
+    with TensorMemoryMeter() as meter:
+        torch.autograd.grad(lowrank.pair_logits(*half, row, col, att, 0.2), (*half, att), grad)
+    peaks.append(meter.peak)
     per_edge = m * heads * channels * 4
     assert peaks[0] >= 2 * per_edge  # the reference keeps two (M, H, C) tensors
     assert peaks[1] < per_edge / 2, peaks
+    assert peaks[2] < per_edge / 2, peaks
 
 
 def test_pair_logits_other_dtypes_partial_gradients_and_shared_inputs():
-    """Half precision by chunks (against float64), mixed dtypes by the per-edge form with
+    """Half precision by chunks (against float64), mixed dtypes by chunks in the dtype of
     torch's promotion (half activations with a float32 attention vector, as under
     autocast), gradients for only some inputs, and ``src`` and ``dst`` one tensor."""
     gen = torch.Generator().manual_seed(5)
@@ -722,10 +729,24 @@ def test_pair_logits_other_dtypes_partial_gradients_and_shared_inputs():
             assert_close(g.double(), w, atol=0.05, rtol=0.05)
     half = [src.bfloat16().requires_grad_(), dst.bfloat16().requires_grad_(),
             att.float().requires_grad_()]
-    got, got_grads = grads(lowrank.pair_logits, *half, half)  # per-edge, promoted
-    assert got.dtype == torch.float32 and type(got.grad_fn).__name__ != "_PairLogitsBackward"
+    got, got_grads = grads(lowrank.pair_logits, *half, half)  # by chunks, promoted
+    assert got.dtype == torch.float32 and type(got.grad_fn).__name__ == "_PairLogitsBackward"
     assert [g.dtype for g in got_grads] == [torch.bfloat16, torch.bfloat16, torch.float32]
     assert_close(got.double(), want, atol=0.05, rtol=0.05)
+    # the per-edge form promotes the same way: the same dtypes, values and gradients
+    edge, edge_grads = grads(lowrank.per_edge_pair_logits, *half, half)
+    assert edge.dtype == torch.float32
+    assert_close(got, edge, atol=0.02, rtol=0.02)
+    for g, w in zip(got_grads, edge_grads):
+        assert g.dtype == w.dtype
+        assert_close(g.float(), w.float(), atol=0.02, rtol=0.02)
+    shared = src.bfloat16().requires_grad_()  # one half-precision tensor on both sides
+    got, (g_shared,) = grads(lowrank.pair_logits, shared, shared, att.float(), [shared])
+    want_s, (w_shared,) = grads(lowrank.per_edge_pair_logits, shared, shared, att.float(),
+                                [shared])
+    assert g_shared.dtype == torch.bfloat16
+    assert_close(got, want_s, atol=0.02, rtol=0.02)
+    assert_close(g_shared.float(), w_shared.float(), atol=0.05, rtol=0.05)
     # only the sources need a gradient (a frozen attention vector, a constant target side)
     s1 = src.clone().requires_grad_()
     got, (g_src,) = grads(lowrank.pair_logits, s1, dst, att, [s1])

@@ -612,11 +612,15 @@ def pair_logits(src: Tensor, dst: Tensor, row: Tensor, col: Tensor, att: Tensor,
     Computed by chunks of edges, so that no (M, H, C) tensor is made or saved for
     backward (the per-edge form saves two: at 300,000 edges and 4 heads of 128 channels,
     1.2 GB a layer); the backward recomputes each chunk's sums. No device sync. Inputs of
-    different dtypes (e.g. half-precision activations with a float32 ``att``) take the
-    per-edge form (:func:`per_edge_pair_logits`), with torch's type promotion."""
+    different dtypes (e.g. half-precision activations with a float32 ``att``, as under
+    autocast) are first cast to the dtype torch's type promotion gives them, the dtype of
+    the per-edge form's result (:func:`per_edge_pair_logits`); their gradients come back
+    in their own dtypes."""
     _check_pair_inputs("pair_logits", src, dst, row, col, att)
-    if not src.dtype == dst.dtype == att.dtype:
-        return per_edge_pair_logits(src, dst, row, col, att, negative_slope)
+    dtype = torch.promote_types(torch.promote_types(src.dtype, dst.dtype), att.dtype)
+    same = dst is src
+    src, att = src.to(dtype), att.to(dtype)  # no copy where the dtype is already that
+    dst = src if same else dst.to(dtype)
     return _PairLogits.apply(src, dst, row, col, att, float(negative_slope))
 
 
