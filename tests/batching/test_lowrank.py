@@ -571,7 +571,7 @@ def test_attention_aggregate_other_dtypes_and_no_edges():
     alpha = torch.rand(3, 2)
     value = torch.randn(3, 2, 4)
     want = _attention_reference(edges, alpha, value)
-    got = attention_aggregate(edges, alpha.bfloat16(), value.bfloat16())  # per-edge form
+    got = attention_aggregate(edges, alpha.bfloat16(), value.bfloat16())
     assert got.dtype == torch.bfloat16
     assert_close(got.float(), want, atol=0.05, rtol=0.05)
     none = BatchEdges(row[:0], col[:0], torch.ones(0), torch.ones(0), 2, 3, merged=True)
@@ -585,6 +585,67 @@ def test_attention_aggregate_other_dtypes_and_no_edges():
         attention_aggregate(edges, alpha[:, :1], value)
     with pytest.raises(ConfigError, match=r"received \(3, 2\) and \(2, 2, 4\)"):
         attention_aggregate(edges, alpha, value[:2])
+
+
+def _fused(out: torch.Tensor) -> bool:
+    """Whether ``out`` comes from the fused form (directly, or through one cast)."""
+    fn = out.grad_fn
+    while fn is not None and type(fn).__name__ == "ToCopyBackward0":
+        fn = fn.next_functions[0][0]
+    return type(fn).__name__ == "_AttentionAggregateBackward"
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_attention_aggregate_half_and_mixed_dtypes_on_the_cpu(autocast):
+    """On the CPU (no half-precision sparse kernels) half-precision and mixed inputs go
+    through the fused form in float32: the per-edge form's result dtype and values, the
+    gradients in the inputs' dtypes; also with forward and backward under autocast."""
+    gen = torch.Generator().manual_seed(3)
+    row = torch.tensor([0, 0, 1, 1, 1, 3, 3])
+    col = torch.tensor([2, 0, 1, 4, 2, 0, 3])
+    edges = BatchEdges(row, col, torch.ones(7), torch.ones(7), 4, 5, merged=True)
+    alpha = torch.rand(7, 2, generator=gen)
+    value = torch.randn(5, 2, 4, generator=gen)
+    grad = torch.randn(4, 2, 4, generator=gen)
+    for a_dtype, v_dtype, out_dtype in ((torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                                        (torch.float16, torch.float16, torch.float16),
+                                        (torch.float32, torch.bfloat16, torch.float32)):
+        a = alpha.to(a_dtype).requires_grad_()
+        v = value.to(v_dtype).requires_grad_()
+        a_ref, v_ref = a.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            got = attention_aggregate(edges, a, v)
+            got_grads = torch.autograd.grad(got, (a, v), grad.to(got.dtype))
+        want = _attention_reference(edges, a_ref, v_ref)
+        want_grads = torch.autograd.grad(want, (a_ref, v_ref), grad.to(want.dtype))
+        assert _fused(got) and got.dtype == want.dtype == out_dtype
+        assert_close(got.float(), want.float(), atol=0.05, rtol=0.05)
+        for g, w, t in zip(got_grads, want_grads, (a, v)):
+            assert g.dtype == t.dtype
+            assert_close(g.float(), w.float(), atol=0.05, rtol=0.05)
+
+
+def test_attention_aggregate_in_half_precision_keeps_no_per_edge_tensor():
+    """bfloat16 values with float32 weights (autocast's mix) by the fused form: no
+    (M, H, C) tensor is made, as in float32."""
+    from vqgnn.train.meters import TensorMemoryMeter
+
+    gen = torch.Generator().manual_seed(6)
+    m, rows, cols, heads, channels = 20_000, 300, 400, 2, 16  # (M, H, C): 2.5 MB in fp32
+    row = torch.randint(0, rows, (m,), generator=gen).sort().values
+    col = torch.randint(0, cols, (m,), generator=gen)
+    edges = BatchEdges(row, col, torch.ones(m), torch.ones(m), rows, cols, merged=False)
+    alpha = torch.rand(m, heads, generator=gen, requires_grad=True)
+    value = torch.randn(cols, heads, channels, generator=gen).bfloat16().requires_grad_()
+    grad = torch.randn(rows, heads, channels, generator=gen)
+    peaks = []
+    for fn in (_attention_reference, attention_aggregate):
+        with TensorMemoryMeter() as meter:
+            torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
+        peaks.append(meter.peak)
+    per_edge = m * heads * channels * 4
+    assert peaks[0] >= per_edge  # the reference makes the (M, H, C) messages
+    assert peaks[1] < per_edge / 2, peaks
 
 
 def test_attention_aggregate_makes_no_syncing_call():

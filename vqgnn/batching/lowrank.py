@@ -461,11 +461,17 @@ class _AttentionAggregate(torch.autograd.Function):
         crow = _row_pointer(row, num_rows)
         ctx.save_for_backward(row, col, crow, alpha, value)
         shape = (num_rows, value.size(0))
-        return _per_head(crow, col, alpha, shape, value.transpose(0, 1).contiguous())
+        with torch.autocast("cpu", enabled=False):  # no half-precision CSR kernel there
+            return _per_head(crow, col, alpha, shape, value.transpose(0, 1).contiguous())
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        with torch.autocast("cpu", enabled=False):  # a backward called under autocast
+            return _AttentionAggregate._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
         row, col, crow, alpha, value = ctx.saved_tensors
         num_rows, num_src = crow.numel() - 1, value.size(0)
         grad_h = grad.transpose(0, 1).contiguous()  # (H, b, C)
@@ -498,8 +504,11 @@ def attention_aggregate(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tens
     them (not checked: a check would be a device sync per call). In float32 and float64 it
     runs as sparse products per head, without the (M, H, C) per-edge messages (at 300,000
     edges and 4 heads of 128 channels, 600 MB; forward and backward 50 ms against 1.7 s
-    per edge on 2 CPU threads, ``benchmarks/step_kernels.py``); other dtypes gather and
-    scatter per edge.
+    per edge on 2 CPU threads, ``benchmarks/step_kernels.py``). The result has the dtype
+    torch's type promotion gives ``alpha`` and ``value`` (the per-edge form's): on the CPU,
+    which has no half-precision sparse kernels, half-precision or mixed inputs are
+    multiplied in float32 and the result cast to that dtype (also under autocast); on
+    other devices half precision gathers and scatters per edge.
     """
     heads = value.size(1) if value.dim() == 3 else -1
     if alpha.dim() != 2 or alpha.size(0) != edges.row.numel() or alpha.size(1) != heads \
@@ -507,12 +516,17 @@ def attention_aggregate(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tens
         raise ConfigError(f"'attention_aggregate': 'alpha' must have shape "
                           f"({edges.row.numel()}, H) and 'value' ({edges.num_cols}, H, C), "
                           f"received {tuple(alpha.shape)} and {tuple(value.shape)}")
-    if value.dtype in _FUSED_DTYPES and alpha.dtype == value.dtype:
-        row, col = edges.row, edges.col
-        if row.dtype != col.dtype:  # e.g. int64 batch positions, int32 operator columns
-            row, col = row.long(), col.long()
-        return _AttentionAggregate.apply(row, col, alpha, value, edges.num_rows)
-    return per_edge_aggregate(edges, alpha, value)
+    dtype = torch.promote_types(alpha.dtype, value.dtype)
+    compute = dtype if dtype in _FUSED_DTYPES else (
+        torch.float32 if value.device.type == "cpu" and dtype in _HALF_DTYPES else None)
+    if compute is None:
+        return per_edge_aggregate(edges, alpha, value)
+    row, col = edges.row, edges.col
+    if row.dtype != col.dtype:  # e.g. int64 batch positions, int32 operator columns
+        row, col = row.long(), col.long()
+    out = _AttentionAggregate.apply(row, col, alpha.to(compute), value.to(compute),
+                                    edges.num_rows)
+    return out.to(dtype)
 
 
 def per_edge_aggregate(edges: BatchEdges, alpha: Tensor, value: Tensor) -> Tensor:
