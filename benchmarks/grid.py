@@ -66,6 +66,7 @@ from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.checkpoint import CheckpointError  # noqa: E402
 from vqgnn.train.experiment import config_values  # noqa: E402
 from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.trainer import PRECISIONS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -316,6 +317,7 @@ class Run:
     index: int
     batch_size: Optional[int] = None
     epochs: Optional[int] = None
+    precision: Optional[str] = None
     model: ModelConfig = field(init=False)
     train: TrainConfig = field(init=False)
 
@@ -329,6 +331,8 @@ class Run:
         if self.epochs is not None:
             values["epochs"] = self.epochs
             values["eval_every"] = min(values.get("eval_every", 1), self.epochs)
+        if self.precision is not None:
+            values["precision"] = self.precision
         takes = set(TrainConfig.create(self.method).flat())
         self.train = TrainConfig.create(self.method, **{k: v for k, v in values.items()
                                                         if k in takes})
@@ -364,6 +368,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None,
                         help="seeds (or given splits) per configuration (default: preset's)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's")
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                        help="training precision (default: the preset's, float32); "
+                             "bfloat16: each step's forward under torch.autocast")
     parser.add_argument("--batch-sizes", default=None,
                         help=f"comma-separated batch sizes (preset batch: {BATCH_SIZES})")
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"),
@@ -424,7 +431,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
                                                                    args.batch_size_list[0]):
                             continue  # full-graph training has no batch size
                         runs.append(Run(presets[key], method, conv, index, batch_size,
-                                        args.epochs))
+                                        args.epochs, getattr(args, "precision", None)))
     if getattr(args, "interleave", False):
         runs.sort(key=lambda run: run.index)  # stable: the order within a split stays
     return runs

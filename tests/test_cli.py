@@ -244,3 +244,14 @@ def test_train_with_bfloat16_features_records_the_dtype(tmp_path, capsys):
     assert all(0 <= r["test"] <= 1 for r in records)
     assert run(["train", "--dataset", DATASET, "--feature-dtype", "int8"]) == 2
     assert "--feature-dtype: invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_train_in_bfloat16_precision_records_it(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert run(["train", "--dataset", DATASET, "--method", "vq,full", "--epochs", "2", *SMALL,
+                "--precision", "bfloat16", "--quiet", "--json", str(path)]) == 0
+    records = read_records(path)
+    assert [r["train_config"]["precision"] for r in records] == ["bfloat16", "bfloat16"]
+    assert all(0 <= r["test"] <= 1 for r in records)
+    assert run(["train", "--dataset", DATASET, "--precision", "float16"]) == 2
+    assert "--precision: invalid choice: 'float16'" in capsys.readouterr().err

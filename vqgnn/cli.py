@@ -140,7 +140,7 @@ def train_config(args: argparse.Namespace, method: str, options: Optional[dict] 
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
         device=args.device, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
         progress=not args.quiet,
-        feature_dtype=args.feature_dtype, **options)
+        feature_dtype=args.feature_dtype, precision=args.precision, **options)
 
 
 def model_config(args: argparse.Namespace):
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         SaintOptions,
         VQOptions,
     )
-    from vqgnn.train.trainer import FEATURE_DTYPES, OPTIMIZERS
+    from vqgnn.train.trainer import FEATURE_DTYPES, OPTIMIZERS, PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
@@ -485,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature-dtype", default=t.feature_dtype,
                        choices=list(FEATURE_DTYPES),
                        help="storage of the node features (computation stays float32)")
+    train.add_argument("--precision", default=t.precision, choices=list(PRECISIONS),
+                       help="bfloat16: each training step's forward under torch.autocast in "
+                            "bfloat16 (weights, optimizer and codebooks stay float32; "
+                            "evaluation float32)")
     train.add_argument("--checkpoint", default=None,
                        help="checkpoint path (one file per method, written every "
                             "--checkpoint-every epochs and after the last)")

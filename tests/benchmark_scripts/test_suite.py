@@ -857,6 +857,21 @@ def test_published_presets_give_vq_the_same_epochs_or_the_same_steps():
         assert grid.run_key(grid.probe_of(full)) == grid.run_key(grid.probe_of(full_steps))
 
 
+def test_grid_precision_reaches_the_runs_and_their_identity():
+    preset = grid.PRESETS["published"]["tolokers"]
+    plain, half = grid.Run(preset, "vq", "gcn", 0), grid.Run(preset, "vq", "gcn", 0,
+                                                              precision="bfloat16")
+    assert plain.train.precision == "float32" and half.train.precision == "bfloat16"
+    assert grid.run_key(grid.probe_of(half)) != grid.run_key(grid.probe_of(plain))
+    default = grid.Run(preset, "vq", "gcn", 0, precision="float32")
+    assert grid.run_key(grid.probe_of(default)) == grid.run_key(grid.probe_of(plain))
+    args = grid.parse_args(["--preset", "published", "--datasets", "tolokers", "--methods",
+                            "vq", "--convs", "gcn", "--runs", "1", "--precision", "bfloat16"])
+    assert [r.train.precision for r in grid.plan(args)] == ["bfloat16"]
+    with pytest.raises(SystemExit):
+        grid.parse_args(["--precision", "float16"])
+
+
 def test_grid_time_budget_starts_no_run_after_it(results, monkeypatch, capsys):
     tiny = replace(grid.PRESETS["batch"]["synthetic"], name=DATASET_TINY,
                    model=replace(grid.PRESETS["batch"]["synthetic"].model, codebook=K16))

@@ -332,6 +332,7 @@ RESUME_CASES = [
     pytest.param({"method": "vq"}, id="vq"),
     pytest.param({"method": "vq", "sampler": "metis", "batch_nodes": "all"}, id="vq-metis-all"),
     pytest.param({"method": "full"}, id="full"),
+    pytest.param({"method": "vq", "precision": "bfloat16"}, id="vq-bfloat16"),
     *[pytest.param({"method": m, **BASELINE_OPTIONS}, id=m) for m in ("sage", "cluster", "saint")],
 ]
 
@@ -699,9 +700,84 @@ def test_float16_features_that_overflow_are_refused(data):
     Trainer(build(big), big, config(feature_dtype="bfloat16"))  # float32's range
 
 
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match="'precision' must be one of \\('float32', "
+                                         "'bfloat16'\\), received 'float16'"):
+        TrainConfig.create("vq", precision="float16")
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_bfloat16_precision_runs_the_step_forward_under_autocast(data, method, monkeypatch):
+    """With ``precision='bfloat16'`` each step's forward and loss run under CPU autocast
+    (its matrix products in bfloat16; evaluation does not), the weights, their gradients
+    and the optimizer's state stay float32, and the model learns."""
+    cls = method_class(method)
+    original, inside, logits = cls.loss, [], []
+
+    def loss(self, batch):
+        inside.append(_autocast_on())
+        return original(self, batch)
+
+    def linear(module, args, output):
+        logits.append(output.dtype)
+
+    monkeypatch.setattr(cls, "loss", loss)
+    trainer, result = train(data, method=method, epochs=15, precision="bfloat16",
+                            **BASELINE_OPTIONS)
+    assert inside and all(inside)
+    assert result.test > CHANCE + 0.1
+    params = list(trainer.model.parameters())
+    assert all(p.dtype == torch.float32 for p in params)
+    assert all(t.dtype == torch.float32 for t in _optimizer_tensors(
+        trainer.optimizer.state_dict()) if t.is_floating_point() and t.dim() > 0)
+    # a training forward's linear layers run in bfloat16, evaluation's in float32
+    lin = next(m for m in trainer.model.modules() if type(m).__name__ == "Linear")  # PyG's
+    handle = lin.register_forward_hook(linear)
+    trainer._step(next(iter(trainer.method.batches())))
+    trainer.predict()
+    handle.remove()
+    assert logits[0] == torch.bfloat16 and logits[-1] == torch.float32
+    inside.clear()
+    train(data, method=method, epochs=1, **BASELINE_OPTIONS)  # float32: no autocast
+    assert inside and not any(inside)
+
+
+def test_bfloat16_precision_gives_float32_gradients_close_to_float32s(data):
+    """One VQ-GNN step in each precision from the same state: the loss and the
+    gradients agree to bfloat16's precision (and are not identical: autocast ran)."""
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        seed_everything(0)
+        trainer = Trainer(build(data, dropout=0.0), data, config(precision=precision))
+        trainer.prepare()
+        trainer._attach()
+        batch = next(iter(trainer.method.batches()))
+        trainer.optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            step = trainer.method.loss(batch)
+        step.loss.backward()
+        grads[precision] = (step.loss.detach(), [p.grad.clone() for p in
+                                                  trainer.model.parameters()
+                                                  if p.grad is not None])
+    (l32, g32), (l16, g16) = grads["float32"], grads["bfloat16"]
+    assert len(g32) == len(g16) > 0 and all(g.dtype == torch.float32 for g in g16)
+    torch.testing.assert_close(l16, l32, atol=0.02, rtol=0.02)
+    flat32, flat16 = torch.cat([g.flatten() for g in g32]), torch.cat([g.flatten() for g in g16])
+    assert (flat16 - flat32).norm() <= 0.05 * flat32.norm()
+    assert not torch.equal(flat16, flat32)
+
+
 def test_a_checkpoint_written_before_feature_dtype_existed_still_resumes(data, tmp_path):
     """An option added later, at its default, is not part of the run's identity."""
     trainer = Trainer(build(data), data, config(epochs=2))
     assert "feature_dtype" not in trainer.identity()["train_config"]
+    assert "precision" not in trainer.identity()["train_config"]
     half = Trainer(build(data), data, config(epochs=2, feature_dtype="bfloat16"))
     assert half.identity()["train_config"]["feature_dtype"] == "bfloat16"

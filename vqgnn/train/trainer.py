@@ -61,14 +61,17 @@ RESUMABLE = ("epochs", "checkpoint", "checkpoint_every", "progress", "device", "
 _COMMON_OPTIONS = ("epochs", "lr", "weight_decay", "optimizer", "lr_schedule",
                    "warmup_epochs", "grad_clip", "lr_per_epoch", "eval_every", "patience",
                    "inference", "eval_batch_size", "seed", "device", "checkpoint",
-                   "checkpoint_every", "progress", "measure_memory", "feature_dtype")
+                   "checkpoint_every", "progress", "measure_memory", "feature_dtype",
+                   "precision")
 LR_SCHEDULES = ("constant", "cosine")
 #: Options added after checkpoints were written, at their defaults: left out of a run's
 #: identity, so that an older checkpoint (which lacks them) still resumes.
-_ADDED_AT_DEFAULT: dict[str, Any] = {"feature_dtype": "float32"}
+_ADDED_AT_DEFAULT: dict[str, Any] = {"feature_dtype": "float32", "precision": "float32"}
 #: Storage dtypes of the node features (computation stays in the model's float32).
 FEATURE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                   "float16": torch.float16}
+#: Precisions of the training forward: float32, or ``torch.autocast`` in bfloat16.
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass
@@ -118,6 +121,10 @@ class TrainConfig:
         feature_dtype: storage of the node features on the device (and of the exact first
             layer's cached aggregation): ``'float32'``, or ``'bfloat16'``/``'float16'``
             to halve them; rows are cast to the model's float32 where they are read.
+        precision: ``'float32'``, or ``'bfloat16'``: each training step's forward and loss
+            run under ``torch.autocast`` in bfloat16 on the device (the matrix products
+            in bfloat16, the weights, gradients, optimizer and codebooks in float32; no
+            gradient scaling is needed for bfloat16). Evaluation stays float32.
 
     Example:
         >>> TrainConfig.create("cluster", epochs=50, batch_size=512, num_parts=32)
@@ -145,6 +152,7 @@ class TrainConfig:
     progress: bool = False
     measure_memory: bool = True
     feature_dtype: str = "float32"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         cls = method_class(self.method) if isinstance(self.method, str) else None
@@ -244,6 +252,9 @@ class TrainConfig:
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ConfigError(f"'{name}': 'feature_dtype' must be one of "
                               f"{tuple(FEATURE_DTYPES)}, received {self.feature_dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"'{name}': 'precision' must be one of {PRECISIONS}, received "
+                              f"{self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"'{name}': 'lr_schedule' must be one of {LR_SCHEDULES}, "
                               f"received {self.lr_schedule!r}")
@@ -537,7 +548,9 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         with (SavedTensorMeter(self.device) if self.config.measure_memory
               else nullcontext()) as meter:
-            step = self.method.loss(batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.config.precision == "bfloat16"):
+                step = self.method.loss(batch)
             if step is None:
                 return None
             if meter is not None:
