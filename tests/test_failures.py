@@ -379,9 +379,16 @@ def test_too_many_parts_is_one_line_without_metis_output(capfd):
 
 def test_more_codewords_than_nodes_warns():
     data = load_dataset(DATASET)
-    model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=512)
     with pytest.warns(UserWarning, match="K=512 exceeds the graph's 300 nodes"):
-        Trainer(model, data, TrainConfig.create("vq", epochs=1))
+        model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=512)
+    Trainer(model, data, TrainConfig.create("vq", epochs=1))
+    from torch_geometric.nn import GCNConv
+
+    from vqgnn import VQConv
+
+    with pytest.warns(UserWarning, match="'VQConv': num_codewords K=301 exceeds the graph's "
+                                         "300 nodes"):  # a layer of one's own, too
+        VQConv(GCNConv(8, 4), num_codewords=301, num_nodes=300)
 
 
 def test_an_empty_validation_mask_is_an_error_before_training():

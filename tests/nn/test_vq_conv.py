@@ -398,6 +398,22 @@ def test_constant_input_layer_is_exact_without_codebook(kind: str) -> None:
         layer.set_constant_input(torch.randn(3, 6), graph)
 
 
+def test_init_codebook_needs_every_nodes_input_or_node_idx() -> None:
+    torch.manual_seed(0)
+    n = 40
+    layer = VQConv(GCNConv(5, 3), num_codewords=4, num_nodes=n)
+    x = torch.randn(n, 5)
+    with pytest.raises(ValueError, match="'VQConv.init_codebook': 'x' must hold the layer "
+                                         "inputs of all 40 nodes, shape \\(40, D\\), "
+                                         "received \\(10, 5\\); pass 'node_idx'"):
+        layer.init_codebook(x[:10])
+    subset = torch.arange(0, n, 4)  # a subset, named: allowed
+    layer.init_codebook(x[subset], node_idx=subset)
+    assert layer.quantizer.initialized
+    layer.init_codebook(x)
+    assert layer.health().quantization_error < 1
+
+
 def test_init_codebooks_of_any_model() -> None:
     torch.manual_seed(0)
     n = 40

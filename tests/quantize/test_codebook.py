@@ -375,6 +375,16 @@ def test_health_hand_case():
     assert health.perplexity == pytest.approx(math.exp(float(-(p * p.log()).sum())), rel=1e-6)
 
 
+def test_health_after_the_kmeans_initialisation_reports_its_error():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(20, 2) + 5, torch.randn(20, 2) - 5])
+    cb = Codebook(2, 2)
+    codes = cb.init_(x)
+    want = (x - cb.embed[codes]).pow(2).sum() / x.pow(2).sum()
+    error = cb.health().quantization_error
+    assert error == pytest.approx(float(want), rel=1e-5) and 0 < error < 0.2
+
+
 def test_health_usage_and_one_hot_perplexity():
     cb = Codebook(4, 1, dead_threshold=0.01)
     cb.cluster_size.copy_(torch.tensor([5.0, 0.001, 0.0, 0.0]))

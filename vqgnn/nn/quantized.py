@@ -119,6 +119,10 @@ class QuantizedLayer(torch.nn.Module):
                         codebook: CodebookOptions) -> FeatureGradientQuantizer:
         """The layer's quantizer; assignments (codeword ids < K) stored as int32: 4 bytes
         per node and layer."""
+        if codebook.num_codewords > self._num_nodes:
+            warnings.warn(f"'{type(self).__name__}': num_codewords K={codebook.num_codewords} "
+                          f"exceeds the graph's {self._num_nodes} nodes: at most "
+                          f"{self._num_nodes} codewords can ever be used", stacklevel=3)
         index_dtype = torch.int32 if codebook.num_codewords < 2**31 else torch.int64
         return FeatureGradientQuantizer.from_options(self._num_nodes, in_channels, agg_channels,
                                                      codebook, index_dtype=index_dtype)
@@ -150,12 +154,20 @@ class QuantizedLayer(torch.nn.Module):
 
     @torch.no_grad()
     def init_codebook(self, x: Tensor, node_idx: Optional[Tensor] = None, seed: int = 0) -> None:
-        """k-means initialisation from the layer inputs of ``node_idx`` (default: all nodes).
+        """k-means initialisation from the layer inputs ``x`` of ``node_idx`` (default:
+        all nodes, ``x`` then has N rows).
 
-        The gradient halves start at their running mean (no gradient is known yet).
+        The gradient halves start at their running mean (no gradient is known yet). With
+        ``node_idx`` a subset, the other nodes keep their assignment (codeword 0 in a new
+        layer) until :meth:`reassign` or a training step sets it.
         """
         quantizer = self._require_codebook("init_codebook")
         if node_idx is None:
+            if x.dim() != 2 or x.size(0) != self.num_nodes:
+                raise ConfigError(
+                    f"'{type(self).__name__}.init_codebook': 'x' must hold the layer inputs "
+                    f"of all {self.num_nodes} nodes, shape ({self.num_nodes}, D), received "
+                    f"{tuple(x.shape)}; pass 'node_idx' to initialise from a subset")
             node_idx = torch.arange(x.size(0), device=x.device)
         quantizer.initialize(node_idx, x, None, seed=seed)
 

@@ -31,9 +31,13 @@ class CodebookHealth:
 
     Attributes:
         usage: fraction of codewords whose EMA count is above the dead threshold.
-        perplexity: ``exp(entropy)`` of the EMA count distribution (K at most).
+        perplexity: ``exp(entropy)`` of the EMA count distribution (K at most): the
+            number of equally used codewords that would give the same entropy (an
+            empty cluster starts with a count of 1, so right after the k-means
+            initialisation it counts as used).
         quantization_error: relative error ``||x - v_c(x)||^2 / ||x||^2`` of the last
-            update's batch (NaN before any update).
+            update's batch; before any update, of the vectors the k-means initialisation
+            clustered (NaN before either).
         message_error: a model's mean, over its quantized layers, of the relative error of
             the quantized out-of-batch messages against exact ones on a fixed batch
             (:meth:`~vqgnn.nn.VQConv.message_error`); None where not measured.
@@ -173,16 +177,23 @@ class Codebook(torch.nn.Module):
             (N,) the codeword of every row of ``x``.
         """
         self._check_vectors(x)
-        result = kmeans(x.detach().float(), self.num_codewords, self.kmeans_iters, seed,
-                        self.kmeans_backend)
+        x = x.detach().float()
+        result = kmeans(x, self.num_codewords, self.kmeans_iters, seed, self.kmeans_backend)
         counts = result.counts.clamp_min(1.0)
         sums = result.centroids * counts.unsqueeze(1)
         self.all_reduce_fn(counts)
         self.all_reduce_fn(sums)
         self.set_codewords(sums / counts.unsqueeze(1), counts)
-        if self.all_reduce_fn is noop_all_reduce:
-            return result.assignment
-        return self.assign(x)
+        codes = result.assignment if self.all_reduce_fn is noop_all_reduce else self.assign(x)
+        self._record_error(x, codes)  # the k-means error, until the first update
+        return codes
+
+    def _record_error(self, x: Tensor, codes: Tensor) -> None:
+        """``last_error`` of ``x`` against its codewords (summed over the workers)."""
+        residual = x - self.embed.index_select(0, codes)
+        err = torch.stack([residual.pow(2).sum(), x.pow(2).sum()])
+        self.all_reduce_fn(err)
+        self.last_error.copy_(err[0] / err[1].clamp_min(1e-12))
 
     @fp32
     def set_codewords(self, codewords: Tensor, counts: Optional[Tensor] = None) -> None:
@@ -230,12 +241,9 @@ class Codebook(torch.nn.Module):
         elif codes is None:
             codes = self.assign(x)
         counts, sums = batch_statistics(codes, x, self.num_codewords)
-        residual = x - self.embed.index_select(0, codes)
-        err = torch.stack([residual.pow(2).sum(), x.pow(2).sum()])
         self.all_reduce_fn(counts)
         self.all_reduce_fn(sums)
-        self.all_reduce_fn(err)
-        self.last_error.copy_(err[0] / err[1].clamp_min(1e-12))
+        self._record_error(x, codes)  # against the codewords before this step
         ema_inplace(self.cluster_size, counts, self.decay)
         ema_inplace(self.embed_sum, sums, self.decay)
         smoothed = laplace_smoothing(self.cluster_size, self.eps)

@@ -559,10 +559,6 @@ class VQMethod(TrainingMethod):
         # so that every batch's gradients share one scale.
         self.loss_scale = (min(opts.batch_size, pool.numel()) * ctx.train_idx.numel()
                            / pool.numel())
-        k = self.model.codebook_options.num_codewords
-        if k > n:
-            warnings.warn(f"'VQMethod': num_codewords K={k} exceeds the graph's {n} nodes: "
-                          f"at most {n} codewords can ever be used", stacklevel=3)
         if opts.sampler == "metis":
             num_parts = metis_parts("VQOptions", n, opts.batch_size, opts.num_parts)
             parts = metis_partition(ctx.graph.edge_index.cpu(), n, num_parts, seed=ctx.seed,
