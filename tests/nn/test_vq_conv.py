@@ -857,3 +857,93 @@ def test_two_workers_summing_statistics_match_one_worker_with_the_union_batch() 
         for layer in workers:
             torch.testing.assert_close(layer.quantizer.get_buffer(name), expected,
                                        rtol=1e-5, atol=1e-6, msg=name)
+
+
+class WeightedUserConv(MessagePassing):
+    """A user's layer that takes edge weights (a weighted sum of linear messages)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(aggr="add")
+        self.in_channels = in_channels
+        self.lin = torch.nn.Linear(in_channels, out_channels)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        return self.propagate(edge_index, x=self.lin(x), edge_weight=edge_weight)
+
+    def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:
+        return x_j if edge_weight is None else x_j * edge_weight.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("kind", ["sage", "sage-sum", "gin"])
+def test_an_edge_index_call_with_weights_equals_the_weighted_vqgraph(kind: str) -> None:
+    """SAGE and GIN take no ``edge_weight`` in PyG; with weights, an ``edge_index`` call
+    runs through the adapter as on a ``VQGraph`` holding them (GraphSAINT's aggregator
+    normalisation on a SAGE model), not dropping them."""
+    torch.manual_seed(0)
+    n = 40
+    edge_index = random_graph(n, 160)
+    w = torch.rand(edge_index.size(1)) + 0.1
+    conv = {"sage": lambda: SAGEConv(6, 4), "sage-sum": lambda: SAGEConv(6, 4, aggr="sum"),
+            "gin": lambda: GINConv(torch.nn.Linear(6, 4))}[kind]()
+    layer = VQConv(conv, num_codewords=4, num_nodes=n, constant_input=True)
+    x = torch.randn(n, 6, requires_grad=True)
+    got = layer(x, edge_index, edge_weight=w)
+    want = layer(x, VQGraph(edge_index, n, edge_weight=w))
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, layer(x, edge_index), atol=1e-3)  # the weights count
+    # by hand: the weighted mean (or sum) of the neighbours
+    src, dst = edge_index
+    summed = torch.zeros(n, 6).index_add(0, dst, x[src] * w.unsqueeze(1))
+    if kind == "sage":
+        wsum = torch.zeros(n).index_add(0, dst, w).clamp_min(1e-12)
+        agg = summed / wsum.unsqueeze(1)
+        ref = conv.lin_l(agg) + conv.lin_r(x)
+    elif kind == "sage-sum":
+        ref = conv.lin_l(summed) + conv.lin_r(x)
+    else:
+        ref = conv.nn(summed + (1 + conv.eps) * x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    g_got = torch.autograd.grad(got.sum(), [x, *conv.parameters()])
+    g_want = torch.autograd.grad(ref.sum(), [x, *conv.parameters()])
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_weighted_graph_reaches_a_sage_vqgnn_on_a_subgraph() -> None:
+    """The sampling baselines call ``model(x, edge_index, edge_weight=...)``: a SAGE
+    ``VQGNN`` now uses GraphSAINT's weights."""
+    from vqgnn.nn.models import VQGNN
+
+    torch.manual_seed(0)
+    n = 40
+    edge_index = random_graph(n, 160)
+    w = torch.rand(edge_index.size(1)) + 0.1
+    model = VQGNN(6, 8, 2, 3, num_nodes=n, conv="sage", num_codewords=8).eval()
+    x = torch.randn(n, 6)
+    assert not torch.allclose(model(x, edge_index, edge_weight=w), model(x, edge_index),
+                              atol=1e-3)
+
+
+def test_a_generic_layer_with_edge_weights_never_loses_them_silently() -> None:
+    torch.manual_seed(0)
+    n = 40
+    edge_index = random_graph(n, 160)
+    w = torch.rand(edge_index.size(1)) + 0.1
+    conv = WeightedUserConv(6, 4)
+    layer = VQConv(conv, num_codewords=4, num_nodes=n)
+    x = torch.randn(n, 6)
+    # an edge_index call passes them to the layer itself
+    torch.testing.assert_close(layer(x, edge_index, edge_weight=w), conv(x, edge_index, w))
+    weighted = VQGraph(edge_index, n, edge_weight=w)
+    match = ("the graph has edge weights and 'WeightedUserConv' takes 'edge_weight', but the "
+             "generic path calls it with 'edge_index' alone")
+    with pytest.raises(ValueError, match=match):
+        layer(x, weighted)
+    with pytest.raises(ValueError, match=match):
+        layer.aggregated(x, weighted)
+    layer.init_codebook(x)
+    with pytest.raises(ValueError, match=match):
+        layer(x[:8], weighted, torch.arange(8))
+    plain = VQGraph(edge_index, n)  # without weights: runs
+    torch.testing.assert_close(layer(x, plain), conv(x, edge_index))
+    layer(x[:8], plain, torch.arange(8))

@@ -186,8 +186,13 @@ class VQConv(QuantizedLayer):
             graph: the full graph, or a (2, E) ``edge_index`` to run the wrapped layer
                 itself (PyG's call, e.g. on a sampled subgraph).
             batch: (b,) distinct node ids, or None for exact full-graph execution.
-            edge_weight: (E,) edge weights of an ``edge_index`` call (passed to layers
-                that take ``edge_weight``; others ignore them, as PyG's ``BasicGNN`` does).
+            edge_weight: (E,) edge weights of an ``edge_index`` call: passed to layers
+                that take ``edge_weight``; a layer whose adapter's operator reads weights
+                but whose ``forward`` takes none (SAGE and GIN: a weighted mean or sum)
+                runs through its adapter on that graph, as it would on a ``VQGraph`` with
+                these weights; attention layers ignore them (their softmax normalises over
+                the incoming edges), and so do layers of the generic path without an
+                ``edge_weight`` argument.
 
         Returns:
             (N, D_out) or (b, D_out) outputs.
@@ -198,6 +203,10 @@ class VQConv(QuantizedLayer):
                                   "tensor the wrapped layer runs on that graph as it is")
             if edge_weight is not None and self._edge_weight_arg:
                 return self.conv(x, graph, edge_weight=edge_weight)
+            if edge_weight is not None and isinstance(self.adapter, LinearAdapter):
+                weighted = VQGraph(graph, x.size(0), edge_weight=edge_weight)
+                op = self.adapter.operator(self.conv, weighted)  # not cached: one call's
+                return self._full_pair(x, weighted, op)[0]
             return self.conv(x, graph)
         if not isinstance(graph, VQGraph):
             raise ConfigTypeError(f"'VQConv': 'graph' must be a VQGraph or an edge_index "
@@ -207,17 +216,30 @@ class VQConv(QuantizedLayer):
                 raise ConfigError(f"'VQConv': full-graph 'x' must have {graph.num_nodes} rows, "
                                   f"received {x.size(0)}")
             if isinstance(self.adapter, GenericAdapter):
+                self._check_generic_weights(graph)
                 return self.conv(x, graph.edge_index)
             return self._full(x, graph)
         return self._forward_batch(x, graph, batch)
+
+    def _check_generic_weights(self, graph: VQGraph) -> None:
+        """A layer of the generic path is called with ``edge_index`` alone: one whose
+        ``forward`` takes ``edge_weight`` would silently lose a weighted graph's weights."""
+        if graph.edge_weight is not None and self._edge_weight_arg:
+            raise ConfigError(
+                f"'VQConv': the graph has edge weights and '{type(self.conv).__name__}' takes "
+                f"'edge_weight', but the generic path calls it with 'edge_index' alone (its "
+                f"batch messages come from codewords), so the weights would be lost; "
+                f"register an adapter whose operator reads them (vqgnn.nn.register_adapter), "
+                f"or build the VQGraph without 'edge_weight'")
 
     def _full(self, x: Tensor, graph: VQGraph) -> Tensor:
         """The whole graph through the adapter: one sparse product per layer for linear
         layers (PyG's edge-wise layers materialise an (E, D) message tensor instead)."""
         return self._full_pair(x, graph)[0]
 
-    def _full_pair(self, x: Tensor, graph: VQGraph) -> tuple[Tensor, Tensor]:
-        op = self.operator(graph)
+    def _full_pair(self, x: Tensor, graph: VQGraph,
+                   op: Optional[SparseOperator] = None) -> tuple[Tensor, Tensor]:
+        op = self.operator(graph) if op is None else op
         adapter = self.adapter
         if isinstance(adapter, LinearAdapter):  # one CSR product, its backward by C^T's
             agg = operator_matmul(op, adapter.message(self.conv, x))
@@ -240,6 +262,8 @@ class VQConv(QuantizedLayer):
 
     def _forward_batch(self, x: Tensor, graph: VQGraph, batch: Tensor) -> Tensor:
         self._check_batch(x, graph, batch)
+        if isinstance(self.adapter, GenericAdapter):
+            self._check_generic_weights(graph)
         if self._constant is not None:
             return self._forward_constant(x, graph, batch)
         quantizer = self.quantizer
@@ -587,6 +611,7 @@ class VQConv(QuantizedLayer):
             raise ConfigError(f"'VQConv.aggregated': 'x' must have {graph.num_nodes} rows, "
                               f"received {x.size(0)}")
         if isinstance(self.adapter, GenericAdapter):
+            self._check_generic_weights(graph)
             return run_capturing_aggregate(self.conv, x, graph.edge_index, self.conv.__call__)[1]
         return self._full_pair(x, graph)[1]
 
