@@ -135,7 +135,14 @@ def test_each_record_is_written_when_its_method_finishes(tmp_path, monkeypatch, 
     assert run(train("--method", "vq,full", "--epochs", "2", "--json", str(path))) \
         == EXIT_INTERRUPTED
     assert [r["method"] for r in strict_lines(path)] == ["vq"]
-    assert "interrupted while training full" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"interrupted while training full; the records of vq are in {path}" in err
+    other = tmp_path / "none.jsonl"
+    assert run(train("--method", "full,vq", "--epochs", "2", "--json", str(other))) \
+        == EXIT_INTERRUPTED
+    assert ("interrupted while training full; no method had finished: no record was "
+            "written") in capsys.readouterr().err
+    assert not other.exists() or not other.read_text().strip()
 
 
 # ------------------------------------------------------ 3. resume checks its run
@@ -315,6 +322,23 @@ def test_bad_json_paths_fail_before_training(tmp_path, capsys, monkeypatch):
     assert "cannot append to" in capsys.readouterr().err
 
 
+def test_bad_checkpoint_paths_fail_before_training(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking --checkpoint")
+
+    monkeypatch.setattr("vqgnn.train.run_experiment", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder should be
+    assert run(train("--checkpoint", str(blocker / "sub" / "ck"))) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert f"'--checkpoint': cannot write a checkpoint at '{blocker}/sub/ck.vq.pt'" in err
+    (tmp_path / "d.vq.pt").mkdir()
+    assert run(train("--checkpoint", str(tmp_path / "d"))) == EXIT_INPUT
+    assert "'--checkpoint': " + repr(str(tmp_path / "d.vq.pt")) + " is a directory" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.vq.pt", "file"]  # nothing left
+
+
 def _cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "vqgnn", "train", "--dataset", DATASET, *SMALL, *argv]
 
@@ -364,9 +388,12 @@ def test_a_checkpoint_cannot_run_code(tmp_path):
     path = tmp_path / "evil.pt"
     save_state({"epoch": 1, "evil": _Payload(str(marker))}, path)
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="holds objects that are not weights"):
+    with pytest.raises(CheckpointError, match="holds objects that are not weights: it would "
+                                              "import \\S+; it is refused rather than "
+                                              "run") as info:
         load_state(path)
     assert not marker.exists()  # nothing ran
+    assert "\x1b" not in str(info.value) and "\n" not in str(info.value)  # one plain line
 
 
 # ------------------------------------------------------ 10. smaller ones

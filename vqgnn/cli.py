@@ -300,6 +300,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     parallel = args._parallel = data_parallel(args)
     if args.json:  # before training: a bad path must not cost a run
         check_writable(args.json, "--json")
+    if args.checkpoint and parallel.is_main:  # the same for every method's checkpoint
+        from vqgnn.train.checkpoint import check_checkpoint_path
+
+        for method in methods:
+            check_checkpoint_path(method_checkpoint(args, method), "--checkpoint")
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if args.feature_dtype != "float32":  # no float32 copy of the features stays behind
         data.x = data.x.to(FEATURE_DTYPES[args.feature_dtype])
@@ -319,6 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.json and not _recorded_before(args.json, record):
             append_record(args.json, record)
         records.append(record)
+        args._finished = [r["method"] for r in records]
     parallel.close()
     if not parallel.is_main:
         return 0
@@ -541,8 +547,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         method = getattr(args, "_current_method", None)
         where = interrupt_checkpoint_note(args, method)
-        kept = ("; records of the methods that had finished are written"
-                if getattr(args, "json", None) else "")
+        finished = getattr(args, "_finished", [])
+        kept = ""
+        if getattr(args, "json", None):
+            kept = (f"; the records of {', '.join(finished)} are in {args.json}" if finished
+                    else "; no method had finished: no record was written")
         print(f"\n{prefix}: interrupted{f' while training {method}' if method else ''}"
               f"{where}{kept}", file=sys.stderr)
         code = EXIT_INTERRUPTED

@@ -57,11 +57,13 @@ def test_check_batch_accepts_distinct_ids_in_range():
     (torch.tensor([0, 5]), r"'VQConv': 'batch' holds node ids in \[0, 5\], outside \[0, 5\)"),
     (torch.tensor([-1, 2]), r"'batch' holds node ids in \[-1, 2\], outside \[0, 5\)"),
     (torch.tensor([], dtype=torch.long), r"'VQConv': 'batch' is empty"),
-    (torch.tensor([[0, 1]]), r"'batch' must be a 1-D integer tensor of node ids, "
-                             r"received \(1, 2\)"),
-    (torch.tensor([0.0, 1.0]), r"'batch' must be a 1-D integer tensor of node ids, "
-                               r"received \(2,\)"),
-    ([0, 1], r"'batch' must be a 1-D integer tensor of node ids, received list"),
+    (torch.tensor([[0, 1]]), r"'batch' must be a 1-D int64 or int32 tensor of node ids, "
+                             r"received shape \(1, 2\) and dtype torch.int64"),
+    (torch.tensor([0.0, 1.0]), r"'batch' must be a 1-D int64 or int32 tensor of node ids, "
+                               r"received shape \(2,\) and dtype torch.float32"),
+    (torch.tensor([True, False]), r"received shape \(2,\) and dtype torch.bool \(a mask: "
+                                  r"pass its node ids, mask.nonzero\(\).view\(-1\)\)"),
+    ([0, 1], r"'batch' must be a 1-D int64 or int32 tensor of node ids, received list"),
 ])
 def test_check_batch_errors(batch, match):
     with pytest.raises(ValueError, match=match):

@@ -116,9 +116,14 @@ class VQGraph:
         """
         if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.dtype not in (
                 torch.int64, torch.int32):
-            shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-            raise ConfigError(f"'{owner}': 'batch' must be a 1-D integer tensor of node ids, "
-                              f"received {shape}")
+            if not isinstance(batch, Tensor):
+                got = type(batch).__name__
+            else:
+                got = f"shape {tuple(batch.shape)} and dtype {batch.dtype}"
+                if batch.dtype == torch.bool:
+                    got += " (a mask: pass its node ids, mask.nonzero().view(-1))"
+            raise ConfigError(f"'{owner}': 'batch' must be a 1-D int64 or int32 tensor of "
+                              f"node ids, received {got}")
         if batch.numel() == 0:
             raise ConfigError(f"'{owner}': 'batch' is empty")
         if not values:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Union
@@ -56,6 +57,26 @@ def checkpoint_path(base: PathLike, method: str) -> Path:
     if not text or text.endswith(("/", os.sep)):
         raise ConfigError(f"'checkpoint' must name a file, received {os.fspath(base)!r}")
     return Path(f"{text}.{method}.pt")
+
+
+def check_checkpoint_path(path: PathLike, owner: str = "checkpoint") -> Path:
+    """Raise :class:`~vqgnn.errors.ConfigError` unless a checkpoint can be written at
+    ``path`` (its folder is created, and a temporary file written there and removed):
+    checked before a run starts, so that no training is lost to a bad path. Nothing is
+    left at ``path`` itself."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"'{owner}': {str(path)!r} is a directory, not a checkpoint file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"'{owner}': cannot write a checkpoint at {str(path)!r}: "
+                          f"{err.strerror or err}") from None
+    return path
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,11 +123,14 @@ def load_state(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err).strip()
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # no terminal escapes
         first = text.splitlines()[0] if text else type(err).__name__
         if "global" in text.lower():  # a class or function to import: code, not weights
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f": it would import {found.group(1)}" if found else ""
             raise CheckpointError(f"the checkpoint {str(path)!r} holds objects that are not "
-                                  f"weights ({first}); it is refused rather than run") from None
+                                  f"weights{what}; it is refused rather than run (is it "
+                                  f"a checkpoint written by vqgnn?)") from None
         raise CheckpointError(f"the checkpoint {str(path)!r} cannot be read ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
             IndexError, KeyError) as err:
