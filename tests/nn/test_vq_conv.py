@@ -947,3 +947,22 @@ def test_a_generic_layer_with_edge_weights_never_loses_them_silently() -> None:
     plain = VQGraph(edge_index, n)  # without weights: runs
     torch.testing.assert_close(layer(x, plain), conv(x, edge_index))
     layer(x[:8], plain, torch.arange(8))
+
+
+def test_a_generic_layer_that_needs_edge_attributes_is_one_clear_error() -> None:
+    class EdgeAttrConv(MessagePassing):
+        def __init__(self) -> None:
+            super().__init__(aggr="add")
+            self.in_channels = 4
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+            return self.propagate(edge_index, x=self.lin(x), edge_attr=edge_attr)
+
+        def message(self, x_j: Tensor, edge_attr: Tensor) -> Tensor:
+            return x_j * edge_attr
+
+    with pytest.raises(ValueError, match="'VQConv' runs 'EdgeAttrConv' as forward\\(x, "
+                                         "edge_index\\), which failed \\(.*edge_attr.*\\); a "
+                                         "layer that needs more inputs"):
+        VQConv(EdgeAttrConv(), num_codewords=4, num_nodes=10)

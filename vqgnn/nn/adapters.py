@@ -413,7 +413,13 @@ class GenericAdapter(ConvAdapter):
     def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
         x = torch.zeros(2, in_channels)
         edge_index = torch.tensor([[0], [1]])
-        agg = run_capturing_aggregate(conv, x, edge_index, conv.__call__)[1]
+        try:
+            agg = run_capturing_aggregate(conv, x, edge_index, conv.__call__)[1]
+        except TypeError as err:  # e.g. a forward that needs edge_attr
+            raise ConfigError(f"'VQConv' runs '{type(conv).__name__}' as forward(x, "
+                              f"edge_index), which failed ({err}); a layer that needs more "
+                              f"inputs (edge attributes) needs an adapter of its own "
+                              f"(register_adapter)") from None
         return agg.size(-1)
 
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
