@@ -368,9 +368,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None,
                         help="seeds (or given splits) per configuration (default: preset's)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's")
-    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
-                        help="training precision (default: the preset's, float32); "
-                             "bfloat16: each step's forward under torch.autocast")
+    parser.add_argument("--precision", default=None,
+                        help=f"training precision, one of {PRECISIONS} (default: the "
+                             f"preset's, float32; bfloat16: each step's forward under "
+                             f"torch.autocast), or several, comma-separated, for a table "
+                             f"of float32 against bfloat16")
     parser.add_argument("--batch-sizes", default=None,
                         help=f"comma-separated batch sizes (preset batch: {BATCH_SIZES})")
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"),
@@ -407,6 +409,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.conv_list = (args.convs or DEFAULT_CONVS[args.preset]).split(",")
     batch_sizes = args.batch_sizes or (BATCH_SIZES if args.preset == "batch" else None)
     args.batch_size_list = _ints(batch_sizes, "--batch-sizes") or [None]
+    args.precision_list = args.precision.split(",") if args.precision else [None]
+    bad = [p for p in args.precision_list if p not in PRECISIONS]
+    if bad:
+        parser.error(f"--precision takes values in {PRECISIONS}, received {args.precision!r}")
     for name, value in (("--runs", args.runs), ("--epochs", args.epochs),
                         ("--workers", args.workers), ("--checkpoint-every", args.checkpoint_every)):
         if value is not None and value < 1:
@@ -430,8 +436,9 @@ def plan(args: argparse.Namespace) -> list[Run]:
                         if method == "full" and batch_size not in (None,
                                                                    args.batch_size_list[0]):
                             continue  # full-graph training has no batch size
-                        runs.append(Run(presets[key], method, conv, index, batch_size,
-                                        args.epochs, getattr(args, "precision", None)))
+                        for precision in getattr(args, "precision_list", [None]):
+                            runs.append(Run(presets[key], method, conv, index, batch_size,
+                                            args.epochs, precision))
     if getattr(args, "interleave", False):
         runs.sort(key=lambda run: run.index)  # stable: the order within a split stays
     return runs
@@ -620,7 +627,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     title = (f"Grid '{args.preset}' ({len(records)} runs, device {device}, torch threads "
              f"{'/'.join(map(str, threads))}); command: python benchmarks/grid.py "
              f"{' '.join(sys.argv[1:] if argv is None else argv)}")
-    if args.preset in ("accuracy", "all-quantized", "all-quantized-metis"):
+    if len(getattr(args, "precision_list", [None])) > 1:
+        tables = report.precision_table(records)
+    elif args.preset in ("accuracy", "all-quantized", "all-quantized-metis"):
         tables = report.accuracy_table(records, args.method_list)
     elif args.preset in ("published", "published-steps"):
         tables = report.published_table(records)

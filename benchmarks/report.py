@@ -124,6 +124,36 @@ def published_table(records: list[Record]) -> list[str]:
     return lines
 
 
+def _precision(record: Record) -> str:
+    return record["train_config"].get("precision", "float32")
+
+
+def precision_table(records: list[Record]) -> list[str]:
+    """Markdown: per dataset, backbone and method, float32 against bfloat16 autocast
+    (``TrainConfig.precision``): median epoch, training memory, the last epoch's loss and
+    the test metric (medians and means over the runs of each)."""
+    head = ["dataset", "conv", "method", "runs", "float32 epoch (s)", "bfloat16 epoch (s)",
+            "float32 / bfloat16", "float32 train memory (MB)", "bfloat16 train memory (MB)",
+            "float32 last loss", "bfloat16 last loss", "float32 test", "bfloat16 test"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, conv, method), runs in sorted(
+            _group(records, "dataset", "conv", "method").items()):
+        by = {p: [r for r in runs if _precision(r) == p] for p in ("float32", "bfloat16")}
+        if not by["float32"] or not by["bfloat16"]:
+            continue
+        epoch = {p: _median(v, "median_epoch_seconds") for p, v in by.items()}
+        row = [dataset, conv, method, str(min(len(v) for v in by.values())),
+               f"{epoch['float32']:.3f}", f"{epoch['bfloat16']:.3f}",
+               f"{epoch['float32'] / epoch['bfloat16']:.2f}x"]
+        row += [_mb(statistics.median(r["peak_memory_bytes"] for r in by[p]))
+                for p in ("float32", "bfloat16")]
+        row += [f"{_mean(r['history'][-1]['loss'] for r in by[p]):.4f}"
+                for p in ("float32", "bfloat16")]
+        row += [mean_std([r["test"] for r in by[p]]) for p in ("float32", "bfloat16")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def _epochs_by_device(records: list[Record]) -> str:
     """Median epoch seconds per kind of device (``0.1254 (cuda) / 3.0260 (cpu)``): one
     median over runs on a GPU and on a CPU would be neither's."""

@@ -870,6 +870,24 @@ def test_grid_precision_reaches_the_runs_and_their_identity():
     assert [r.train.precision for r in grid.plan(args)] == ["bfloat16"]
     with pytest.raises(SystemExit):
         grid.parse_args(["--precision", "float16"])
+    both = grid.parse_args(["--preset", "published", "--datasets", "tolokers", "--methods",
+                            "vq", "--convs", "gcn", "--runs", "1", "--precision",
+                            "float32,bfloat16"])
+    assert [r.train.precision for r in grid.plan(both)] == ["float32", "bfloat16"]
+
+
+def test_precision_table_compares_float32_with_bfloat16():
+    def record(precision, epoch, memory, loss, test):
+        return {"dataset": "Tolokers", "conv": "gcn", "method": "vq", "test": test,
+                "median_epoch_seconds": epoch, "peak_memory_bytes": memory,
+                "history": [{"loss": 9.0}, {"loss": loss}],
+                "train_config": {} if precision == "float32" else {"precision": precision}}
+
+    lines = report.precision_table([record("float32", 3.0, 200e6, 0.5, 0.80),
+                                    record("bfloat16", 2.0, 100e6, 0.52, 0.79)])
+    assert lines[2].startswith("| Tolokers | gcn | vq | 1 | 3.000 | 2.000 | 1.50x | ")
+    assert "| 0.5000 | 0.5200 |" in lines[2]
+    assert report.precision_table([record("float32", 3.0, 1e6, 0.5, 0.8)])[2:] == []
 
 
 def test_grid_time_budget_starts_no_run_after_it(results, monkeypatch, capsys):
