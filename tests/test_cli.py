@@ -255,3 +255,21 @@ def test_train_in_bfloat16_precision_records_it(tmp_path, capsys):
     assert all(0 <= r["test"] <= 1 for r in records)
     assert run(["train", "--dataset", DATASET, "--precision", "float16"]) == 2
     assert "--precision: invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_an_unknown_option_gets_the_commands_usage_and_a_suggestion(capsys):
+    assert run(["train", "--dataset", DATASET, "--batch_size", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vqgnn train ")
+    assert err.strip().endswith("vqgnn train: error: unrecognized arguments: --batch_size 128 "
+                                "(did you mean --batch-size?)")
+    assert run(["train", "--dataset", DATASET, "--zzz"]) == 2
+    assert capsys.readouterr().err.strip().endswith("unrecognized arguments: --zzz")
+
+
+def test_train_help_names_each_default_once(capsys):
+    assert run(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert "default 1024) (default" not in out
+    assert "--epochs EPOCHS maximum epochs (default: 100)" in out

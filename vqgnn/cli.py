@@ -350,6 +350,17 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)", except where the help names the default itself or
+    there is none to name (None, or a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vqgnn.distributed import DEFAULT_TIMEOUT
     from vqgnn.nn.models import ACTIVATIONS, BACKBONES, NORMS
@@ -370,12 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a dataset and print its summary",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=_DefaultsFormatter)
     _add_dataset_args(info)
     info.set_defaults(func=cmd_info)
 
     train = sub.add_parser("train", help="train and print a summary table",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_DefaultsFormatter)
+    parser.set_defaults(_commands={"info": info, "train": train})
     _add_dataset_args(train)
     m, t, cb = ModelConfig(), TrainConfig(), CodebookOptions()  # one source for the defaults
     vq, sage, saint = VQOptions(), NeighborOptions(), SaintOptions()
@@ -510,6 +522,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """``parser.parse_args``, with an unknown option reported by its command's parser
+    (its usage and ``vqgnn train: error: ...``) and the closest known option suggested."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = args._commands[args.command]
+        known = [o for a in command._actions for o in a.option_strings]
+        hints = [close[0] for e in extra if e.startswith("-") for close in
+                 [difflib.get_close_matches(e.split("=")[0], known, n=1, cutoff=0.6)] if close]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """The ``vqgnn`` command: exits with :func:`run`'s status."""
     sys.exit(run(argv))
@@ -522,7 +550,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     from vqgnn.errors import ConfigError, DivergenceError
 
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
     except SystemExit as exit_:  # a usage error, or --help
         return int(exit_.code or 0)
     prefix = f"vqgnn {args.command}"
