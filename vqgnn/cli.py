@@ -301,10 +301,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:  # before training: a bad path must not cost a run
         check_writable(args.json, "--json")
     if args.checkpoint and parallel.is_main:  # the same for every method's checkpoint
-        from vqgnn.train.checkpoint import check_checkpoint_path
+        from vqgnn.train.checkpoint import check_checkpoint_path, checkpoint_path
 
         for method in methods:
-            check_checkpoint_path(method_checkpoint(args, method), "--checkpoint")
+            check_checkpoint_path(checkpoint_path(args.checkpoint, method), "--checkpoint")
     data = load_dataset(args.dataset, root=args.root, split=args.split, seed=args.seed)
     if args.feature_dtype != "float32":  # no float32 copy of the features stays behind
         data.x = data.x.to(FEATURE_DTYPES[args.feature_dtype])

@@ -126,8 +126,8 @@ def load_state(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # no terminal escapes
         first = text.splitlines()[0] if text else type(err).__name__
         if "global" in text.lower():  # a class or function to import: code, not weights
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f": it would import {found.group(1)}" if found else ""
+            imported = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f": it would import {imported.group(1)}" if imported else ""
             raise CheckpointError(f"the checkpoint {str(path)!r} holds objects that are not "
                                   f"weights{what}; it is refused rather than run (is it "
                                   f"a checkpoint written by vqgnn?)") from None
