@@ -168,6 +168,8 @@ def test_train_baselines_side_by_side(tmp_path, capsys):
     for r in records:
         assert JSON_KEYS <= r.keys() and r["test_vq"] is None
         assert f"| {r['method']} |" in table
+    size = records[1]["train_config"]["batch_size"]  # full-graph training has none
+    assert (f"batch size: sage {size}, cluster {size}, saint {size}, K=") in table
     configs = {r["method"]: r["train_config"] for r in records}
     assert configs["sage"]["num_neighbors"] == [4, 3]
     assert configs["cluster"]["num_parts"] == 8 and configs["saint"]["walk_length"] == 3

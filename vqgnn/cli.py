@@ -329,10 +329,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not parallel.is_main:
         return 0
     print()
-    batch = "/".join(str(r["train_config"].get("batch_size", "-")) for r in records)
+    batch = ", ".join(f"{r['method']} {r['train_config']['batch_size']}" for r in records
+                      if r["train_config"].get("batch_size") is not None) or "whole graph"
     ranks = f", ranks={parallel.world_size}" if parallel.world_size > 1 else ""
     print(f"{data.name} (split {data.split}), conv={args.conv}, hidden={args.hidden}, "
-          f"layers={args.layers}, batch={batch}, K={args.num_codewords}, "
+          f"layers={args.layers}, batch size: {batch}, K={args.num_codewords}, "
           f"seed={args.seed}, device={records[0]['device']}{ranks}")
     print("\n".join(summary_table(records)))
     print(f"peak train memory: {records[0]['memory_measure']}; peak RSS: "
