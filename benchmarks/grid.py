@@ -410,7 +410,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     batch_sizes = args.batch_sizes or (BATCH_SIZES if args.preset == "batch" else None)
     args.batch_size_list = _ints(batch_sizes, "--batch-sizes") or [None]
     args.precision_list = args.precision.split(",") if args.precision else [None]
-    bad = [p for p in args.precision_list if p not in PRECISIONS]
+    bad = [p for p in args.precision_list if p is not None and p not in PRECISIONS]
     if bad:
         parser.error(f"--precision takes values in {PRECISIONS}, received {args.precision!r}")
     for name, value in (("--runs", args.runs), ("--epochs", args.epochs),

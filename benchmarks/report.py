@@ -145,8 +145,10 @@ def precision_table(records: list[Record]) -> list[str]:
         row = [dataset, conv, method, str(min(len(v) for v in by.values())),
                f"{epoch['float32']:.3f}", f"{epoch['bfloat16']:.3f}",
                f"{epoch['float32'] / epoch['bfloat16']:.2f}x"]
-        row += [_mb(statistics.median(r["peak_memory_bytes"] for r in by[p]))
-                for p in ("float32", "bfloat16")]
+        row += [_mb(statistics.median(values)) if values else "-"
+                for values in ([r["peak_memory_bytes"] for r in by[p]
+                                if r.get("peak_memory_bytes") is not None]
+                               for p in ("float32", "bfloat16"))]
         row += [f"{_mean(r['history'][-1]['loss'] for r in by[p]):.4f}"
                 for p in ("float32", "bfloat16")]
         row += [mean_std([r["test"] for r in by[p]]) for p in ("float32", "bfloat16")]

@@ -220,7 +220,7 @@ def test_input_errors_are_one_line_and_bugs_show_their_traceback(monkeypatch, ca
     assert run(["train", "--dataset", DATASET, "--codebook-decay", "1.5", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == ("vqgnn train: error: 'CodebookOptions': 'decay' must be in [0, 1), "
-                   "received 1.5\n")
+                   "received 1.5 (option --codebook-decay)\n")
 
     def bug(*args, **kwargs):
         raise ValueError("a library bug, not the user's input")
@@ -275,3 +275,16 @@ def test_train_help_names_each_default_once(capsys):
     assert "(default: None)" not in out and "(default: False)" not in out
     assert "default 1024) (default" not in out
     assert "--epochs EPOCHS maximum epochs (default: 100)" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--codebook-decay", "1.5"], "'decay' must be in [0, 1), received 1.5 (option "
+                                  "--codebook-decay)"),
+    (["--layers", "0"], "'num_layers' must be an int >= 1, received 0 (option --layers)"),
+    (["--lr", "-1"], "'lr' must be > 0, received -1.0 (option --lr)"),
+    (["--method", "vqq"], "received 'vqq' (option --method)"),
+])
+def test_a_bad_option_value_names_the_option(argv, message, capsys):
+    assert run(["train", "--dataset", DATASET, "--epochs", "1", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -85,6 +85,29 @@ CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
                   "kmeans_backend": "kmeans_backend", "kmeans_iters": "kmeans_iters"}
 
 
+#: Parameters whose command-line option is not ``--`` + the name with dashes.
+_FLAG_OF = {**{field: "--" + dest.replace("_", "-") for dest, field in CODEBOOK_FLAGS.items()},
+            "num_layers": "--layers", "hidden_channels": "--hidden", "layers": "--layers",
+            "hidden": "--hidden", "heads": "--attention-heads"}
+
+
+def _naming_the_flag(message: str, args: argparse.Namespace) -> str:
+    """``message`` with the command-line option of the parameter it names appended (the
+    library's errors name parameters: ``'decay' must be ...`` comes from
+    ``--codebook-decay``)."""
+    import re
+
+    found = re.search(r"'(\w+)' (?:must|needs|takes|is)", message)
+    if found is None or "'--" in message:
+        return message
+    name = found.group(1)
+    commands = getattr(args, "_commands", {})
+    known = {o for a in commands["train"]._actions for o in a.option_strings} \
+        if "train" in commands else set()
+    flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+    return f"{message} (option {flag})" if flag in known else message
+
+
 def refresh_passes(text: str) -> Union[int, str]:
     """``--inference-refresh``: an int >= 0 or ``auto``."""
     if text == "auto":
@@ -176,7 +199,6 @@ def train_one(data, method: str, args: argparse.Namespace, options: dict) -> dic
         where = (f"resuming from {checkpoint}" if Path(checkpoint).exists()
                  else f"no checkpoint at {checkpoint}: starting from epoch 1")
         print(f"[{method}] {where}", file=sys.stderr, flush=True)
-    args._checkpoint_before = _file_key(checkpoint)
     config = train_config(args, method, options, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
     return run_experiment(data, model_config(args), config, log=log, resume=args.resume,
@@ -313,6 +335,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print()
     records = []
     for method in methods:  # each record is written as soon as its method finishes
+        args._checkpoint_before = _file_key(method_checkpoint(args, method))
         args._current_method = method
         try:
             record = train_one(data, method, args, options[method])
@@ -560,7 +583,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         # Bad input or configuration: one line. Anything unexpected is a bug and shows
         # its traceback.
-        print(f"{prefix}: error: {err}", file=sys.stderr)
+        text = _naming_the_flag(str(err), args) if isinstance(err, ConfigError) else str(err)
+        print(f"{prefix}: error: {text}", file=sys.stderr)
         code = EXIT_INPUT
     except DivergenceError as err:
         print(f"{prefix}: error: {err}", file=sys.stderr)
@@ -575,7 +599,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         code = EXIT_IO
     except KeyboardInterrupt:
         method = getattr(args, "_current_method", None)
-        where = interrupt_checkpoint_note(args, method)
+        parallel = getattr(args, "_parallel", None)  # checkpoints are rank 0's to name
+        main_rank = parallel is None or parallel.is_main
+        where = interrupt_checkpoint_note(args, method) if main_rank else ""
         finished = getattr(args, "_finished", [])
         kept = ""
         if getattr(args, "json", None):

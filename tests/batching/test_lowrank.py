@@ -833,3 +833,38 @@ def test_spmm_and_the_per_edge_logits_name_bad_shapes():
     with pytest.raises(ConfigError, match=r"'per_edge_pair_logits': .* received \(4, 2, 3\), "
                                           r"\(4, 2, 3\), \(1, 2, 3\), \(2,\) and \(1,\)"):
         lowrank.per_edge_pair_logits(src, src, edges, edges[:1], att, 0.2)
+
+
+def test_the_fused_kernels_ignore_an_autocast_around_them():
+    """Under CPU autocast, float32 inputs give exactly what they give without it (the
+    kernels turn autocast off inside, so a product never runs in half precision beside
+    float32 saved tensors): GATv2's logits, the attention aggregation and the sparse
+    product, values and gradients."""
+    gen = torch.Generator().manual_seed(7)
+    row = torch.tensor([0, 0, 1, 2, 2, 3])
+    col = torch.tensor([1, 3, 0, 2, 0, 3])
+    src, dst = torch.randn(4, 2, 3, generator=gen), torch.randn(4, 2, 3, generator=gen)
+    att = torch.randn(1, 2, 3, generator=gen)
+    edges = BatchEdges(row, col, torch.ones(6), torch.ones(6), 4, 4, merged=True)
+    alpha = torch.rand(6, 2, generator=gen)
+    a = torch.sparse_coo_tensor(torch.stack([row, col]), torch.rand(6, generator=gen),
+                                (4, 4)).to_sparse_csr()
+    x = torch.randn(4, 5, generator=gen)
+    calls = [
+        (lambda t: lowrank.pair_logits(t[0], t[1], row, col, t[2], 0.2), [src, dst, att]),
+        (lambda t: attention_aggregate(edges, t[0], t[1]), [alpha, src]),
+        (lambda t: lowrank.spmm(a, t[0]), [x]),
+    ]
+    for fn, inputs in calls:
+        results = []
+        for autocast in (False, True):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = fn(leaves)
+                loss = out.pow(2).sum()
+            results.append((out, torch.autograd.grad(loss, leaves)))  # outside, as advised
+        (want, want_grads), (got, got_grads) = results
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want)
+        for g, w in zip(got_grads, want_grads):
+            assert torch.equal(g, w)

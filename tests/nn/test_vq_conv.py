@@ -572,7 +572,7 @@ def test_batch_values_are_checked_only_when_asked() -> None:
     checked.init_codebook(x)
     with pytest.raises(ValueError, match="duplicated node ids"):
         checked(x[:3], graph, torch.tensor([1, 1, 2]))
-    with pytest.raises(ValueError, match=r"'batch' must be a 1-D integer tensor"):
+    with pytest.raises(ValueError, match=r"'batch' must be a 1-D int64 or int32 tensor"):
         fast(x[:2], graph, torch.tensor([0.0, 1.0]))  # shapes and dtypes: always
 
 
@@ -947,6 +947,16 @@ def test_a_generic_layer_with_edge_weights_never_loses_them_silently() -> None:
     plain = VQGraph(edge_index, n)  # without weights: runs
     torch.testing.assert_close(layer(x, plain), conv(x, edge_index))
     layer(x[:8], plain, torch.arange(8))
+    # a layer that takes no weights ignores them, as in PyG: said once
+    unweighted = VQConv(LinearUserConv(6, 4), num_codewords=4, num_nodes=n)
+    with pytest.warns(UserWarning, match="'LinearUserConv' takes no 'edge_weight'; it "
+                                         "ignores the graph's edge weights"):
+        unweighted(x, weighted)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unweighted(x, weighted)  # not again
 
 
 def test_a_generic_layer_that_needs_edge_attributes_is_one_clear_error() -> None:
@@ -966,3 +976,20 @@ def test_a_generic_layer_that_needs_edge_attributes_is_one_clear_error() -> None
                                          "edge_index\\), which failed \\(.*edge_attr.*\\); a "
                                          "layer that needs more inputs"):
         VQConv(EdgeAttrConv(), num_codewords=4, num_nodes=10)
+
+
+def test_a_weighted_edge_index_call_edge_cases() -> None:
+    torch.manual_seed(0)
+    conv = SAGEConv(6, 4)
+    layer = VQConv(conv, num_codewords=4, num_nodes=40, constant_input=True)
+    edge_index = random_graph(40, 160)
+    x = torch.randn(40, 6)
+    ones = torch.ones(edge_index.size(1), dtype=torch.long)  # integer weights: taken as floats
+    torch.testing.assert_close(layer(x, edge_index, edge_weight=ones), conv(x, edge_index))
+    with pytest.raises(ValueError, match="take one node feature tensor 'x', received tuple"):
+        layer((x, x), edge_index, edge_weight=ones.float())
+    with pytest.raises(ValueError, match=f"'edge_weight' must have shape "
+                                         f"\\({edge_index.size(1)},\\), received \\(3,\\)"):
+        layer(x, edge_index, edge_weight=torch.ones(3))
+    empty = layer(torch.randn(0, 6), edge_index[:, :0], edge_weight=torch.ones(0))
+    assert empty.shape == (0, 4)

@@ -749,6 +749,20 @@ def test_bfloat16_precision_runs_the_step_forward_under_autocast(data, method, m
     assert inside and not any(inside)
 
 
+def test_float32_precision_leaves_the_callers_autocast_on(data, monkeypatch):
+    cls = method_class("vq")
+    original, inside = cls.loss, []
+
+    def loss(self, batch):
+        inside.append(_autocast_on())
+        return original(self, batch)
+
+    monkeypatch.setattr(cls, "loss", loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        train(data, method="vq", epochs=1)
+    assert inside and all(inside)
+
+
 def test_bfloat16_precision_gives_float32_gradients_close_to_float32s(data):
     """One VQ-GNN step in each precision from the same state: the loss and the
     gradients agree to bfloat16's precision (and are not identical: autocast ran)."""

@@ -47,6 +47,8 @@ class VQGraph:
             of the incoming weights. Attention layers ignore them (their softmax
             normalises over the incoming edges). GraphSAINT's aggregator normalisation
             (:mod:`vqgnn.baselines`) is passed this way.
+        check: check the arguments (node ids in range, weights finite and non-negative:
+            host synchronisations on a GPU); ``False`` trusts them.
 
     Example:
         >>> graph = VQGraph(data.edge_index, data.num_nodes)
@@ -54,7 +56,23 @@ class VQGraph:
     """
 
     def __init__(self, edge_index: Tensor, num_nodes: int,
-                 edge_weight: Optional[Tensor] = None) -> None:
+                 edge_weight: Optional[Tensor] = None, check: bool = True) -> None:
+        if check:
+            self._check(edge_index, num_nodes, edge_weight)
+        self.edge_weight = edge_weight
+        self.edge_index = edge_index.long()
+        self.num_nodes = num_nodes
+        self.in_degree = torch.bincount(self.edge_index[1], minlength=num_nodes)
+        self.out_degree = torch.bincount(self.edge_index[0], minlength=num_nodes)
+        self.local = torch.full((num_nodes,), -1, dtype=torch.long, device=edge_index.device)
+        self._cache: dict[Hashable, Any] = {}
+        # The last step's batch rows (vqgnn.batching.lowrank.step_rows), shared by layers.
+        self.step_cache: Optional[tuple[Any, Tensor, int, Any]] = None
+
+    @staticmethod
+    def _check(edge_index: Tensor, num_nodes: int, edge_weight: Optional[Tensor]) -> None:
+        """The arguments' checks (host synchronisations on a GPU: ``check=False`` skips
+        them for a graph built from tensors already checked, e.g. a sampled subgraph's)."""
         if not isinstance(num_nodes, int) or num_nodes < 1:
             raise ConfigError(f"'VQGraph': 'num_nodes' must be an int >= 1, received {num_nodes!r}")
         check_edge_index(edge_index, num_nodes)
@@ -72,15 +90,6 @@ class VQGraph:
                 raise ConfigError("'VQGraph': 'edge_weight' must hold finite non-negative floats, "
                                   f"received dtype {edge_weight.dtype} with minimum "
                                   f"{edge_weight.min().item() if edge_weight.numel() else None}")
-        self.edge_weight = edge_weight
-        self.edge_index = edge_index.long()
-        self.num_nodes = num_nodes
-        self.in_degree = torch.bincount(self.edge_index[1], minlength=num_nodes)
-        self.out_degree = torch.bincount(self.edge_index[0], minlength=num_nodes)
-        self.local = torch.full((num_nodes,), -1, dtype=torch.long, device=edge_index.device)
-        self._cache: dict[Hashable, Any] = {}
-        # The last step's batch rows (vqgnn.batching.lowrank.step_rows), shared by layers.
-        self.step_cache: Optional[tuple[Any, Tensor, int, Any]] = None
 
     def cached(self, key: Hashable, build: Callable[[], T]) -> T:
         """``build()`` once per ``key``: convolution matrices shared by the layers that

@@ -189,28 +189,36 @@ def csr(crow: Tensor, col: Tensor, value: Tensor, shape: tuple[int, int]) -> Ten
         return torch.sparse_csr_tensor(crow, col, value, shape, check_invariants=False)
 
 
-def _cpu_autocast() -> bool:
-    """Whether CPU autocast is on (``is_autocast_enabled(device)`` since torch 2.4)."""
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``is_autocast_enabled(device)`` since
+    torch 2.4; before it, the CPU's query and CUDA's)."""
     try:
-        return bool(torch.is_autocast_enabled("cpu"))
+        return bool(torch.is_autocast_enabled(device_type))
     except TypeError:  # torch < 2.4
-        return bool(torch.is_autocast_cpu_enabled())
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return device_type == "cuda" and bool(torch.is_autocast_enabled())
+
+
+def no_autocast(device: torch.device) -> Any:
+    """A context with autocast off for ``device``'s type: the sparse and fused kernels
+    run in the dtype their inputs were given (autocast would cast some operands to half
+    precision and not others)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def spmm(a: Tensor, x: Tensor) -> Tensor:
-    """``a @ x`` for a sparse ``a`` and dense ``x``. torch's sparse products have no
-    half-precision kernel on the CPU: a bfloat16 or float16 ``x`` is multiplied in
-    float32 and the result cast back to its dtype, and under CPU ``torch.autocast``
-    (which would cast the operands to half precision) the product runs with autocast off,
-    in ``x``'s dtype (float32 or float64) or in float32. Differentiable in ``x``."""
+    """``a @ x`` for a sparse ``a`` and dense ``x``, differentiable in ``x``. A bfloat16
+    or float16 ``x`` is multiplied in float32 and the result cast back to its dtype
+    (torch has no half-precision sparse kernel on the CPU; on a GPU this keeps one rule),
+    and under ``torch.autocast`` (which would cast some operands to half precision) the
+    product runs with autocast off, in ``x``'s dtype (float32 or float64) or in float32."""
     if a.dim() != 2 or x.dim() != 2 or a.size(1) != x.size(0):
         raise ConfigError(f"'spmm': 'a' (n, m) and 'x' (m, D) expected, received "
                           f"{tuple(a.shape)} and {tuple(x.shape)}")
-    if x.device.type != "cpu":
+    if x.dtype not in _HALF_DTYPES and not _autocast_on(x.device.type):
         return a @ x
-    if x.dtype not in _HALF_DTYPES and not _cpu_autocast():
-        return a @ x
-    with torch.autocast("cpu", enabled=False):
+    with no_autocast(x.device):
         if x.dtype in _HALF_DTYPES:
             return (a.to(torch.float32) @ x.float()).to(x.dtype)
         return a.to(x.dtype) @ x
@@ -461,14 +469,15 @@ class _AttentionAggregate(torch.autograd.Function):
         crow = _row_pointer(row, num_rows)
         ctx.save_for_backward(row, col, crow, alpha, value)
         shape = (num_rows, value.size(0))
-        with torch.autocast("cpu", enabled=False):  # no half-precision CSR kernel there
+        with no_autocast(value.device):  # in value's dtype, as the backward assumes
             return _per_head(crow, col, alpha, shape, value.transpose(0, 1).contiguous())
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        with torch.autocast("cpu", enabled=False):  # a backward called under autocast
-            return _AttentionAggregate._backward(ctx, grad)
+        value = ctx.saved_tensors[3]
+        with no_autocast(value.device):  # a backward called under autocast
+            return _AttentionAggregate._backward(ctx, grad.to(value.dtype))
 
     @staticmethod
     def _backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
@@ -559,15 +568,21 @@ class _PairLogits(torch.autograd.Function):
         num_edges, heads, channels = row.numel(), src.size(1), src.size(2)
         out = src.new_empty(num_edges, heads)
         step = _pair_step(heads, channels)
-        for start in range(0, num_edges, step):
-            r, c = row[start:start + step], col[start:start + step]
-            e = F.leaky_relu(src.index_select(0, c) + dst.index_select(0, r), slope)
-            out[start:start + step] = torch.einsum("ehc,hc->eh", e, att[0])
+        with no_autocast(src.device):  # in the inputs' dtype, as the backward assumes
+            for start in range(0, num_edges, step):
+                r, c = row[start:start + step], col[start:start + step]
+                e = F.leaky_relu(src.index_select(0, c) + dst.index_select(0, r), slope)
+                out[start:start + step] = torch.einsum("ehc,hc->eh", e, att[0])
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        with no_autocast(grad.device):  # a backward called under autocast
+            return _PairLogits._backward(ctx, grad.to(ctx.saved_tensors[0].dtype))
+
+    @staticmethod
+    def _backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
         src, dst, row, col, att = ctx.saved_tensors
         need_src, need_dst, _, _, need_att, _ = ctx.needs_input_grad
         grad_src = torch.zeros_like(src) if need_src else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Optional, Union
 
 import torch
@@ -204,9 +205,7 @@ class VQConv(QuantizedLayer):
             if edge_weight is not None and self._edge_weight_arg:
                 return self.conv(x, graph, edge_weight=edge_weight)
             if edge_weight is not None and isinstance(self.adapter, LinearAdapter):
-                weighted = VQGraph(graph, x.size(0), edge_weight=edge_weight)
-                op = self.adapter.operator(self.conv, weighted)  # not cached: one call's
-                return self._full_pair(x, weighted, op)[0]
+                return self._weighted_call(x, graph, edge_weight)
             return self.conv(x, graph)
         if not isinstance(graph, VQGraph):
             raise ConfigTypeError(f"'VQConv': 'graph' must be a VQGraph or an edge_index "
@@ -221,9 +220,35 @@ class VQConv(QuantizedLayer):
             return self._full(x, graph)
         return self._forward_batch(x, graph, batch)
 
+    def _weighted_call(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+        """An ``edge_index`` call with weights for a layer whose ``forward`` takes none
+        (SAGE, GIN): the adapter's weighted operator on that graph, built per call (the
+        weights as constants, as GraphSAINT's are; an unchecked graph: the sampler's
+        tensors, no host synchronisation for checks)."""
+        if not isinstance(x, Tensor):
+            raise ConfigError(f"'VQConv': weighted edge_index calls of "
+                              f"'{type(self.conv).__name__}' take one node feature tensor "
+                              f"'x', received {type(x).__name__}")
+        if edge_weight.shape != (edge_index.size(1),):
+            raise ConfigError(f"'VQConv': 'edge_weight' must have shape "
+                              f"({edge_index.size(1)},), received {tuple(edge_weight.shape)}")
+        if x.size(0) == 0:
+            return self.conv(x, edge_index)
+        weighted = VQGraph(edge_index, x.size(0), edge_weight=edge_weight.detach(), check=False)
+        op = self.adapter.operator(self.conv, weighted)  # not cached: this call's graph
+        return self._full_pair(x, weighted, op)[0]
+
     def _check_generic_weights(self, graph: VQGraph) -> None:
         """A layer of the generic path is called with ``edge_index`` alone: one whose
-        ``forward`` takes ``edge_weight`` would silently lose a weighted graph's weights."""
+        ``forward`` takes ``edge_weight`` would silently lose a weighted graph's weights
+        (refused); one that takes none ignores them, as it would in PyG (a warning, once)."""
+        if graph.edge_weight is not None and not self._edge_weight_arg:
+            if not getattr(self, "_warned_weights", False):
+                self._warned_weights = True
+                warnings.warn(f"'VQConv': '{type(self.conv).__name__}' takes no "
+                              f"'edge_weight'; it ignores the graph's edge weights",
+                              stacklevel=4)
+            return
         if graph.edge_weight is not None and self._edge_weight_arg:
             raise ConfigError(
                 f"'VQConv': the graph has edge weights and '{type(self.conv).__name__}' takes "

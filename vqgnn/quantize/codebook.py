@@ -188,10 +188,14 @@ class Codebook(torch.nn.Module):
         self._record_error(x, codes)  # the k-means error, until the first update
         return codes
 
-    def _record_error(self, x: Tensor, codes: Tensor) -> None:
-        """``last_error`` of ``x`` against its codewords (summed over the workers)."""
-        residual = x - self.embed.index_select(0, codes)
-        err = torch.stack([residual.pow(2).sum(), x.pow(2).sum()])
+    def _record_error(self, x: Tensor, codes: Tensor, chunk: int = 65536) -> None:
+        """``last_error`` of ``x`` against its codewords (summed over the workers), by
+        row chunks: no (N, D) temporary after a k-means initialisation on all N nodes."""
+        err = x.new_zeros(2)
+        for start in range(0, x.size(0), chunk):
+            part = x[start:start + chunk]
+            residual = part - self.embed.index_select(0, codes[start:start + chunk])
+            err += torch.stack([residual.pow(2).sum(), part.pow(2).sum()])
         self.all_reduce_fn(err)
         self.last_error.copy_(err[0] / err[1].clamp_min(1e-12))
 

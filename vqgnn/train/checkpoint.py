@@ -127,7 +127,7 @@ def load_state(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict
         first = text.splitlines()[0] if text else type(err).__name__
         if "global" in text.lower():  # a class or function to import: code, not weights
             imported = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f": it would import {imported.group(1)}" if imported else ""
+            what = f": it would import {imported.group(1)}" if imported else f" ({first})"
             raise CheckpointError(f"the checkpoint {str(path)!r} holds objects that are not "
                                   f"weights{what}; it is refused rather than run (is it "
                                   f"a checkpoint written by vqgnn?)") from None

@@ -548,8 +548,9 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         with (SavedTensorMeter(self.device) if self.config.measure_memory
               else nullcontext()) as meter:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.config.precision == "bfloat16"):
+            # float32 leaves any autocast the caller opened as it is
+            with (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                  if self.config.precision == "bfloat16" else nullcontext()):
                 step = self.method.loss(batch)
             if step is None:
                 return None
