@@ -32,7 +32,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+
+from vqgnn.cli import script_parser
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -233,9 +234,7 @@ def table(records: list[dict[str, Any]], keys: list[str],
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[1:]))
+    parser = script_parser(__doc__)
     parser.add_argument("--datasets", default=",".join(DATASETS),
                         help=f"comma-separated, of {', '.join(DATASETS)}")
     parser.add_argument("--runs", type=int, default=None, help="seeds or given splits (3)")

@@ -22,7 +22,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import attention, grid  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.train.records import read_records, strict_json  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def table(records: list[dict[str, Any]], dataset: str) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--dataset", default="amherst41", choices=sorted(attention.DATASETS))
     parser.add_argument("--decays", default="0.99,0.9,0.8,0.7,0.5",
                         help="comma-separated codebook EMA decays, each in [0, 1)")

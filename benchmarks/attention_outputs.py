@@ -20,7 +20,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks.attention import DATASETS  # noqa: E402
 from benchmarks.grid import Run, prepare_root  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.errors import DivergenceError  # noqa: E402
 from vqgnn.train import Trainer, TrainResult  # noqa: E402
@@ -49,9 +49,7 @@ def output_figures(out: torch.Tensor) -> tuple[float, float]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[1:]))
+    parser = script_parser(__doc__)
     parser.add_argument("--dataset", default="minesweeper", choices=list(DATASETS))
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
     parser.add_argument("--method", default="full", choices=["full", "vq"])

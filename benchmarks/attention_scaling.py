@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import report  # noqa: E402
 from vqgnn import VQGraph  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.nn import GlobalAttention  # noqa: E402
 from vqgnn.train.meters import SavedTensorMeter  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
@@ -140,7 +141,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> Optional[Path]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", default="1000,3000,10000,30000,100000,300000,1000000")
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)

@@ -13,7 +13,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vqgnn.batching.samplers import metis_partition  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def inside_fraction(name: str, batch_size: int, root: Optional[str] = None,
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("pairs", nargs="+", help="dataset:batch_size")
     parser.add_argument("--root", default=None)
     args = parser.parse_args(argv)

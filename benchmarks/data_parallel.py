@@ -28,6 +28,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from vqgnn.cli import script_parser
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "data_parallel.jsonl"
 
@@ -147,7 +149,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--nproc", default="1,2,4", help="comma-separated process counts")
     parser.add_argument("--num-nodes", dest="n", type=int, default=1_000_000,
                         help="synthetic graph nodes")

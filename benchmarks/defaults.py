@@ -11,7 +11,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import grid  # noqa: E402
 from vqgnn.cli import run as vqgnn_run  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
 
 #: (key, what the user types as --dataset, the suite preset whose data folder it reads;
@@ -46,7 +46,7 @@ def run(dataset: str, root: Optional[str], extra: list[str]) -> list[dict[str, A
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
     parser.add_argument("--datasets", default=",".join(k for k, _, _ in DATASETS))
     parser.add_argument("--out", type=Path, default=grid.RESULTS / "defaults.jsonl")

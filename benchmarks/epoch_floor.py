@@ -33,7 +33,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import platform
@@ -57,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks import report  # noqa: E402
 from benchmarks.grid import RESULTS, copy_root  # noqa: E402
 from vqgnn.batching.lowrank import transposed_matmul  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
@@ -238,7 +238,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--graphs", nargs="+", default=list(GRAPHS),
                         help="Tolokers and/or synthetic:key=value,... names (default: Tolokers "
                              "and the 10^6-node synthetic graph)")

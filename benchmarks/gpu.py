@@ -25,7 +25,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from vqgnn.cli import script_parser
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,7 +69,7 @@ def run_step(name: str, commands: list[list[str]], limit: float, log: Path) -> s
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default="100000,1000000,3000000")
     parser.add_argument("--attention-sizes", default="10000,100000,1000000")

@@ -59,6 +59,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import report  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset, parse_synthetic  # noqa: E402
 from vqgnn.errors import DivergenceError  # noqa: E402
 from vqgnn.quantize import CodebookOptions  # noqa: E402
@@ -356,9 +357,7 @@ def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[1:]))
+    parser = script_parser(__doc__)
     parser.add_argument("--preset", default="suite", choices=sorted(PRESETS))
     parser.add_argument("--datasets", default=None, help="comma-separated preset keys")
     parser.add_argument("--methods", default=None,

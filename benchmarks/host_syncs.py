@@ -14,7 +14,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import traceback
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN
 from vqgnn.train import TrainConfig, Trainer
@@ -74,7 +74,7 @@ def count_syncs(step: Callable[[], Any]) -> collections.Counter:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=3000)
     parser.add_argument("--conv", default="gcn", choices=["gcn", "sage", "gat"])
     parser.add_argument("--layers", type=int, default=3)

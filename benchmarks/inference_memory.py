@@ -53,6 +53,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vqgnn import VQGNN, VQGraph  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
@@ -230,7 +231,7 @@ def modes_list(text: str) -> tuple[str, ...]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", default="10000,100000,1000000,10000000")
     parser.add_argument("--deg", type=float, default=10.0)
     parser.add_argument("--power", type=float, default=2.5,

@@ -25,6 +25,7 @@ import time
 import torch
 
 from vqgnn import VQGNN, VQGraph
+from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset
 
 
@@ -53,7 +54,7 @@ def timed(fn, repeat: int) -> tuple[float, torch.Tensor]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--nodes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--deg", type=int, default=10)
     parser.add_argument("--features", type=int, default=32)

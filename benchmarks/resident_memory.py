@@ -29,6 +29,7 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
@@ -150,7 +151,7 @@ def table(points: list[tuple[int, int, dict[str, int]]]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=20000)
     parser.add_argument("--deg", type=float, default=10.0)
     parser.add_argument("--conv", default="gcn")

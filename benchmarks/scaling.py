@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import report  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.train.records import append_record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -225,7 +226,7 @@ def plot(records: list[dict[str, Any]], methods: list[str], path: Path) -> Optio
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", default="10000,100000,1000000,2000000")
     parser.add_argument("--methods", default="vq,full,sage,cluster,saint")
     parser.add_argument("--deg", type=int, default=10, help="average degree")

@@ -19,7 +19,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import grid  # noqa: E402
 from benchmarks.report import curve_figures, gap_parts  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
@@ -70,7 +70,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--dataset", default="cora", choices=sorted(grid.PRESETS["suite"]))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3)

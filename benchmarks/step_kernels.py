@@ -40,7 +40,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from functools import partial
@@ -67,6 +66,7 @@ from vqgnn.batching.lowrank import (  # noqa: E402
     thin_matmul,
     thin_matmul_t,
 )
+from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.nn.models import dropout  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
 
@@ -187,7 +187,7 @@ def rows(calls: int, repeat: int, attention_edges: int = 300_000,
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--calls", type=int, default=50, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=3, help="timings per row (best kept)")

@@ -9,7 +9,6 @@ only report the same or a higher peak).
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Callable, List, Optional
 
 from torch_geometric.data import Data
 
+from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset, parse_synthetic, synthetic_graph
 
 
@@ -38,7 +38,7 @@ def _time(build: Callable[[], Data], repeat: int) -> tuple[Data, float]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="number of nodes")
     parser.add_argument("--deg", type=float, default=20.0, help="average degree")
     parser.add_argument("--seed", type=int, default=0)

@@ -63,7 +63,10 @@ from benchmarks import grid  # noqa: E402
 from benchmarks.batch_edges import batch_labels, edges_inside  # noqa: E402
 from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.batching.samplers import metis_partition, part_batches  # noqa: E402
-from vqgnn.cli import refresh_passes  # noqa: E402
+from vqgnn.cli import (
+    refresh_passes,  # noqa: E402
+    script_parser,  # noqa: E402
+)
 from vqgnn.datasets import load_dataset, score  # noqa: E402
 from vqgnn.quantize.functional import nearest_codeword  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
@@ -331,7 +334,7 @@ def sweep_summary(records: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--dataset", default="synthetic:n=100000,deg=20,signal=0.3")
     parser.add_argument("--root", default=None)
     parser.add_argument("--vary", choices=["seed", "split"], default="seed")

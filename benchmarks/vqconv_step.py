@@ -25,6 +25,7 @@ import torch
 from torch_geometric.nn import GCNConv
 
 from vqgnn import VQConv, VQGraph
+from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset
 from vqgnn.train import SavedTensorMeter, Timer
 
@@ -92,7 +93,7 @@ def run(num_nodes: int, args: argparse.Namespace, device: torch.device) -> list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--nodes", type=int, nargs="+", default=[20_000, 200_000, 2_000_000])
     parser.add_argument("--degree", type=float, default=50)
     parser.add_argument("--batch-size", type=int, default=4096)

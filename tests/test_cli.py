@@ -288,3 +288,25 @@ def test_a_bad_option_value_names_the_option(argv, message, capsys):
     assert run(["train", "--dataset", DATASET, "--epochs", "1", "--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_script_parser_shows_the_first_paragraph_and_every_default(capsys):
+    from vqgnn import cli
+
+    parser = cli.script_parser("""One line that goes
+on to a second line.
+
+More text, for the epilog.""")
+    parser.add_argument("--nodes", type=int, default=20000)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--flag", action="store_true")
+    parser.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "One line that goes\non to a second line.\n" in out
+    assert out.rstrip().endswith("More text, for the epilog.")
+    text = " ".join(out.split())
+    assert "--nodes NODES default: 20000" in text
+    assert "--lr LR learning rate (default: 0.01)" in text
+    assert "--seed SEED --flag" in text  # no default to name

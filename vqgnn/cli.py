@@ -374,15 +374,41 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: X)", except where the help names the default itself or
-    there is none to name (None, or a flag that is off)."""
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after an option's help (also one without help), except
+    where the help names the default itself or there is none to name (None, or a flag
+    that is off)."""
 
     def _get_help_string(self, action: argparse.Action) -> Optional[str]:
         text = action.help or ""
         if "default" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+class _ScriptFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _ScriptParser(argparse.ArgumentParser):
+    """An option added without help still shows its default."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if ("help" not in kwargs and args and str(args[0]).startswith("-")
+                and kwargs.get("default") not in (None, False)
+                and kwargs.get("action") not in ("store_true", "store_false")):
+            kwargs["help"] = "default: %(default)s"
+        return super().add_argument(*args, **kwargs)
+
+
+def script_parser(doc: Optional[str], epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser of a script (``benchmarks/``, ``examples/``) from its module
+    docstring: the first paragraph as the description, the rest as the epilog (both as
+    written), every option's default shown."""
+    text = (doc or "").strip()
+    first, _, rest = text.partition("\n\n")
+    return _ScriptParser(description=first, epilog=rest if epilog is None else epilog,
+                         formatter_class=_ScriptFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,12 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vqgnn", description="VQ-GNN: scale PyG GNNs with vector quantization.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a dataset and print its summary",
-                          formatter_class=_DefaultsFormatter)
+                          formatter_class=DefaultsFormatter)
     _add_dataset_args(info)
     info.set_defaults(func=cmd_info)
 
     train = sub.add_parser("train", help="train and print a summary table",
-                           formatter_class=_DefaultsFormatter)
+                           formatter_class=DefaultsFormatter)
     parser.set_defaults(_commands={"info": info, "train": train})
     _add_dataset_args(train)
     m, t, cb = ModelConfig(), TrainConfig(), CodebookOptions()  # one source for the defaults
