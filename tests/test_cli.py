@@ -310,3 +310,17 @@ More text, for the epilog.""")
     assert "--nodes NODES default: 20000" in text
     assert "--lr LR learning rate (default: 0.01)" in text
     assert "--seed SEED --flag" in text  # no default to name
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import sys
+
+    from vqgnn import cli
+
+    args = cli.build_parser().parse_args(["train", "--dataset", DATASET])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert cli.train_config(args, "vq").progress is False
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli.train_config(args, "vq").progress is True
+    args.quiet = True
+    assert cli.train_config(args, "vq").progress is False

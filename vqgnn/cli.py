@@ -162,7 +162,7 @@ def train_config(args: argparse.Namespace, method: str, options: Optional[dict] 
         patience=args.patience,
         inference=args.inference, eval_batch_size=args.eval_batch_size, seed=args.seed,
         device=args.device, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
-        progress=not args.quiet,
+        progress=not args.quiet and sys.stderr.isatty(),  # bars only on a terminal
         feature_dtype=args.feature_dtype, precision=args.precision, **options)
 
 
@@ -564,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs between checkpoints")
     train.add_argument("--resume", action="store_true", help="resume from --checkpoint")
     train.add_argument("--json", default=None, help="append one JSON record per run here")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or epoch logs")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or epoch logs (the bars, on standard error, are "
+                            "drawn only when it is a terminal)")
     train.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT,
                        help="under torchrun: seconds a rank waits for the others (a collective, "
                             "or rank 0's evaluation) before the run fails")
