@@ -564,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs between checkpoints")
     train.add_argument("--resume", action="store_true", help="resume from --checkpoint")
     train.add_argument("--json", default=None, help="append one JSON record per run here")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or epoch logs (the bars, on standard error, are "
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress bars or epoch logs (the bars, on standard error, are "
                             "drawn only when it is a terminal)")
     train.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT,
                        help="under torchrun: seconds a rank waits for the others (a collective, "
