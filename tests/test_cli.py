@@ -237,26 +237,19 @@ def test_input_errors_are_one_line_and_bugs_show_their_traceback(monkeypatch, ca
         main(["train", "--dataset", DATASET, "--epochs", "1", "--quiet"])
 
 
-def test_train_with_bfloat16_features_records_the_dtype(tmp_path, capsys):
+@pytest.mark.parametrize("flag, bad", [("feature-dtype", "int8"), ("precision", "float16")])
+def test_train_in_bfloat16_records_it(flag, bad, tmp_path, capsys):
+    """Features stored in bfloat16 (--feature-dtype), or steps under bfloat16 autocast
+    (--precision): the records say so; another value is a usage error."""
     path = tmp_path / "r.jsonl"
     assert run(["train", "--dataset", DATASET, "--method", "vq,full", "--epochs", "2", *SMALL,
-                "--feature-dtype", "bfloat16", "--quiet", "--json", str(path)]) == 0
+                f"--{flag}", "bfloat16", "--quiet", "--json", str(path)]) == 0
     records = read_records(path)
-    assert [r["train_config"]["feature_dtype"] for r in records] == ["bfloat16", "bfloat16"]
+    key = flag.replace("-", "_")
+    assert [r["train_config"][key] for r in records] == ["bfloat16", "bfloat16"]
     assert all(0 <= r["test"] <= 1 for r in records)
-    assert run(["train", "--dataset", DATASET, "--feature-dtype", "int8"]) == 2
-    assert "--feature-dtype: invalid choice: 'int8'" in capsys.readouterr().err
-
-
-def test_train_in_bfloat16_precision_records_it(tmp_path, capsys):
-    path = tmp_path / "r.jsonl"
-    assert run(["train", "--dataset", DATASET, "--method", "vq,full", "--epochs", "2", *SMALL,
-                "--precision", "bfloat16", "--quiet", "--json", str(path)]) == 0
-    records = read_records(path)
-    assert [r["train_config"]["precision"] for r in records] == ["bfloat16", "bfloat16"]
-    assert all(0 <= r["test"] <= 1 for r in records)
-    assert run(["train", "--dataset", DATASET, "--precision", "float16"]) == 2
-    assert "--precision: invalid choice: 'float16'" in capsys.readouterr().err
+    assert run(["train", "--dataset", DATASET, f"--{flag}", bad]) == 2
+    assert f"--{flag}: invalid choice: '{bad}'" in capsys.readouterr().err
 
 
 def test_an_unknown_option_gets_the_commands_usage_and_a_suggestion(capsys):
