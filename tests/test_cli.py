@@ -74,13 +74,18 @@ def test_train_two_methods(tmp_path, capsys):
     assert len(read_records(path)) == 3
 
 
-def test_train_verbose(capsys):
-    code = run(["train", "--dataset", DATASET, "--method", "vq", "--epochs", "2", *SMALL])
-    assert code == 0
+def test_train_verbose(capsys, monkeypatch):
+    import sys
+
+    argv = ["train", "--dataset", DATASET, "--method", "vq", "--epochs", "2", *SMALL]
+    assert run(argv) == 0
     captured = capsys.readouterr()
     assert "| nodes" in captured.out  # the dataset summary first
     assert "[vq] epoch   1/2 | loss" in captured.out and "[vq] epoch   2/2" in captured.out
-    assert "epoch 1" in captured.err  # progress bars
+    assert "epoch 1" not in captured.err  # standard error is no terminal here: no bars
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert run(argv) == 0
+    assert "epoch 1" in capsys.readouterr().err  # progress bars on a terminal
 
 
 @pytest.mark.parametrize("argv, match", [
