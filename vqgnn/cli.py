@@ -100,12 +100,15 @@ def _naming_the_flag(message: str, args: argparse.Namespace) -> str:
     found = re.search(r"'(\w+)' (?:must|needs|takes|is)", message)
     if found is None or "'--" in message:
         return message
-    name = found.group(1)
-    commands = getattr(args, "_commands", {})
-    known = {o for a in commands["train"]._actions for o in a.option_strings} \
-        if "train" in commands else set()
-    flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
-    return f"{message} (option {flag})" if flag in known else message
+    command = getattr(args, "_commands", {}).get("train")
+    flag = _FLAG_OF.get(found.group(1), "--" + found.group(1).replace("_", "-"))
+    known = command is not None and flag in _options(command)
+    return f"{message} (option {flag})" if known else message
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string ``parser`` takes (``--epochs``, ``-h``, ...)."""
+    return [o for action in parser._actions for o in action.option_strings]
 
 
 def refresh_passes(text: str) -> Union[int, str]:
@@ -582,7 +585,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> ar
     args, extra = parser.parse_known_args(argv)
     if extra:
         command = args._commands[args.command]
-        known = [o for a in command._actions for o in a.option_strings]
+        known = _options(command)
         hints = [close[0] for e in extra if e.startswith("-") for close in
                  [difflib.get_close_matches(e.split("=")[0], known, n=1, cutoff=0.6)] if close]
         hint = f" (did you mean {', '.join(hints)}?)" if hints else ""

@@ -200,7 +200,7 @@ def _autocast_on(device_type: str) -> bool:
         return device_type == "cuda" and bool(torch.is_autocast_enabled())
 
 
-def no_autocast(device: torch.device) -> Any:
+def _no_autocast(device: torch.device) -> Any:
     """A context with autocast off for ``device``'s type: the sparse and fused kernels
     run in the dtype their inputs were given (autocast would cast some operands to half
     precision and not others)."""
@@ -218,7 +218,7 @@ def spmm(a: Tensor, x: Tensor) -> Tensor:
                           f"{tuple(a.shape)} and {tuple(x.shape)}")
     if x.dtype not in _HALF_DTYPES and not _autocast_on(x.device.type):
         return a @ x
-    with no_autocast(x.device):
+    with _no_autocast(x.device):
         if x.dtype in _HALF_DTYPES:
             return (a.to(torch.float32) @ x.float()).to(x.dtype)
         return a.to(x.dtype) @ x
@@ -469,14 +469,14 @@ class _AttentionAggregate(torch.autograd.Function):
         crow = _row_pointer(row, num_rows)
         ctx.save_for_backward(row, col, crow, alpha, value)
         shape = (num_rows, value.size(0))
-        with no_autocast(value.device):  # in value's dtype, as the backward assumes
+        with _no_autocast(value.device):  # in value's dtype, as the backward assumes
             return _per_head(crow, col, alpha, shape, value.transpose(0, 1).contiguous())
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
         value = ctx.saved_tensors[3]
-        with no_autocast(value.device):  # a backward called under autocast
+        with _no_autocast(value.device):  # a backward called under autocast
             return _AttentionAggregate._backward(ctx, grad.to(value.dtype))
 
     @staticmethod
@@ -568,7 +568,7 @@ class _PairLogits(torch.autograd.Function):
         num_edges, heads, channels = row.numel(), src.size(1), src.size(2)
         out = src.new_empty(num_edges, heads)
         step = _pair_step(heads, channels)
-        with no_autocast(src.device):  # in the inputs' dtype, as the backward assumes
+        with _no_autocast(src.device):  # in the inputs' dtype, as the backward assumes
             for start in range(0, num_edges, step):
                 r, c = row[start:start + step], col[start:start + step]
                 e = F.leaky_relu(src.index_select(0, c) + dst.index_select(0, r), slope)
@@ -578,7 +578,7 @@ class _PairLogits(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        with no_autocast(grad.device):  # a backward called under autocast
+        with _no_autocast(grad.device):  # a backward called under autocast
             return _PairLogits._backward(ctx, grad.to(ctx.saved_tensors[0].dtype))
 
     @staticmethod
