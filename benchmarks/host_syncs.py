@@ -23,7 +23,7 @@ import torch
 
 from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset
-from vqgnn.nn.models import VQGNN
+from vqgnn.nn.models import BACKBONES, VQGNN
 from vqgnn.train import TrainConfig, Trainer
 
 TENSOR_METHODS = ("item", "__bool__", "__int__", "__float__", "tolist", "nonzero")
@@ -76,7 +76,7 @@ def count_syncs(step: Callable[[], Any]) -> collections.Counter:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=3000)
-    parser.add_argument("--conv", default="gcn", choices=["gcn", "sage", "gat"])
+    parser.add_argument("--conv", default="gcn", choices=list(BACKBONES))
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-codewords", type=int, default=64)

@@ -27,6 +27,7 @@ import torch
 from vqgnn import VQGNN, VQGraph
 from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset
+from vqgnn.nn.models import BACKBONES
 
 
 @torch.no_grad()
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     parser.add_argument("--deg", type=int, default=10)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--conv", default="gcn", choices=["gcn", "sage", "gat"])
+    parser.add_argument("--conv", default="gcn", choices=list(BACKBONES))
     parser.add_argument("--chunk", type=int, default=4096, help="nodes per inference chunk")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)

@@ -284,7 +284,7 @@ def test_stability_variants_change_a_constant_lr_per_step(tmp_path, monkeypatch,
     assert [(c.lr_schedule, c.lr_per_epoch) for c in configs.values()] == [
         ("constant", False), ("constant", True), ("cosine", True)]
 
-@pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
 def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):
     """Tensor.item/__bool__/__int__, nonzero, unique, bincount, repeat_interleave without
     output_size, patched and counted over one training step of a 3-layer model (two

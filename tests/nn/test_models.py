@@ -9,7 +9,7 @@ from vqgnn import ConfigError, VQGraph
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import VQGNN, dropout
 
-CONVS = ["gcn", "sage", "gat"]
+CONVS = ["gcn", "sage", "gat", "gin"]
 
 
 

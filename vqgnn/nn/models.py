@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.resolver import activation_resolver
 from tqdm.auto import tqdm
@@ -22,7 +22,7 @@ from vqgnn.quantize.options import CodebookOptions
 
 ConvFactory = Callable[[int, int, int], MessagePassing]
 
-BACKBONES = ("gcn", "sage", "gat")
+BACKBONES = ("gcn", "sage", "gat", "gin")
 NORMS = ("none", "layer", "batch")
 ACTIVATIONS = ("relu", "gelu", "elu", "tanh", "leaky_relu", "silu")
 _NORM_ALIASES = {"none": "none", "layer": "layer", "layer_norm": "layer", "layernorm": "layer",
@@ -101,8 +101,13 @@ def backbone_factory(name: str, heads: int = 4) -> ConvFactory:
     """A factory ``(in_channels, out_channels, layer_index) -> conv`` for a backbone name.
 
     Args:
-        name: ``'gcn'``, ``'sage'`` (mean) or ``'gat'`` (``heads`` heads, concatenated on
-            hidden layers, averaged on none: out_channels must be divisible by heads).
+        name: ``'gcn'``, ``'sage'`` (mean), ``'gat'`` (``heads`` heads, concatenated on
+            hidden layers, averaged on none: out_channels must be divisible by heads) or
+            ``'gin'`` (sum aggregation; epsilon 0, the MLP
+            ``Linear(in, out), ReLU, Linear(out, out)``, as in Xu et al., ICLR 2019, without
+            its batch norm). Sum aggregation makes a mini-batch method's many steps per epoch
+            at the full-graph learning rate unstable: train GIN with ``lr_per_epoch`` or a
+            lower learning rate (README, "Sum aggregation").
         heads: attention heads of ``'gat'``.
     """
     if name == "gcn":
@@ -117,6 +122,9 @@ def backbone_factory(name: str, heads: int = 4) -> ConvFactory:
             return GATConv(cin, cout, heads=1)
 
         return gat
+    if name == "gin":
+        return lambda cin, cout, i: GINConv(torch.nn.Sequential(
+            torch.nn.Linear(cin, cout), torch.nn.ReLU(), torch.nn.Linear(cout, cout)))
     raise ConfigError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
 
 
@@ -156,7 +164,7 @@ class VQGNN(torch.nn.Module):
         num_layers: convolution layers (>= 1).
         out_channels: outputs (classes). The order of these four is PyG's ``BasicGNN``'s.
         num_nodes: N, nodes of the graph (keyword-only).
-        conv: backbone name (``'gcn'``, ``'sage'``, ``'gat'``) or a factory
+        conv: backbone name (``'gcn'``, ``'sage'``, ``'gat'``, ``'gin'``) or a factory
             ``(in_channels, out_channels, layer_index) -> MessagePassing``.
         num_codewords: K per layer (a shortcut for ``codebook.num_codewords``).
         codebook: every codebook option (:class:`~vqgnn.quantize.CodebookOptions`).

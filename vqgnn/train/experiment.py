@@ -22,7 +22,7 @@ class ModelConfig:
     """Architecture options of :class:`~vqgnn.nn.VQGNN` (see its docs).
 
     Attributes:
-        conv: backbone (``'gcn'``, ``'sage'``, ``'gat'``).
+        conv: backbone (``'gcn'``, ``'sage'``, ``'gat'``, ``'gin'``).
         hidden: hidden channels.
         layers: convolution layers.
         dropout: dropout probability.
