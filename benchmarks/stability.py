@@ -16,6 +16,7 @@ already there is skipped), the table is printed.
 Usage:
     python benchmarks/stability.py --data-root DIR                      # Cora, 3 seeds
     python benchmarks/stability.py --data-root DIR --dataset citeseer --variants default,no-restarts
+    python benchmarks/stability.py --data-root DIR --conv gin --out gin_stability.jsonl
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from benchmarks import grid  # noqa: E402
 from benchmarks.report import curve_figures, gap_parts  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
+from vqgnn.nn.models import BACKBONES  # noqa: E402
 from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.records import append_record, read_records  # noqa: E402
 
@@ -73,6 +75,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--dataset", default="cora", choices=sorted(grid.PRESETS["suite"]))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--conv", default="gcn", choices=BACKBONES,
+                        help="backbone convolution of every variant")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--after", type=int, default=20)
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
@@ -85,17 +89,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     preset = grid.PRESETS["suite"][args.dataset]
     root = grid.prepare_root(preset, args.data_root, None)
     out = Path(args.out)
-    done = {(r["variant"], r["dataset"], r["seed"]) for r in read_records(out)}
+    def key_of(record: dict[str, Any]) -> tuple[Any, ...]:
+        return record["variant"], record["dataset"], record["seed"], record.get("conv", "gcn")
+
+    done = {key_of(r) for r in read_records(out)}
     rows: dict[str, list[tuple[float, ...]]] = {}
     for name in names:
         method, codebook, training, changes = VARIANTS[name]
         model = replace(preset.model, codebook=replace(preset.model.codebook, **codebook),
                         **changes)
         for index in range(args.seeds):
-            run = grid.Run(preset, method, "gcn", index)
+            run = grid.Run(preset, method, args.conv, index)
             seed, split = run.train.seed, run.split
             data = load_dataset(preset.name, root=root, split=split, seed=seed)
-            key = (name, str(data.name), seed + 100 * split)
+            key = (name, str(data.name), seed + 100 * split, args.conv)
             if key not in done:
                 # The variants are changes to the suite's options with a constant lr per
                 # step (the suite's Cora and CiteSeer take --lr-per-epoch and a cosine
@@ -105,8 +112,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 record = run_experiment(data, model, config)
                 record.update(variant=name, seed=key[2])
                 append_record(out, record)
-            record = next(r for r in read_records(out) if (r["variant"], r["dataset"],
-                                                            r["seed"]) == key)
+            record = next(r for r in read_records(out) if key_of(r) == key)
             drop, gap = curve_figures(record["history"], args.after)
             reaches = record["history"][-1]["epoch"] > args.after
             excess, drift, spread = (gap_parts(record["history"], args.after) if reaches
@@ -115,8 +121,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                 (drop, gap, excess, drift, spread, 100 * record["test"]))
             print(f"{name} seed/split {key[2]}: max drop {drop:.1f}, last-20 gap {gap:.1f} "
                   f"= {excess:.1f} + {drift:.1f}, test {100 * record['test']:.2f}", flush=True)
-    print(f"\n{preset.name}, GCN, the suite's options, {args.seeds} seeds/splits; points; "
-          f"command: python benchmarks/stability.py {' '.join(argv or sys.argv[1:])}\n")
+    print(f"\n{preset.name}, {args.conv.upper()}, the suite's options, {args.seeds} "
+          f"seeds/splits; points; command: python benchmarks/stability.py "
+          f"{' '.join(argv or sys.argv[1:])}\n")
     print(f"| variant | runs | max drop after epoch {args.after} | last-20 gap (± standard "
           f"error) | = best - mean "
           f"after epoch {args.after} | + sinking (that mean - last 20's) | spread of the "
