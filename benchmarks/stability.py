@@ -66,6 +66,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     # (a cosine decay to 0) and the backward term.
     "lr-per-epoch-cosine": ("vq", {}, {"lr_per_epoch": True, "lr_schedule": "cosine"}, {}),
     "lr-per-epoch-no-backward": ("vq", {}, {"lr_per_epoch": True}, {"backward_approx": False}),
+    # The backward term under the suite's options (sum aggregation: benchmarks with --conv gin).
+    "lr-per-epoch-cosine-no-backward": ("vq", {}, {"lr_per_epoch": True, "lr_schedule": "cosine"},
+                                        {"backward_approx": False}),
     # Full-graph training with the suite's cosine decay (lr / S is lr for it: S = 1).
     "full-cosine": ("full", {}, {"lr_schedule": "cosine"}, {}),
 }
