@@ -99,7 +99,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows: dict[str, list[tuple[float, ...]]] = {}
     for name in names:
         method, codebook, training, changes = VARIANTS[name]
-        model = replace(preset.model, codebook=replace(preset.model.codebook, **codebook),
+        model = replace(preset.model, conv=args.conv,
+                        codebook=replace(preset.model.codebook, **codebook),
                         **changes)
         for index in range(args.seeds):
             run = grid.Run(preset, method, args.conv, index)

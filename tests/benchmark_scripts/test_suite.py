@@ -284,6 +284,31 @@ def test_stability_variants_change_a_constant_lr_per_step(tmp_path, monkeypatch,
     assert [(c.lr_schedule, c.lr_per_epoch) for c in configs.values()] == [
         ("constant", False), ("constant", True), ("cosine", True)]
 
+
+def test_stability_trains_the_given_backbone_and_keys_its_records_by_it(tmp_path, monkeypatch,
+                                                                        capsys):
+    from benchmarks import stability
+    from benchmarks.grid import DatasetPreset, _cfg
+
+    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
+                           grid._model(16, hidden=8, layers=2),
+                           _cfg(epochs=3, batch_size=64, lr=0.01), runs=1, source=None)
+    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    convs = []
+
+    def fake_run(data, model, config):
+        convs.append(model.conv)
+        return {"dataset": str(data.name), "conv": model.conv, "test": 0.5,
+                "history": [{"epoch": e, "val": 0.5} for e in range(1, 4)]}
+
+    monkeypatch.setattr(stability, "run_experiment", fake_run)
+    out = tmp_path / "s.jsonl"
+    for conv in ("gcn", "gin", "gin"):  # the second gin run finds its record: nothing trained
+        stability.main(["--dataset", "cora", "--seeds", "1", "--out", str(out),
+                        "--variants", "default,no-backward", "--conv", conv])
+    assert convs == ["gcn", "gcn", "gin", "gin"]
+    assert "GIN, the suite's options" in capsys.readouterr().out
+
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
 def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):
     """Tensor.item/__bool__/__int__, nonzero, unique, bincount, repeat_interleave without
