@@ -69,6 +69,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
     # The backward term under the suite's options (sum aggregation: benchmarks with --conv gin).
     "lr-per-epoch-cosine-no-backward": ("vq", {}, {"lr_per_epoch": True, "lr_schedule": "cosine"},
                                         {"backward_approx": False}),
+    "lr-per-epoch-cosine-loss-aware": ("vq", {}, {"lr_per_epoch": True, "lr_schedule": "cosine",
+                                                  "loss_aware_backward": True}, {}),
     # Full-graph training with the suite's cosine decay (lr / S is lr for it: S = 1).
     "full-cosine": ("full", {}, {"lr_schedule": "cosine"}, {}),
 }
