@@ -418,6 +418,23 @@ def test_more_codewords_than_nodes_warns():
         VQConv(GCNConv(8, 4), num_codewords=301, num_nodes=300)
 
 
+@pytest.mark.parametrize("method", ["vq", "full", "sage", "cluster", "saint"])
+def test_more_codewords_than_nodes_warns_only_the_method_that_uses_codebooks(method):
+    import warnings
+
+    from vqgnn.quantize import CodebookOptions
+    from vqgnn.train import ModelConfig, run_experiment
+
+    model = ModelConfig(hidden=8, codebook=CodebookOptions(num_codewords=512))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_experiment(load_dataset(DATASET), model, TrainConfig.create(
+            method, epochs=1, measure_memory=False, **({} if method == "full" else
+                                                       {"batch_size": 100})))
+    warned = [w for w in caught if "K=512 exceeds the graph's 300 nodes" in str(w.message)]
+    assert bool(warned) == (method == "vq"), [str(w.message) for w in caught]
+
+
 def test_an_empty_validation_mask_is_an_error_before_training():
     data = load_dataset(DATASET)
     data.val_mask = torch.zeros_like(data.val_mask)

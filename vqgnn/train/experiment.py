@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
@@ -12,7 +13,7 @@ from vqgnn.errors import DivergenceError
 from vqgnn.nn.models import VQGNN, ResidualFFNGNN
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.train.checkpoint import CheckpointError, load_state
-from vqgnn.train.methods import VQ_INFERENCE
+from vqgnn.train.methods import VQ_INFERENCE, method_class
 from vqgnn.train.records import strict_json
 from vqgnn.train.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -103,7 +104,12 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
     """
     train.validate()
     seed_everything(train.seed)
-    trainer = Trainer(model.build(data), data, train, log=log,
+    with warnings.catch_warnings():
+        if VQ_INFERENCE not in method_class(train.method).inference_modes:
+            # K > N concerns codebooks that a method without VQ inference never reads.
+            warnings.filterwarnings("ignore", message=r".*codewords can ever be used")
+        built = model.build(data)
+    trainer = Trainer(built, data, train, log=log,
                       identity={"model_config": asdict(model)}, parallel=parallel)
     checkpoint = train.checkpoint
     resume_from = None
