@@ -62,6 +62,7 @@ from benchmarks import report  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset, parse_synthetic  # noqa: E402
 from vqgnn.errors import DivergenceError  # noqa: E402
+from vqgnn.nn.models import BACKBONES  # noqa: E402
 from vqgnn.quantize import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.checkpoint import CheckpointError  # noqa: E402
@@ -406,6 +407,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error(f"unknown datasets {unknown}; preset {args.preset!r} has {list(presets)}")
     args.method_list = (args.methods or DEFAULT_METHODS[args.preset]).split(",")
     args.conv_list = (args.convs or DEFAULT_CONVS[args.preset]).split(",")
+    unknown = [c for c in args.conv_list if c not in BACKBONES]
+    if unknown:
+        parser.error(f"unknown backbones {unknown} in --convs; valid: {list(BACKBONES)}")
     batch_sizes = args.batch_sizes or (BATCH_SIZES if args.preset == "batch" else None)
     args.batch_size_list = _ints(batch_sizes, "--batch-sizes") or [None]
     args.precision_list = args.precision.split(",") if args.precision else [None]

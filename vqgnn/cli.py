@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"one of {', '.join(METHODS)}, or a comma-separated list "
                             f"(vq,full,sage) trained side by side")
     train.add_argument("--conv", default=m.conv, choices=list(BACKBONES),
-                       help="backbone convolution")
+                       help="backbone convolution (gin sums its messages: train it with "
+                            "--lr-per-epoch --lr-schedule cosine; README, 'Sum aggregation')")
     train.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs")
     methods = train.add_argument_group(
         "method options", "each applies to the methods that take it (default: the method's); "

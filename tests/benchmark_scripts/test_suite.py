@@ -125,6 +125,9 @@ def test_grid_rejects_unknown_datasets(capsys):
         grid.main(["--datasets", "pubmed"])
     assert "unknown datasets ['pubmed']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        grid.main(["--datasets", "cora", "--convs", "gcn,gni"])
+    assert "unknown backbones ['gni'] in --convs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         grid.main(["--checkpoint-every", "0"])
     assert "--checkpoint-every must be >= 1, received 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -308,6 +311,17 @@ def test_stability_trains_the_given_backbone_and_keys_its_records_by_it(tmp_path
                         "--variants", "default,no-backward", "--conv", conv])
     assert convs == ["gcn", "gcn", "gin", "gin"]
     assert "GIN, the suite's options" in capsys.readouterr().out
+    # Records written before --conv have no 'conv': they are GCN's, found, not retrained.
+    old = tmp_path / "old.jsonl"
+    for line in out.read_text().splitlines():
+        record = json.loads(line)
+        if record["conv"] == "gcn":
+            del record["conv"]
+            old.write_text(old.read_text() + json.dumps(record) + "\n" if old.exists()
+                           else json.dumps(record) + "\n")
+    stability.main(["--dataset", "cora", "--seeds", "1", "--out", str(old),
+                    "--variants", "default,no-backward"])
+    assert convs == ["gcn", "gcn", "gin", "gin"]
 
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
 def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):

@@ -128,6 +128,21 @@ def test_repr(data):
     assert "conv=GATConv" in repr(build(data, "gat", residual=True))
 
 
+def test_the_gin_backbone_is_pyg_gin_with_a_two_layer_mlp(data):
+    from torch_geometric.nn import GINConv
+
+    model = build(data, "gin")
+    assert "conv=GINConv" in repr(model)
+    for layer, (cin, cout) in zip(model.layers, [(8, 16), (16, 3)]):
+        conv = layer.conv
+        assert isinstance(conv, GINConv) and float(conv.eps) == 0.0
+        assert not isinstance(conv.eps, torch.nn.Parameter)  # epsilon fixed, not trained
+        kinds = [type(m) for m in conv.nn]
+        assert kinds == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+        assert (conv.nn[0].in_features, conv.nn[0].out_features) == (cin, cout)
+        assert (conv.nn[2].in_features, conv.nn[2].out_features) == (cout, cout)
+
+
 @pytest.mark.parametrize("residual", [False, True])
 def test_reset_parameters(data, residual):
     model = build(data, residual=residual, norm="layer")

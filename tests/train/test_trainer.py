@@ -10,7 +10,7 @@ import torch
 from vqgnn import ConfigError
 from vqgnn.batching.samplers import ClusterBatchSampler, NodeBatchSampler
 from vqgnn.datasets import load_dataset
-from vqgnn.nn.models import VQGNN
+from vqgnn.nn.models import BACKBONES, VQGNN
 from vqgnn.quantize import CodebookOptions
 from vqgnn.train import (
     ModelConfig,
@@ -435,8 +435,13 @@ def test_a_user_optimizer_is_used(data):
 
 
 @pytest.mark.parametrize("method", ["sage", "cluster", "saint"])
-@pytest.mark.parametrize("conv", ["gcn", "sage", "gat"])
-def test_baselines_train_every_backbone(data, method, conv):
+@pytest.mark.parametrize("conv", BACKBONES)
+def test_baselines_train_every_backbone(data, method, conv, request):
+    if (method, conv) == ("saint", "gin"):
+        # A known limitation (README, "Sum aggregation"): on these 50-node subgraphs
+        # GraphSAINT's aggregator weights C_i / C_ji reach 250, an unnormalised sum of
+        # them explodes (first loss 10-14) and accuracy stays at chance at any lr tried.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="GraphSAINT weights, GIN sum"))
     seed_everything(0)
     model = VQGNN(data.num_features, 16, 2, 3, num_nodes=data.num_nodes, conv=conv,
                   num_codewords=16)
