@@ -312,13 +312,10 @@ def test_stability_trains_the_given_backbone_and_keys_its_records_by_it(tmp_path
     assert convs == ["gcn", "gcn", "gin", "gin"]
     assert "GIN, the suite's options" in capsys.readouterr().out
     # Records written before --conv have no 'conv': they are GCN's, found, not retrained.
+    records = [json.loads(line) for line in out.read_text().splitlines()]
     old = tmp_path / "old.jsonl"
-    for line in out.read_text().splitlines():
-        record = json.loads(line)
-        if record["conv"] == "gcn":
-            del record["conv"]
-            old.write_text(old.read_text() + json.dumps(record) + "\n" if old.exists()
-                           else json.dumps(record) + "\n")
+    old.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "conv"}) + "\n"
+                           for r in records if r["conv"] == "gcn"))
     stability.main(["--dataset", "cora", "--seeds", "1", "--out", str(old),
                     "--variants", "default,no-backward"])
     assert convs == ["gcn", "gcn", "gin", "gin"]

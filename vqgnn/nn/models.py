@@ -106,8 +106,8 @@ def backbone_factory(name: str, heads: int = 4) -> ConvFactory:
             ``'gin'`` (sum aggregation; epsilon 0, the MLP
             ``Linear(in, out), ReLU, Linear(out, out)``, as in Xu et al., ICLR 2019, without
             its batch norm). Sum aggregation makes a mini-batch method's many steps per epoch
-            at the full-graph learning rate unstable: train GIN with ``lr_per_epoch`` or a
-            lower learning rate (README, "Sum aggregation").
+            at the full-graph learning rate unstable: train GIN with ``lr_per_epoch`` and a
+            cosine schedule, or a lower learning rate (README, "Sum aggregation").
         heads: attention heads of ``'gat'``.
     """
     if name == "gcn":
