@@ -1046,3 +1046,43 @@ def test_attention_decay_pairs_vq_decays_with_exact_runs_and_resumes(tmp_path, m
             attention_decay.main([*argv[:4], "--decays", bad])
         assert f"--decays must be comma-separated floats in [0, 1), received {bad!r}" in (
             capsys.readouterr().err)
+
+
+def test_backward_error_is_zero_with_an_oracle_codebook_and_prints_its_table(capsys):
+    """With K = N codewords holding every node's exact layer input and exact gradient (the
+    oracle), the backward term equals the exact out-of-batch gradient it stands for."""
+    from benchmarks import backward_error
+    from vqgnn import VQGraph
+    from vqgnn.datasets import load_dataset
+    from vqgnn.nn.models import VQGNN
+
+    torch.manual_seed(0)
+    data = load_dataset("synthetic:n=120,deg=5,features=6,classes=3,seed=1")
+    graph = VQGraph(data.edge_index, data.num_nodes)
+    model = VQGNN(6, 8, 2, 3, num_nodes=120, num_codewords=120, dropout=0.0).double()
+    data.x = data.x.double()
+    model.prepare(data.x, graph)
+    batch = torch.randperm(120)[:40]
+    outside = data.train_mask.clone()
+    outside[batch] = False
+    count = int(data.train_mask[batch].sum())
+    seen = {}
+    hook = model.layers[1].register_forward_pre_hook(lambda m, a: seen.update(h=a[0]))
+    out = model(data.x, graph)
+    hook.remove()
+    out.retain_grad()
+    (torch.nn.functional.cross_entropy(out[outside], data.y[outside], reduction="sum")
+     / count).backward()
+    model.layers[1].set_codewords(seen["h"].detach(), out.grad, torch.arange(120))
+    m = backward_error.measure(model, data, graph, batch)
+    assert float(m["exact"].norm()) > 0
+    torch.testing.assert_close(m["term"], m["exact"])
+    ratio, error, cosine = backward_error.summary(m["term"], m["exact"])
+    # The codebook keeps its codewords in float32 (the model is float64): 1e-6, not 1e-12.
+    assert abs(ratio - 1) < 1e-6 and error < 1e-6 and cosine > 1 - 1e-6
+
+    backward_error.main(["--dataset", "synthetic:n=300,deg=6,features=8,classes=3",
+                         "--batch-size", "100", "--num-codewords", "16", "--at", "0,3"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| step | exact term's norm") and len(rows) == 3
+    assert rows[1].split(" | ")[2] == "0"  # step 0: no gradient seen yet, no term
