@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,12 +45,12 @@ BINS = (0, 1, 2, 4, 8, 16, 32)
 
 
 def _input_gradient(model: VQGNN, x: Tensor, graph: VQGraph, batch: Optional[Tensor],
-                    loss_of) -> Tensor:
+                    loss_of: Callable[[Tensor], Tensor]) -> Tensor:
     """The gradient of ``loss_of(out)`` at the second layer's input (rows of ``batch``, or
     of every node when ``batch`` is None)."""
     seen: dict[str, Tensor] = {}
 
-    def keep(module, args):  # noqa: ANN001
+    def keep(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
         args[0].retain_grad()
         seen["h"] = args[0]
 
@@ -62,7 +62,10 @@ def _input_gradient(model: VQGNN, x: Tensor, graph: VQGraph, batch: Optional[Ten
     finally:
         hook.remove()
     model.layers[1].take_captured()  # a measurement: the codebook does not learn from it
-    return seen["h"].grad.detach()
+    grad = seen["h"].grad
+    if grad is None:  # the loss does not depend on the second layer's inputs
+        return torch.zeros_like(seen["h"]).detach()
+    return grad.detach()
 
 
 def measure(model: VQGNN, data, graph: VQGraph, batch: Tensor) -> dict[str, Tensor]:
@@ -84,11 +87,14 @@ def measure(model: VQGNN, data, graph: VQGraph, batch: Tensor) -> dict[str, Tens
         return F.cross_entropy(out[mask], data.y[mask], reduction="sum") / count
 
     layer = model.layers[1]
-    layer.backward_approx = True
-    with_term = _input_gradient(model, data.x, graph, batch, batch_loss)
-    layer.backward_approx = False
-    without = _input_gradient(model, data.x, graph, batch, batch_loss)
-    layer.backward_approx = True
+    setting = layer.backward_approx
+    try:
+        layer.backward_approx = True
+        with_term = _input_gradient(model, data.x, graph, batch, batch_loss)
+        layer.backward_approx = False
+        without = _input_gradient(model, data.x, graph, batch, batch_loss)
+    finally:
+        layer.backward_approx = setting
     exact = _input_gradient(model, data.x, graph, None, outside_loss)[batch]
     src, dst = data.edge_index
     leaving = in_batch[src] & ~in_batch[dst]
