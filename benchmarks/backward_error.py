@@ -41,7 +41,14 @@ from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.nn.models import BACKBONES, VQGNN  # noqa: E402
 from vqgnn.train.trainer import seed_everything  # noqa: E402
 
-BINS = (0, 1, 2, 4, 8, 16, 32)
+#: Out-of-batch out-degree bins [lo, hi) (None: no upper end); degree 0 sends no term.
+BINS = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, None))
+
+
+def _bin_label(lo: int, hi: Optional[int]) -> str:
+    if hi is None:
+        return f">= {lo}"
+    return f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}"
 
 
 def _input_gradient(model: VQGNN, x: Tensor, graph: VQGraph, batch: Optional[Tensor],
@@ -144,11 +151,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"{data.name}, {args.conv}, 2 layers (the second quantized, K = "
           f"{args.num_codewords}), batches of {args.batch_size}, Adam lr {args.lr} per step; "
           f"command: python benchmarks/backward_error.py {' '.join(argv or sys.argv[1:])}\n")
-    edges = ["0"] + [f"{lo}-{hi - 1}" if hi - 1 > lo else f"{lo}"
-                     for lo, hi in zip(BINS[1:], BINS[2:])] + [f">= {BINS[-1]}"]
     print("| step | exact term's norm | term's norm | norm ratio | relative error | cosine | "
-          + " | ".join(f"cosine, out-of-batch degree {e}" for e in edges[1:]) + " |")
-    print("|---|---|---|---|---|---|" + "---|" * (len(edges) - 1))
+          + " | ".join(f"cosine, out-of-batch degree {_bin_label(lo, hi)}" for lo, hi in BINS)
+          + " |")
+    print("|" + "---|" * (6 + len(BINS)))
     step = 0
     for target in steps:
         while step < target:
@@ -165,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         m = measure(model, data, graph, fixed)
         ratio, error, cosine = summary(m["term"], m["exact"])
         cells = []
-        for lo, hi in zip(BINS[1:], (*BINS[2:], None)):
+        for lo, hi in BINS:
             rows = (m["degree"] >= lo) & (m["degree"] < hi if hi is not None else True)
             cells.append(f"{summary(m['term'][rows], m['exact'][rows])[2]:+.2f} "
                          f"({int(rows.sum())} nodes)" if bool(rows.any()) else "-")

@@ -36,7 +36,7 @@ from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.nn.models import BACKBONES  # noqa: E402
 from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
 
 #: name -> (method, codebook changes, training changes, model changes)
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
@@ -76,6 +76,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
 }
 
 
+def _key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """A record's run: variant, dataset, seed and backbone (records written before
+    ``--conv`` hold no backbone: they are GCN's)."""
+    return record["variant"], record["dataset"], record["seed"], record.get("conv", "gcn")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--dataset", default="cora", choices=sorted(grid.PRESETS["suite"]))
@@ -94,10 +100,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     preset = grid.PRESETS["suite"][args.dataset]
     root = grid.prepare_root(preset, args.data_root, None)
     out = Path(args.out)
-    def key_of(record: dict[str, Any]) -> tuple[Any, ...]:
-        return record["variant"], record["dataset"], record["seed"], record.get("conv", "gcn")
-
-    done = {key_of(r) for r in read_records(out)}
+    recorded = {_key(r): r for r in read_records(out)}
     rows: dict[str, list[tuple[float, ...]]] = {}
     for name in names:
         method, codebook, training, changes = VARIANTS[name]
@@ -109,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             seed, split = run.train.seed, run.split
             data = load_dataset(preset.name, root=root, split=split, seed=seed)
             key = (name, str(data.name), seed + 100 * split, args.conv)
-            if key not in done:
+            if key not in recorded:
                 # The variants are changes to the suite's options with a constant lr per
                 # step (the suite's Cora and CiteSeer take --lr-per-epoch and a cosine
                 # decay since these measurements).
@@ -118,7 +121,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 record = run_experiment(data, model, config)
                 record.update(variant=name, seed=key[2])
                 append_record(out, record)
-            record = next(r for r in read_records(out) if key_of(r) == key)
+                recorded[key] = strict_json(record)  # as read back from the file
+            record = recorded[key]
             drop, gap = curve_figures(record["history"], args.after)
             reaches = record["history"][-1]["epoch"] > args.after
             excess, drift, spread = (gap_parts(record["history"], args.after) if reaches

@@ -87,8 +87,8 @@ CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
 
 #: Parameters whose command-line option is not ``--`` + the name with dashes.
 _FLAG_OF = {**{field: "--" + dest.replace("_", "-") for dest, field in CODEBOOK_FLAGS.items()},
-            "num_layers": "--layers", "hidden_channels": "--hidden", "layers": "--layers",
-            "hidden": "--hidden", "heads": "--attention-heads"}
+            "num_layers": "--layers", "hidden_channels": "--hidden",
+            "heads": "--attention-heads"}
 
 
 def _naming_the_flag(message: str, args: argparse.Namespace) -> str:

@@ -22,6 +22,10 @@ from vqgnn.quantize.options import CodebookOptions
 from vqgnn.quantize.quantizer import FeatureGradientQuantizer
 
 
+class CodebookSizeWarning(UserWarning):
+    """Warns that a layer's K exceeds the graph's N nodes (at most N codewords are used)."""
+
+
 class _InjectGradient(torch.autograd.Function):
     """Identity on ``out``; in backward, adds the constant ``extra`` as ``target``'s gradient.
 
@@ -122,7 +126,8 @@ class QuantizedLayer(torch.nn.Module):
         if codebook.num_codewords > self._num_nodes:
             warnings.warn(f"'{type(self).__name__}': num_codewords K={codebook.num_codewords} "
                           f"exceeds the graph's {self._num_nodes} nodes: at most "
-                          f"{self._num_nodes} codewords can ever be used", stacklevel=3)
+                          f"{self._num_nodes} codewords can ever be used",
+                          CodebookSizeWarning, stacklevel=3)
         index_dtype = torch.int32 if codebook.num_codewords < 2**31 else torch.int64
         return FeatureGradientQuantizer.from_options(self._num_nodes, in_channels, agg_channels,
                                                      codebook, index_dtype=index_dtype)

@@ -11,6 +11,7 @@ from torch_geometric.data import Data
 from vqgnn.distributed import SingleProcess
 from vqgnn.errors import DivergenceError
 from vqgnn.nn.models import VQGNN, ResidualFFNGNN
+from vqgnn.nn.quantized import CodebookSizeWarning
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.train.checkpoint import CheckpointError, load_state
 from vqgnn.train.methods import VQ_INFERENCE, method_class
@@ -107,7 +108,7 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
     with warnings.catch_warnings():
         if VQ_INFERENCE not in method_class(train.method).inference_modes:
             # K > N concerns codebooks that a method without VQ inference never reads.
-            warnings.filterwarnings("ignore", message=r".*codewords can ever be used")
+            warnings.simplefilter("ignore", CodebookSizeWarning)
         built = model.build(data)
     trainer = Trainer(built, data, train, log=log,
                       identity={"model_config": asdict(model)}, parallel=parallel)
