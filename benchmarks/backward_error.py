@@ -134,9 +134,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="no backward message from nodes without a loss")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    steps = sorted({int(s) for s in args.at.split(",")})
-    if not steps or steps[0] < 0:
+    try:
+        steps = sorted({int(s) for s in args.at.split(",")})
+    except ValueError:
+        steps = [-1]
+    if steps[0] < 0:
         parser.error(f"--at must list steps >= 0, received {args.at!r}")
+    for name, value in (("--batch-size", args.batch_size), ("--num-codewords",
+                                                          args.num_codewords)):
+        if value < 1:
+            parser.error(f"{name} must be >= 1, received {value}")
     seed_everything(args.seed)
     data = load_dataset(args.dataset, root=args.root)
     graph = VQGraph(data.edge_index, data.num_nodes)

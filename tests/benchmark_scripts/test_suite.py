@@ -1086,3 +1086,9 @@ def test_backward_error_is_zero_with_an_oracle_codebook_and_prints_its_table(cap
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| step | exact term's norm") and len(rows) == 3
     assert rows[1].split(" | ")[2] == "0"  # step 0: no gradient seen yet, no term
+    for bad, message in ((["--at", "ten"], "--at must list steps >= 0, received 'ten'"),
+                         (["--at", "-1"], "--at must list steps >= 0, received '-1'"),
+                         (["--batch-size", "0"], "--batch-size must be >= 1, received 0")):
+        with pytest.raises(SystemExit):
+            backward_error.main(bad)
+        assert message in capsys.readouterr().err
