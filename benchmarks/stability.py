@@ -23,20 +23,31 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch_geometric.data import Data  # noqa: E402
+
 from benchmarks import grid  # noqa: E402
 from benchmarks.report import curve_figures, gap_parts  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
-from vqgnn.nn.models import BACKBONES  # noqa: E402
-from vqgnn.train import TrainConfig, run_experiment  # noqa: E402
+from vqgnn.datasets.metrics import score  # noqa: E402
+from vqgnn.errors import ConfigError  # noqa: E402
+from vqgnn.nn.models import BACKBONES, backbone_factory, resolve_act  # noqa: E402
+from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
+from vqgnn.train.trainer import seed_everything  # noqa: E402
+
+#: The method of the reference variants: :func:`reference_run`, not a vqgnn method.
+REFERENCE = "pyg-reference"
 
 #: name -> (method, codebook changes, training changes, model changes)
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
@@ -73,7 +84,68 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] 
                                                   "loss_aware_backward": True}, {}),
     # Full-graph training with the suite's cosine decay (lr / S is lr for it: S = 1).
     "full-cosine": ("full", {}, {"lr_schedule": "cosine"}, {}),
+    # The bound's noise floor: PyG's own convolutions in the textbook full-batch loop, no
+    # vqgnn code in the step (:func:`reference_run`), at a constant lr and with the decay.
+    "pyg-reference": (REFERENCE, {}, {}, {}),
+    "pyg-reference-cosine": (REFERENCE, {}, {"lr_schedule": "cosine"}, {}),
 }
+
+
+def reference_run(data: Data, model: ModelConfig, config: TrainConfig) -> dict[str, Any]:
+    """Full-graph training of PyG's own convolutions in the textbook loop, with no vqgnn
+    code in the step: ``model.layers`` convolutions of the backbone
+    (:func:`~vqgnn.nn.models.backbone_factory`) with ``model.hidden`` channels and, between
+    them, ``model.act`` and dropout ``model.dropout``; Adam (``config.lr``,
+    ``config.weight_decay``, ``config``'s schedule), one step per epoch on the training
+    nodes' cross-entropy, evaluated every epoch; the test metric at the best validation
+    epoch (the first of equals). Its curve is what a plain PyG user sees, so its last-20
+    gap is the noise floor of the stability bound. Returns a record with the fields that
+    :func:`main` reads (``history``, ``test``) and the run's options."""
+    if model.layers < 1:
+        raise ConfigError(f"'reference_run': 'model.layers' must be >= 1, received "
+                          f"{model.layers!r}")
+    seed_everything(config.seed)
+    factory = backbone_factory(model.conv)
+    sizes = [data.num_features] + [model.hidden] * (model.layers - 1) + [data.num_classes]
+    convs = torch.nn.ModuleList(factory(a, b, i) for i, (a, b) in
+                                enumerate(zip(sizes[:-1], sizes[1:])))
+    act = resolve_act(model.act, "reference_run")
+    optimizer = torch.optim.Adam(convs.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+
+    def forward(training: bool) -> Tensor:
+        convs.train(training)
+        h = data.x
+        for i, conv in enumerate(convs):
+            h = conv(h, data.edge_index)
+            if i < len(convs) - 1:
+                h = F.dropout(act(h), model.dropout, training)
+        return h
+
+    history: list[dict[str, Any]] = []
+    best = (-float("inf"), 0.0, 0)  # validation, test, epoch
+    for epoch in range(1, config.epochs + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate(epoch)
+        optimizer.zero_grad()
+        out = forward(True)
+        loss = F.cross_entropy(out[data.train_mask], data.y[data.train_mask])
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            out = forward(False)
+        val, test = score(data, out, data.val_mask), score(data, out, data.test_mask)
+        history.append({"epoch": epoch, "loss": float(loss.detach()), "val": val, "test": test})
+        if val > best[0]:
+            best = (val, test, epoch)
+    return {"dataset": str(data.name), "split": int(data.split), "seed": config.seed,
+            "conv": model.conv, "method": REFERENCE, "metric": str(data.metric),
+            "best_val": best[0], "test": best[1], "best_epoch": best[2],
+            "epochs_run": config.epochs, "history": history,
+            "model_config": asdict(model),
+            "train_config": {k: getattr(config, k) for k in
+                             ("epochs", "lr", "weight_decay", "lr_schedule", "warmup_epochs",
+                              "seed")}}
 
 
 def _key(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -108,7 +180,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         codebook=replace(preset.model.codebook, **codebook),
                         **changes)
         for index in range(args.seeds):
-            run = grid.Run(preset, method, args.conv, index)
+            # the reference takes full-graph training's options (lr, weight decay, epochs)
+            run = grid.Run(preset, "full" if method == REFERENCE else method, args.conv, index)
             seed, split = run.train.seed, run.split
             data = load_dataset(preset.name, root=root, split=split, seed=seed)
             key = (name, str(data.name), seed + 100 * split, args.conv)
@@ -118,7 +191,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 # decay since these measurements).
                 config: TrainConfig = run.train.replace(
                     **{"lr_per_epoch": False, "lr_schedule": "constant", **training})
-                record = run_experiment(data, model, config)
+                run_fn = reference_run if method == REFERENCE else run_experiment
+                record = run_fn(data, model, config)
                 record.update(variant=name, seed=key[2])
                 append_record(out, record)
                 recorded[key] = strict_json(record)  # as read back from the file

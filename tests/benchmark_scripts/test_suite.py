@@ -320,6 +320,65 @@ def test_stability_trains_the_given_backbone_and_keys_its_records_by_it(tmp_path
                     "--variants", "default,no-backward"])
     assert convs == ["gcn", "gcn", "gin", "gin"]
 
+def test_stability_reference_trains_pyg_convs_in_the_textbook_loop():
+    """The bound's noise floor: PyG's convolutions, one full-graph step per epoch, the test
+    metric at the first best validation epoch, reproducible by its seed, with the schedule."""
+    from benchmarks.stability import reference_run
+    from vqgnn.datasets import load_dataset
+    from vqgnn.errors import ConfigError
+    from vqgnn.train import ModelConfig, TrainConfig
+
+    data = load_dataset(DATASET_TINY + ",seed=0")
+    model = ModelConfig(hidden=16, layers=2, dropout=0.5)
+
+    def run(seed: int = 1, schedule: str = "constant", **kw):
+        return reference_run(data, replace(model, **kw), TrainConfig.create(
+            "full", epochs=30, lr=0.01, lr_schedule=schedule, seed=seed))
+
+    record = run()
+    history = record["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 31))
+    vals = [h["val"] for h in history]
+    best = vals.index(max(vals))
+    assert record["best_epoch"] == best + 1 and record["test"] == history[best]["test"]
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"] and max(vals) > 0.6  # 3 classes
+    assert run()["history"] == history  # the seed decides the run
+    assert run(seed=2)["history"] != history
+    assert run(schedule="cosine")["history"] != history
+    assert [h["val"] for h in run(conv="sage")["history"]] != vals
+    with pytest.raises(ConfigError, match="'model.layers' must be >= 1, received 0"):
+        run(layers=0)
+
+
+def test_stability_reference_variants_run_the_reference_with_full_graph_options(
+        tmp_path, monkeypatch, capsys):
+    from benchmarks import stability
+    from benchmarks.grid import DatasetPreset, _cfg
+
+    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
+                           grid._model(16, hidden=8, layers=2),
+                           _cfg(epochs=3, batch_size=64, lr=0.01, weight_decay=5e-4,
+                                lr_per_epoch=True, lr_schedule="cosine"), runs=1, source=None)
+    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+
+    def no_vqgnn(*args):
+        raise AssertionError("the reference variants must not run vqgnn's trainer")
+
+    monkeypatch.setattr(stability, "run_experiment", no_vqgnn)
+    out = tmp_path / "s.jsonl"
+    stability.main(["--dataset", "cora", "--seeds", "2", "--out", str(out),
+                    "--variants", "pyg-reference,pyg-reference-cosine"])
+    rows = records(out)
+    assert [(r["variant"], r["seed"], r["method"]) for r in rows] == [
+        ("pyg-reference", 0, "pyg-reference"), ("pyg-reference", 1, "pyg-reference"),
+        ("pyg-reference-cosine", 0, "pyg-reference"),
+        ("pyg-reference-cosine", 1, "pyg-reference")]
+    assert [r["train_config"]["lr_schedule"] for r in rows] == ["constant"] * 2 + ["cosine"] * 2
+    assert all(r["train_config"]["weight_decay"] == 5e-4 and len(r["history"]) == 3
+               for r in rows)
+    assert "| pyg-reference-cosine | 2 |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
 def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):
     """Tensor.item/__bool__/__int__, nonzero, unique, bincount, repeat_interleave without
