@@ -10,7 +10,9 @@ For every run, from its per-epoch validation metric:
   epoch ``--after`` (the noise the max picks) plus that mean minus the last 20's (how far
   the curve sinks), beside the evaluations' spread before the last 20;
 
-all in points, averaged over the seeds. Records go to ``--out`` (JSON lines; a run
+all in points, averaged over the seeds. The variants ``pyg-reference`` and
+``pyg-reference-cosine`` train PyG's own convolutions in the textbook full-batch loop
+(:func:`reference_run`, no vqgnn code in the step): the bound's noise floor. Records go to ``--out`` (JSON lines; a run
 already there is skipped), the table is printed.
 
 Usage:
