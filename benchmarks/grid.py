@@ -3,7 +3,8 @@
 Every finished run appends one JSON record to ``--out`` (JSON lines); a run already
 there (same dataset, split, seed, method, backbone and configuration) is skipped, so
 an interrupted grid continues where it stopped. At the end the Markdown tables of the
-records are printed and written next to ``--out`` (``.md``), with the plots
+records are printed and written next to ``--out`` (``.md``, by a run, not by
+``--table-only``), with the plots
 (``--plots``, default beside ``--out``).
 
 Presets:
@@ -385,7 +386,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--verbose", action="store_true", help="per-epoch logs")
     parser.add_argument("--table-only", action="store_true",
-                        help="run nothing: print the tables of the records in --out")
+                        help="run nothing: print the tables of the records in --out and "
+                             "redraw the plots (the .md beside --out is left as the run "
+                             "that wrote it)")
     parser.add_argument("--interleave", action="store_true",
                         help="run split (or seed) 0 of every configuration, then 1, ...")
     parser.add_argument("--workers", type=int, default=1,
@@ -647,7 +650,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             tables += [""] + report.targets(records)
     text = title + "\n\n" + "\n".join(tables) + "\n"
     print("\n" + text)
-    out.with_suffix(".md").write_text(text)
+    if not args.table_only:  # the .md keeps the command that ran the records
+        out.with_suffix(".md").write_text(text)
     plots = Path(args.plots) if args.plots else out.parent
     written = report.plot_grid(records, args.preset, plots / out.stem)
     for path in written:

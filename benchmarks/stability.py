@@ -12,8 +12,8 @@ For every run, from its per-epoch validation metric:
 
 all in points, averaged over the seeds. The variants ``pyg-reference`` and
 ``pyg-reference-cosine`` train PyG's own convolutions in the textbook full-batch loop
-(:func:`reference_run`, no vqgnn code in the step): the bound's noise floor. Records go to ``--out`` (JSON lines; a run
-already there is skipped), the table is printed.
+(:func:`reference_run`, no vqgnn code in the step): the bound's noise floor. Records go
+to ``--out`` (JSON lines; a run already there is skipped), the table is printed.
 
 Usage:
     python benchmarks/stability.py --data-root DIR                      # Cora, 3 seeds

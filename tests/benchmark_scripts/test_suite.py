@@ -98,8 +98,10 @@ def test_suite_on_cora_resumes_and_reports(results, capsys):
     old = {**first[0], "train_config": {**first[0]["train_config"], "lr": 0.5}, "test": 0.0}
     with path.open("a") as f:
         f.write(json.dumps(old) + "\n")
+    written = (results / "suite.md").read_text()
     grid.main([*argv, "--table-only"])
-    assert "| Cora | gcn | vq | 1 |" in (results / "suite.md").read_text()
+    assert "| Cora | gcn | vq | 1 |" in written and "--table-only" not in written
+    assert (results / "suite.md").read_text() == written  # the run's command stays
     assert "(5 runs," in capsys.readouterr().out
 
 
