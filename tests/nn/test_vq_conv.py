@@ -924,6 +924,52 @@ def test_a_weighted_graph_reaches_a_sage_vqgnn_on_a_subgraph() -> None:
                               atol=1e-3)
 
 
+@pytest.mark.parametrize("conv", ["sage", "gin"])
+def test_a_weighted_edge_index_call_builds_its_graph_once_for_all_layers(conv, monkeypatch):
+    """A weighted ``edge_index`` call of a 3-layer SAGE/GIN ``VQGNN`` (GraphSAINT's step)
+    builds one weighted graph, not one per layer, with the outputs and gradients of the
+    layers called one by one; a cache entry is not reused for other tensors."""
+    from vqgnn.nn import vq_conv
+    from vqgnn.nn.models import VQGNN
+
+    torch.manual_seed(0)
+    n = 40
+    edge_index = random_graph(n, 160)
+    w = torch.rand(edge_index.size(1)) + 0.1
+    model = VQGNN(6, 8, 3, 3, num_nodes=n, conv=conv, num_codewords=8, dropout=0.0)
+    x = torch.randn(n, 6)
+    built = []
+
+    class Counting(VQGraph):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(vq_conv, "VQGraph", Counting)
+    out = model(x, edge_index, edge_weight=w)
+    assert len(built) == 1
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    # the layers one by one, each building its own graph
+    h = model._input(x)
+    for i, layer in enumerate(model.layers):
+        h = model._after_conv(i, h, layer(model._conv_input(i, h), edge_index, edge_weight=w))
+    ref = model._output(h)
+    assert len(built) == 4
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), list(model.parameters()))):
+        torch.testing.assert_close(a, b)
+    # one cache, other tensors: rebuilt, and the result is the other graph's
+    cache: dict = {}
+    layer = model.layers[1]
+    hidden = torch.randn(n, 8)
+    first = layer(hidden, edge_index, edge_weight=w, graph_cache=cache)
+    w2 = w.flip(0)
+    second = layer(hidden, edge_index, edge_weight=w2, graph_cache=cache)
+    assert len(built) == 6 and cache["weighted"][1] is w2
+    torch.testing.assert_close(second, layer(hidden, edge_index, edge_weight=w2))
+    assert not torch.allclose(first, second, atol=1e-4)
+
+
 def test_a_generic_layer_with_edge_weights_never_loses_them_silently() -> None:
     torch.manual_seed(0)
     n = 40

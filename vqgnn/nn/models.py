@@ -353,11 +353,13 @@ class VQGNN(torch.nn.Module):
                  edge_weight: Optional[Tensor] = None,
                  before_layer: Optional[Callable[[int, Tensor], None]] = None) -> Tensor:
         h = self._input(x)
+        # an edge_index call with weights: its weighted graph is built once, for all layers
+        graph_cache: Optional[dict[str, Any]] = {} if edge_weight is not None else None
         for i, conv in enumerate(self.layers):
             conv_in = self._conv_input(i, h)
             if before_layer is not None:
                 before_layer(i, conv_in)
-            z = conv(conv_in, graph, batch, edge_weight=edge_weight)
+            z = conv(conv_in, graph, batch, edge_weight=edge_weight, graph_cache=graph_cache)
             attention = self.attention(i)
             if attention is not None:
                 z = z + attention(conv_in, graph, batch)

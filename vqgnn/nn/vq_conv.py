@@ -178,7 +178,8 @@ class VQConv(QuantizedLayer):
         return self._operator[1]
 
     def forward(self, x: Tensor, graph: Union[VQGraph, Tensor], batch: Optional[Tensor] = None,
-                edge_weight: Optional[Tensor] = None) -> Tensor:
+                edge_weight: Optional[Tensor] = None,
+                graph_cache: Optional[dict[str, Any]] = None) -> Tensor:
         """Run the layer.
 
         Args:
@@ -194,6 +195,12 @@ class VQConv(QuantizedLayer):
                 these weights; attention layers ignore them (their softmax normalises over
                 the incoming edges), and so do layers of the generic path without an
                 ``edge_weight`` argument.
+            graph_cache: a dict that the layers of one model call share (start each call
+                with an empty one): the weighted graph of an ``edge_index`` call with
+                ``edge_weight`` that runs through the adapter (SAGE, GIN), and its
+                operator, are then built by the first such layer and reused by the others
+                (:class:`~vqgnn.nn.VQGNN` passes one). An entry is reused only for the same
+                ``edge_index`` and ``edge_weight`` tensors.
 
         Returns:
             (N, D_out) or (b, D_out) outputs.
@@ -205,7 +212,7 @@ class VQConv(QuantizedLayer):
             if edge_weight is not None and self._edge_weight_arg:
                 return self.conv(x, graph, edge_weight=edge_weight)
             if edge_weight is not None and isinstance(self.adapter, LinearAdapter):
-                return self._weighted_call(x, graph, edge_weight)
+                return self._weighted_call(x, graph, edge_weight, graph_cache)
             return self.conv(x, graph)
         if not isinstance(graph, VQGraph):
             raise ConfigTypeError(f"'VQConv': 'graph' must be a VQGraph or an edge_index "
@@ -220,11 +227,12 @@ class VQConv(QuantizedLayer):
             return self._full(x, graph)
         return self._forward_batch(x, graph, batch)
 
-    def _weighted_call(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor) -> Tensor:
+    def _weighted_call(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor,
+                       graph_cache: Optional[dict[str, Any]] = None) -> Tensor:
         """An ``edge_index`` call with weights for a layer whose ``forward`` takes none
-        (SAGE, GIN): the adapter's weighted operator on that graph, built per call (the
-        weights as constants, as GraphSAINT's are; an unchecked graph: the sampler's
-        tensors, no host synchronisation for checks)."""
+        (SAGE, GIN): the adapter's weighted operator on that graph, built per call or
+        taken from ``graph_cache`` (the weights as constants, as GraphSAINT's are; an
+        unchecked graph: the sampler's tensors, no host synchronisation for checks)."""
         if not isinstance(x, Tensor):
             raise ConfigError(f"'VQConv': weighted edge_index calls of "
                               f"'{type(self.conv).__name__}' take one node feature tensor "
@@ -234,8 +242,17 @@ class VQConv(QuantizedLayer):
                               f"({edge_index.size(1)},), received {tuple(edge_weight.shape)}")
         if x.size(0) == 0:
             return self.conv(x, edge_index)
-        weighted = VQGraph(edge_index, x.size(0), edge_weight=edge_weight.detach(), check=False)
-        op = self.adapter.operator(self.conv, weighted)  # not cached: this call's graph
+        entry = graph_cache.get("weighted") if graph_cache is not None else None
+        if (entry is not None and entry[0] is edge_index and entry[1] is edge_weight
+                and entry[2].num_nodes == x.size(0)):
+            weighted = entry[2]
+        else:
+            weighted = VQGraph(edge_index, x.size(0), edge_weight=edge_weight.detach(),
+                               check=False)
+            if graph_cache is not None:
+                graph_cache["weighted"] = (edge_index, edge_weight, weighted)
+        # the operator is cached in this call's graph: the layers that normalise alike share it
+        op = self.adapter.operator(self.conv, weighted)
         return self._full_pair(x, weighted, op)[0]
 
     def _check_generic_weights(self, graph: VQGraph) -> None:
