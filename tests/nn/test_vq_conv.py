@@ -1024,6 +1024,64 @@ def test_a_generic_layer_that_needs_edge_attributes_is_one_clear_error() -> None
         VQConv(EdgeAttrConv(), num_codewords=4, num_nodes=10)
 
 
+@pytest.mark.parametrize("name", ["SGConv", "SGConv-K2", "TAGConv", "ChebConv", "LGConv",
+                                  "APPNP", "UserSourceDegreeConv"])
+def test_a_layer_that_reads_its_sources_edges_is_refused(name: str) -> None:
+    """The generic path runs a layer on the batch nodes and codewords: a layer normalised
+    by its sources' degrees, or with several hops per call, computed wrong outputs there
+    even with an oracle codebook (0.5-3.1 off), silently. It is refused at wrapping."""
+    import torch_geometric.nn as pyg
+
+    class UserSourceDegreeConv(MessagePassing):  # divides by the source's out-degree
+        def __init__(self) -> None:
+            super().__init__(aggr="add")
+            self.in_channels = 6
+            self.lin = torch.nn.Linear(6, 4)
+
+        def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+            deg = torch.zeros(x.size(0)).index_add_(0, edge_index[0],
+                                                    torch.ones(edge_index.size(1)))
+            return self.propagate(edge_index, x=self.lin(x) / deg.clamp_min(1).unsqueeze(1))
+
+    conv = {"SGConv": lambda: pyg.SGConv(6, 4, K=1), "SGConv-K2": lambda: pyg.SGConv(6, 4, K=2),
+            "TAGConv": lambda: pyg.TAGConv(6, 4, K=1), "ChebConv": lambda: pyg.ChebConv(6, 4, K=2),
+            "LGConv": lambda: pyg.LGConv(), "APPNP": lambda: pyg.APPNP(K=2, alpha=0.1),
+            "UserSourceDegreeConv": UserSourceDegreeConv}[name]()
+    conv.train()
+    with pytest.raises(ValueError, match=f"the output of '{type(conv).__name__}' at a node "
+                                         f"depends on more than the messages into it"):
+        VQConv(conv, num_codewords=8, num_nodes=40, in_channels=6)
+    with pytest.raises(ValueError, match="depends on more than the messages into it"):
+        VQConv(conv, num_nodes=40, in_channels=6, constant_input=True)  # exact paths too
+    assert conv.training  # the probe left the layer's mode as it was
+
+
+@pytest.mark.parametrize("name", ["TransformerConv", "ResGatedGraphConv", "ClusterGCNConv",
+                                  "GENConv", "GCNConv-unnormalised", "NonlinearUserConv"])
+def test_a_layer_normalised_by_its_targets_is_exact_with_an_oracle_codebook(name: str) -> None:
+    """What the refusal above lets through: the generic path's outputs equal the full
+    graph's, for every batch node, with each node its own codeword."""
+    import torch_geometric.nn as pyg
+
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 200), n)
+    conv = {"TransformerConv": lambda: pyg.TransformerConv(6, 4),
+            "ResGatedGraphConv": lambda: pyg.ResGatedGraphConv(6, 4),
+            "ClusterGCNConv": lambda: pyg.ClusterGCNConv(6, 4),
+            "GENConv": lambda: pyg.GENConv(6, 4),
+            "GCNConv-unnormalised": lambda: GCNConv(6, 4, normalize=False),
+            "NonlinearUserConv": lambda: NonlinearUserConv(6, 4)}[name]()
+    layer = VQConv(conv, num_codewords=n, num_nodes=n, in_channels=6,
+                   backward_approx=False).eval()
+    x = torch.randn(n, 6)
+    layer.set_codewords(x, torch.zeros(n, layer.quantizer.grad_dim), torch.arange(n))
+    batch = torch.randperm(n)[:12]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x[batch], graph, batch), layer(x, graph)[batch],
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_a_weighted_edge_index_call_edge_cases() -> None:
     torch.manual_seed(0)
     conv = SAGEConv(6, 4)

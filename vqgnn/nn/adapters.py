@@ -19,7 +19,8 @@ New adapters are registered with :func:`register_adapter`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -411,16 +412,46 @@ class GenericAdapter(ConvAdapter):
     mergeable = False
 
     def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
-        x = torch.zeros(2, in_channels)
-        edge_index = torch.tensor([[0], [1]])
-        try:
+        x = _probe_features(conv, 2, in_channels)
+        edge_index = torch.tensor([[0], [1]], device=x.device)
+        with _plain_call(conv):
             agg = run_capturing_aggregate(conv, x, edge_index, conv.__call__)[1]
-        except TypeError as err:  # e.g. a forward that needs edge_attr
-            raise ConfigError(f"'VQConv' runs '{type(conv).__name__}' as forward(x, "
-                              f"edge_index), which failed ({err}); a layer that needs more "
-                              f"inputs (edge attributes) needs an adapter of its own "
-                              f"(register_adapter)") from None
         return agg.size(-1)
+
+    def check_locality(self, conv: MessagePassing, in_channels: int) -> None:
+        """Refuse a layer whose output at a node depends on more than the messages into it.
+
+        The generic path runs the layer on the batch nodes and the codewords, with every
+        message into a batch node; a codeword has no edges of its own there. A layer that
+        also reads its sources' edges (a normalisation by the source's degree, as GCN's;
+        several hops per call, as ``SGConv(K=2)``) would compute wrong outputs even with
+        exact codewords, silently. The probe: the layer's output at node 0 with the edges
+        1 -> 0 and 0 -> 1, against the same with edges into and out of node 1 and out of
+        node 0 added (eval mode, no gradient); a layer that normalises by its targets'
+        incoming messages gives the same output at node 0 both times.
+        """
+        x = _probe_features(conv, 5, in_channels)
+        alone = torch.tensor([[1, 0], [0, 1]], device=x.device)
+        more = torch.tensor([[1, 0, 2, 3, 1, 0], [0, 1, 1, 1, 4, 3]], device=x.device)
+        training = conv.training
+        conv.eval()
+        try:
+            with torch.no_grad(), _plain_call(conv):
+                first, second = conv(x, alone)[0], conv(x, more)[0]
+        finally:
+            conv.train(training)
+        if not torch.allclose(first, second, rtol=1e-4, atol=1e-6):
+            name = type(conv).__name__
+            raise ConfigError(
+                f"'VQConv': the output of '{name}' at a node depends on more than the "
+                f"messages into it (on its neighbours' own edges: a normalisation by the "
+                f"source's degree, as GCN's, or several hops per call); VQConv's generic "
+                f"path runs the layer on the batch nodes and codewords, where those edges are "
+                f"unknown, so '{name}' would compute wrong outputs even with exact codewords. "
+                f"Register an adapter whose operator carries its normalisation "
+                f"(vqgnn.nn.register_adapter), or use a one-hop layer normalised by its "
+                f"targets' incoming messages (GCNConv, SAGEConv, GraphConv, GINConv, GATConv "
+                f"and GATv2Conv have adapters)")
 
     def operator(self, conv: MessagePassing, graph: VQGraph) -> SparseOperator:
         return _plain_operator(graph, mean=False)
@@ -431,6 +462,30 @@ class GenericAdapter(ConvAdapter):
         b = edges.num_rows
         out, agg = run_capturing_aggregate(conv, x_src, edge_index, conv.__call__, rows=b)
         return out[:b], agg
+
+
+def _probe_features(conv: MessagePassing, n: int, in_channels: int) -> Tensor:
+    """(n, in_channels) fixed random features on the layer's device, in its dtype."""
+    param = next(conv.parameters(), None)
+    usable = (param is not None and not isinstance(
+        param, torch.nn.parameter.UninitializedParameter) and param.is_floating_point())
+    dtype = param.dtype if usable and param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn(n, in_channels, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    return x.to(device)
+
+
+@contextmanager
+def _plain_call(conv: MessagePassing) -> Iterator[None]:
+    """Turns the ``TypeError`` of a layer that ``forward(x, edge_index)`` cannot run into
+    a :class:`~vqgnn.errors.ConfigError` saying what it needs."""
+    try:
+        yield
+    except TypeError as err:  # e.g. a forward that needs edge_attr
+        raise ConfigError(f"'VQConv' runs '{type(conv).__name__}' as forward(x, "
+                          f"edge_index), which failed ({err}); a layer that needs more "
+                          f"inputs (edge attributes) needs an adapter of its own "
+                          f"(register_adapter)") from None
 
 
 def run_capturing_aggregate(conv: MessagePassing, x: Tensor, edge_index: Tensor,
