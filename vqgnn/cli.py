@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 
 def dataset_summary(data) -> list[tuple[str, str]]:
@@ -198,14 +198,20 @@ def train_one(data, method: str, args: argparse.Namespace, options: dict) -> dic
 
     checkpoint = method_checkpoint(args, method)
     parallel = getattr(args, "_parallel", None)
+    announce: Optional[Callable[[int], None]] = None
     if args.resume and checkpoint is not None and (parallel is None or parallel.is_main):
-        where = (f"resuming from {checkpoint}" if Path(checkpoint).exists()
-                 else f"no checkpoint at {checkpoint}: starting from epoch 1")
-        print(f"[{method}] {where}", file=sys.stderr, flush=True)
+        if Path(checkpoint).exists():  # said once the checkpoint is checked and loaded
+
+            def announce(epoch: int) -> None:
+                print(f"[{method}] resuming from {checkpoint} after epoch {epoch}",
+                      file=sys.stderr, flush=True)
+        else:
+            print(f"[{method}] no checkpoint at {checkpoint}: starting from epoch 1",
+                  file=sys.stderr, flush=True)
     config = train_config(args, method, options, checkpoint)
     log = None if args.quiet else (lambda line: print(f"[{method}] {line}", flush=True))
     return run_experiment(data, model_config(args), config, log=log, resume=args.resume,
-                          parallel=parallel)
+                          parallel=parallel, on_resumed=announce)
 
 
 def _file_key(path: Optional[str]) -> Optional[tuple[int, int, int]]:

@@ -75,7 +75,8 @@ class ModelConfig:
 def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
                    log: Optional[Callable[[str], None]] = None,
                    resume: bool = False,
-                   parallel: Optional[SingleProcess] = None) -> dict[str, Any]:
+                   parallel: Optional[SingleProcess] = None,
+                   on_resumed: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """Seed, build, train and measure; returns a flat JSON record.
 
     The record holds the dataset, split, seed, method, backbone, the metric's name,
@@ -97,6 +98,8 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
         log: per-epoch log lines.
         resume: resume from ``train.checkpoint`` when that file exists.
         parallel: the data-parallel strategy (default: the :class:`Trainer`'s).
+        on_resumed: called with the checkpoint's epoch once a resumed checkpoint has been
+            checked and loaded (:meth:`Trainer.fit`).
 
     Raises:
         CheckpointError: the checkpoint cannot be read, or belongs to another run.
@@ -125,7 +128,7 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
                     f"{'; ...' if len(changed) > 1 else ''}); it is not overwritten: give "
                     f"another checkpoint path, or delete that file")
     try:
-        result = trainer.fit(resume_from=resume_from)
+        result = trainer.fit(resume_from=resume_from, on_resumed=on_resumed)
     except DivergenceError as err:
         err.record = _record(data, model, train, trainer, err.result)  # type: ignore[arg-type]
         raise

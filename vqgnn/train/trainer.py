@@ -605,24 +605,30 @@ class Trainer:
                 for split in ("train", "val", "test")}
 
     # ---------------------------------------------------------------- training
-    def fit(self, resume_from: Optional[Union[str, os.PathLike]] = None) -> TrainResult:
+    def fit(self, resume_from: Optional[Union[str, os.PathLike]] = None,
+            on_resumed: Optional[Callable[[int], None]] = None) -> TrainResult:
         """Train until ``epochs`` or early stopping; returns the selected model's figures.
 
         Args:
             resume_from: a checkpoint written by this trainer (:meth:`save_checkpoint`).
+            on_resumed: called with the checkpoint's epoch once it has been checked and
+                loaded (not when it is refused), before training goes on.
         """
         try:
-            return self._fit(resume_from)
+            return self._fit(resume_from, on_resumed)
         except Exception as err:
             failure = self.parallel.failure(err, f"epoch {self.epoch + 1}")
             if failure is None:
                 raise
             raise failure from err
 
-    def _fit(self, resume_from: Optional[Union[str, os.PathLike]]) -> TrainResult:
+    def _fit(self, resume_from: Optional[Union[str, os.PathLike]],
+             on_resumed: Optional[Callable[[int], None]] = None) -> TrainResult:
         cfg = self.config
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+            if on_resumed is not None:
+                on_resumed(self.epoch)
         elif not self.prepared:
             seed_everything(cfg.seed)
             self.prepare()
