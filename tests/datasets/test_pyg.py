@@ -143,6 +143,15 @@ def test_missing_files_raise_file_not_found_naming_them(tmp_path: Path, monkeypa
     with pytest.raises(FileNotFoundError, match="ind.cora.test.index"):
         load_dataset("Cora", root=root)
     assert list(root.iterdir()) == []
+    assert "holds a 'raw' folder itself" not in message
+
+    # A root one level too deep (the dataset's own folder, holding raw/): the error says so.
+    (root / "raw").mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("Cora", root=root)
+    assert (f"'{root}' holds a 'raw' folder itself: the root is the folder above it, "
+            f"'{tmp_path}'") in str(info.value)
+    assert [p.name for p in root.iterdir()] == ["raw"]
 
 
 def test_failed_processing_leaves_no_processed_folder(tmp_path: Path, shared) -> None:

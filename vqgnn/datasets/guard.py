@@ -85,6 +85,17 @@ def construct(
         raise
 
 
+def _root_hint(dataset: Any) -> str:
+    """A hint when ``root`` is one level too deep: it holds ``raw/`` itself, where the
+    dataset looks for ``raw/`` in a folder below it (PyG's ``root/<Name>/raw``)."""
+    root = osp.abspath(str(getattr(dataset, "root", "")))
+    if (not osp.isdir(osp.join(root, "raw"))
+            or osp.abspath(dataset.raw_dir) == osp.join(root, "raw")):
+        return ""
+    return (f" '{root}' holds a 'raw' folder itself: the root is the folder above it, "
+            f"'{osp.dirname(root)}'")
+
+
 def _guarded(cls: type[DatasetT], expected: ExpectedFn) -> type[DatasetT]:
     def download(self: Any) -> None:
         if all(osp.exists(path) for path in self.processed_paths):
@@ -97,7 +108,7 @@ def _guarded(cls: type[DatasetT], expected: ExpectedFn) -> type[DatasetT]:
             raise FileNotFoundError(
                 f"{cls.__name__}: could not find {expected(self)}, and downloading them "
                 f"failed ({type(exc).__name__}: {exc}). Place the files there to load "
-                "offline."
+                f"offline.{_root_hint(self)}"
             ) from exc
 
     def process(self: Any) -> None:
