@@ -407,7 +407,7 @@ def test_too_many_parts_is_one_line_without_metis_output(capfd):
 
 def test_more_codewords_than_nodes_warns():
     data = load_dataset(DATASET)
-    with pytest.warns(UserWarning, match="K=512 exceeds the graph's 300 nodes"):
+    with pytest.warns(UserWarning, match="K=512 exceeds the graph's 300 nodes") as caught:
         model = VQGNN(8, 16, 2, 3, num_nodes=data.num_nodes, num_codewords=512)
     Trainer(model, data, TrainConfig.create("vq", epochs=1))
     from torch_geometric.nn import GCNConv
@@ -415,8 +415,11 @@ def test_more_codewords_than_nodes_warns():
     from vqgnn import VQConv
 
     with pytest.warns(UserWarning, match="'VQConv': num_codewords K=301 exceeds the graph's "
-                                         "300 nodes"):  # a layer of one's own, too
+                                         "300 nodes") as again:  # a layer of one's own, too
         VQConv(GCNConv(8, 4), num_codewords=301, num_nodes=300)
+    # Both name this file, the user's line, not the library's (VQGNN builds its layers
+    # through torch's ModuleList).
+    assert {w.filename for w in [*caught, *again]} == {__file__}
 
 
 @pytest.mark.parametrize("method", ["vq", "full", "sage", "cluster", "saint"])

@@ -381,6 +381,45 @@ def test_stability_reference_variants_run_the_reference_with_full_graph_options(
     assert "| pyg-reference-cosine | 2 |" in capsys.readouterr().out
 
 
+def test_codebook_decay_script_trains_each_decay_and_resumes(tmp_path, monkeypatch, capsys):
+    from benchmarks import codebook_decay
+    from benchmarks.grid import DatasetPreset, _cfg
+
+    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
+                           grid._model(16, hidden=8, layers=2),
+                           _cfg(epochs=4, batch_size=64, lr=0.01, lr_per_epoch=True,
+                                lr_schedule="cosine"), runs=1, source=None)
+    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    out = tmp_path / "d.jsonl"
+    argv = ["--dataset", "cora", "--seeds", "2", "--layers", "3", "--at", "1,3", "--out",
+            str(out), "--decays", "0.99,1-1/S"]
+    codebook_decay.main(argv)
+    rows = records(out)
+    assert [(r["variant"], r["seed"], r["method"]) for r in rows] == [
+        ("full", 0, "full"), ("full", 1, "full"), ("0.99", 0, "vq"), ("0.99", 1, "vq"),
+        ("1-1/S", 0, "vq"), ("1-1/S", 1, "vq")]
+    assert all(r["model_config"]["layers"] == 3 and r["train_config"]["epochs"] == 4
+               for r in rows)
+    # 200 nodes in batches of 64: S = 4 steps per epoch, so 1 - 1/S = 0.75
+    assert [r["model_config"]["codebook"]["decay"] for r in rows[2:]] == [0.99, 0.99, 0.75,
+                                                                           0.75]
+    table = capsys.readouterr().out
+    assert "| vq | 1-1/S = 0.750 |" in table and "| val, epoch 1 | val, epoch 3 |" in table
+    full = [r for r in rows if r["variant"] == "full"]
+    mean = sum(100 * r["test"] for r in full) / 2
+    assert "| full | - |" in table and f"| {mean:.2f} |" in table
+    codebook_decay.main(argv)  # resumes: nothing new
+    assert len(records(out)) == 6
+    with pytest.raises(SystemExit):
+        codebook_decay.main([*argv[:-1], "0.99,1.5"])
+    assert "each value must be a float in [0, 1) or '1-1/S', received '1.5'" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        codebook_decay.main(["--layers", "1", "--out", str(out)])
+    assert "--layers must be >= 2 (the first layer has no codebook), received 1" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
 def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):
     """Tensor.item/__bool__/__int__, nonzero, unique, bincount, repeat_interleave without
