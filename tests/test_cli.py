@@ -59,6 +59,7 @@ def test_train_two_methods(tmp_path, capsys):
     rows = [line for line in captured.out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | best val accuracy | test accuracy")
     assert rows[1].startswith("| vq |") and rows[2].startswith("| full |")
+    assert "batch size: vq 64, K=16, seed=0," in captured.out
     assert "[vq] epoch" not in captured.out  # --quiet: no epoch logs
     assert captured.err == ""  # --quiet: no progress bars
     records = read_records(path)
@@ -174,7 +175,8 @@ def test_train_baselines_side_by_side(tmp_path, capsys):
         assert JSON_KEYS <= r.keys() and r["test_vq"] is None
         assert f"| {r['method']} |" in table
     size = records[1]["train_config"]["batch_size"]  # full-graph training has none
-    assert (f"batch size: sage {size}, cluster {size}, saint {size}, K=") in table
+    # no K: none of these methods reads the codebooks its model builds
+    assert f"batch size: sage {size}, cluster {size}, saint {size}, seed=0," in table
     configs = {r["method"]: r["train_config"] for r in records}
     assert configs["sage"]["num_neighbors"] == [4, 3]
     assert configs["cluster"]["num_parts"] == 8 and configs["saint"]["walk_length"] == 3
@@ -273,6 +275,9 @@ def test_train_help_names_each_default_once(capsys):
     assert "(default: None)" not in out and "(default: False)" not in out
     assert "default 1024) (default" not in out
     assert "--epochs EPOCHS maximum epochs (default: 100)" in out
+    # defaults of 0 and 0.0 are shown (they equal False, and were taken for an off flag)
+    assert "--seed SEED random seed (default: 0)" in out
+    assert "--weight-decay WEIGHT_DECAY weight decay (default: 0.0)" in out
 
 
 @pytest.mark.parametrize("argv, message", [

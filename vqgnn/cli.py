@@ -364,8 +364,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     batch = ", ".join(f"{r['method']} {r['train_config']['batch_size']}" for r in records
                       if r["train_config"].get("batch_size") is not None) or "whole graph"
     ranks = f", ranks={parallel.world_size}" if parallel.world_size > 1 else ""
+    # K only where a method reads codebooks (the others build them and never use them)
+    from vqgnn.train.methods import VQ_INFERENCE, method_class
+
+    ks = sorted({r["model_config"]["codebook"]["num_codewords"] for r in records
+                 if VQ_INFERENCE in method_class(r["method"]).inference_modes})
+    k = f"K={', '.join(map(str, ks))}, " if ks else ""
     print(f"{data.name} (split {data.split}), conv={args.conv}, hidden={args.hidden}, "
-          f"layers={args.layers}, batch size: {batch}, K={args.num_codewords}, "
+          f"layers={args.layers}, batch size: {batch}, {k}"
           f"seed={args.seed}, device={records[0]['device']}{ranks}")
     print("\n".join(summary_table(records)))
     print(f"peak train memory: {records[0]['memory_measure']}; peak RSS: "
@@ -390,7 +396,9 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> Optional[str]:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        # by identity: a default of 0 or 0.0 equals False, and is still a default to show
+        if "default" in text or any(action.default is v for v in (None, False,
+                                                                   argparse.SUPPRESS)):
             return text
         return super()._get_help_string(action)
 
