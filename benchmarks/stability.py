@@ -100,17 +100,29 @@ def reference_run(data: Data, model: ModelConfig, config: TrainConfig) -> dict[s
     them, ``model.act`` and dropout ``model.dropout``; Adam (``config.lr``,
     ``config.weight_decay``, ``config``'s schedule), one step per epoch on the training
     nodes' cross-entropy, evaluated every epoch; the test metric at the best validation
-    epoch (the first of equals). Its curve is what a plain PyG user sees, so its last-20
-    gap is the noise floor of the stability bound. Returns a record with the fields that
-    :func:`main` reads (``history``, ``test``) and the run's options."""
+    epoch (the first of equals), on ``config.device``. Its curve is what a plain PyG user
+    sees, so its last-20 gap is the noise floor of the stability bound. The plain stack
+    only: a model with normalisation, the residual layout, FFN blocks or global attention
+    is refused, and so are early stopping and gradient clipping. Returns a record with the
+    fields that :func:`main` reads (``history``, ``test``) and the run's options."""
     if model.layers < 1:
         raise ConfigError(f"'reference_run': 'model.layers' must be >= 1, received "
                           f"{model.layers!r}")
+    for key, plain in (("norm", "none"), ("residual", False), ("ffn", False),
+                       ("global_attention", False)):
+        if getattr(model, key) != plain:
+            raise ConfigError(f"'reference_run' trains the plain stack: 'model.{key}' must "
+                              f"be {plain!r}, received {getattr(model, key)!r}")
+    for key in ("patience", "grad_clip"):
+        if getattr(config, key) is not None:
+            raise ConfigError(f"'reference_run' takes no '{key}', received "
+                              f"{getattr(config, key)!r}")
     seed_everything(config.seed)
+    data = data.to(config.device)
     factory = backbone_factory(model.conv)
     sizes = [data.num_features] + [model.hidden] * (model.layers - 1) + [data.num_classes]
     convs = torch.nn.ModuleList(factory(a, b, i) for i, (a, b) in
-                                enumerate(zip(sizes[:-1], sizes[1:])))
+                                enumerate(zip(sizes[:-1], sizes[1:]))).to(config.device)
     act = resolve_act(model.act, "reference_run")
     optimizer = torch.optim.Adam(convs.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)

@@ -322,6 +322,7 @@ def test_stability_trains_the_given_backbone_and_keys_its_records_by_it(tmp_path
                     "--variants", "default,no-backward"])
     assert convs == ["gcn", "gcn", "gin", "gin"]
 
+
 def test_stability_reference_trains_pyg_convs_in_the_textbook_loop():
     """The bound's noise floor: PyG's convolutions, one full-graph step per epoch, the test
     metric at the first best validation epoch, reproducible by its seed, with the schedule."""
@@ -350,6 +351,8 @@ def test_stability_reference_trains_pyg_convs_in_the_textbook_loop():
     assert [h["val"] for h in run(conv="sage")["history"]] != vals
     with pytest.raises(ConfigError, match="'model.layers' must be >= 1, received 0"):
         run(layers=0)
+    with pytest.raises(ConfigError, match="'model.residual' must be False, received True"):
+        run(residual=True)
 
 
 def test_stability_reference_variants_run_the_reference_with_full_graph_options(

@@ -140,18 +140,25 @@ def test_missing_files_raise_file_not_found_naming_them(tmp_path: Path, monkeypa
     assert not root.exists()  # nothing left behind
 
     root.mkdir()
-    with pytest.raises(FileNotFoundError, match="ind.cora.test.index"):
+    with pytest.raises(FileNotFoundError, match="ind.cora.test.index") as info:
         load_dataset("Cora", root=root)
     assert list(root.iterdir()) == []
-    assert "holds a 'raw' folder itself" not in message
+    assert "holds a 'raw' folder itself" not in str(info.value)
 
-    # A root one level too deep (the dataset's own folder, holding raw/): the error says so.
+    # A root one level too deep (the dataset's own folder, holding raw/): the error says so,
+    # naming the folder above when it is the dataset's folder by name.
     (root / "raw").mkdir()
     with pytest.raises(FileNotFoundError) as info:
         load_dataset("Cora", root=root)
-    assert (f"'{root}' holds a 'raw' folder itself: the root is the folder above it, "
-            f"'{tmp_path}'") in str(info.value)
+    assert (f"'{root}' holds a 'raw' folder itself, but this dataset's raw files go in "
+            f"ROOT/Cora/raw: give as the root a folder that holds 'Cora/raw'") in str(info.value)
     assert [p.name for p in root.iterdir()] == ["raw"]
+    own = tmp_path / "data" / "Cora"
+    (own / "raw").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("Cora", root=own)
+    assert (f"'{own}' holds a 'raw' folder itself: the root is the folder above it, "
+            f"'{tmp_path / 'data'}'") in str(info.value)
 
 
 def test_failed_processing_leaves_no_processed_folder(tmp_path: Path, shared) -> None:

@@ -1056,6 +1056,57 @@ def test_a_layer_that_reads_its_sources_edges_is_refused(name: str) -> None:
     assert conv.training  # the probe left the layer's mode as it was
 
 
+def test_the_locality_probe_leaves_the_layer_as_it_was() -> None:
+    """The probes run on a copy: the user's layer keeps its modes, running statistics and
+    caches; a layer that caches its graph is refused (each batch is another graph); a
+    layer random in eval mode is not judged (a warning); a registered adapter decides."""
+    import warnings
+
+    import torch_geometric.nn as pyg
+
+    from vqgnn.nn.adapters import GenericAdapter, register_adapter
+
+    conv = pyg.GENConv(6, 4, norm="batch", num_layers=2)
+    norms = [m for m in conv.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms
+    conv.train()
+    norms[0].eval()  # frozen by the user
+    state = copy.deepcopy(conv.state_dict())
+    VQConv(conv, num_codewords=8, num_nodes=40, in_channels=6, backward_approx=False)
+    assert conv.training and not norms[0].training
+    for key, value in conv.state_dict().items():
+        assert torch.equal(value, state[key]), key  # running stats untouched
+
+    with pytest.raises(ValueError, match="'SGConv' was built with cached=True"):
+        VQConv(pyg.SGConv(6, 4, K=1, cached=True), num_codewords=8, num_nodes=40)
+
+    class RandomConv(MessagePassing):  # random even in eval mode
+        def __init__(self) -> None:
+            super().__init__(aggr="add")
+            self.in_channels = 6
+
+        def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+            return self.propagate(edge_index, x=x) + torch.rand_like(x)
+
+    with pytest.warns(UserWarning, match="'RandomConv' gives different outputs for the same "
+                                         "input in eval mode") as caught:
+        VQConv(RandomConv(), num_codewords=8, num_nodes=40)
+    assert caught[0].filename == __file__
+
+    class SGAdapter(GenericAdapter):  # the user's own adapter for SGConv decides
+        pass
+
+    register_adapter(pyg.SGConv, SGAdapter)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            VQConv(pyg.SGConv(6, 4, K=1), num_codewords=8, num_nodes=40)
+    finally:
+        from vqgnn.nn import adapters
+
+        del adapters._ADAPTERS[pyg.SGConv]
+
+
 @pytest.mark.parametrize("name", ["TransformerConv", "ResGatedGraphConv", "ClusterGCNConv",
                                   "GENConv", "GCNConv-unnormalised", "NonlinearUserConv"])
 def test_a_layer_normalised_by_its_targets_is_exact_with_an_oracle_codebook(name: str) -> None:

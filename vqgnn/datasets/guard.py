@@ -89,11 +89,15 @@ def _root_hint(dataset: Any) -> str:
     """A hint when ``root`` is one level too deep: it holds ``raw/`` itself, where the
     dataset looks for ``raw/`` in a folder below it (PyG's ``root/<Name>/raw``)."""
     root = osp.abspath(str(getattr(dataset, "root", "")))
-    if (not osp.isdir(osp.join(root, "raw"))
-            or osp.abspath(dataset.raw_dir) == osp.join(root, "raw")):
+    raw_dir = osp.abspath(dataset.raw_dir)
+    if not osp.isdir(osp.join(root, "raw")) or raw_dir == osp.join(root, "raw"):
         return ""
-    return (f" '{root}' holds a 'raw' folder itself: the root is the folder above it, "
-            f"'{osp.dirname(root)}'")
+    folder = osp.basename(osp.dirname(raw_dir))  # the dataset's own folder, e.g. 'Cora'
+    if osp.basename(root) == folder:
+        return (f" '{root}' holds a 'raw' folder itself: the root is the folder above it, "
+                f"'{osp.dirname(root)}'")
+    return (f" '{root}' holds a 'raw' folder itself, but this dataset's raw files go in "
+            f"ROOT/{folder}/raw: give as the root a folder that holds '{folder}/raw'")
 
 
 def _guarded(cls: type[DatasetT], expected: ExpectedFn) -> type[DatasetT]:

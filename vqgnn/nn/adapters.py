@@ -19,6 +19,8 @@ New adapters are registered with :func:`register_adapter`.
 """
 from __future__ import annotations
 
+import copy
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
@@ -412,10 +414,11 @@ class GenericAdapter(ConvAdapter):
     mergeable = False
 
     def agg_channels(self, conv: MessagePassing, in_channels: int) -> int:
-        x = _probe_features(conv, 2, in_channels)
+        probe = _probe_copy(conv)
+        x = _probe_features(probe, 2, in_channels)
         edge_index = torch.tensor([[0], [1]], device=x.device)
-        with _plain_call(conv):
-            agg = run_capturing_aggregate(conv, x, edge_index, conv.__call__)[1]
+        with torch.no_grad(), _plain_call(probe):
+            agg = run_capturing_aggregate(probe, x, edge_index, probe.__call__)[1]
         return agg.size(-1)
 
     def check_locality(self, conv: MessagePassing, in_channels: int) -> None:
@@ -425,23 +428,33 @@ class GenericAdapter(ConvAdapter):
         message into a batch node; a codeword has no edges of its own there. A layer that
         also reads its sources' edges (a normalisation by the source's degree, as GCN's;
         several hops per call, as ``SGConv(K=2)``) would compute wrong outputs even with
-        exact codewords, silently. The probe: the layer's output at node 0 with the edges
-        1 -> 0 and 0 -> 1, against the same with edges into and out of node 1 and out of
-        node 0 added (eval mode, no gradient); a layer that normalises by its targets'
-        incoming messages gives the same output at node 0 both times.
+        exact codewords, silently. A layer that caches its graph between calls
+        (``cached=True``) is refused too: every batch is another graph. The probe, on a
+        copy of the layer in eval mode: its output at node 0 with the edges 1 -> 0 and
+        0 -> 1, against the same with edges into and out of node 1 and out of node 0 added;
+        a layer that normalises by its targets' incoming messages gives the same output at
+        node 0 both times. A layer whose eval-mode output is random is not judged (a
+        warning says so).
         """
-        x = _probe_features(conv, 5, in_channels)
+        name = type(conv).__name__
+        if getattr(conv, "cached", False) is True:
+            raise ConfigError(f"'VQConv': '{name}' was built with cached=True, which keeps "
+                              f"the first graph it sees; VQConv calls it on another graph "
+                              f"every batch: build it with cached=False")
+        probe = _probe_copy(conv)
+        x = _probe_features(probe, 5, in_channels)
         alone = torch.tensor([[1, 0], [0, 1]], device=x.device)
         more = torch.tensor([[1, 0, 2, 3, 1, 0], [0, 1, 1, 1, 4, 3]], device=x.device)
-        training = conv.training
-        conv.eval()
-        try:
-            with torch.no_grad(), _plain_call(conv):
-                first, second = conv(x, alone)[0], conv(x, more)[0]
-        finally:
-            conv.train(training)
+        with torch.no_grad(), _plain_call(probe):
+            first, again, second = (probe(x, alone)[0], probe(x, alone)[0],
+                                    probe(x, more)[0])
+        if not torch.equal(first, again):
+            warnings.warn(f"'VQConv': '{name}' gives different outputs for the same input in "
+                          f"eval mode, so whether its output at a node depends only on the "
+                          f"messages into it (what VQConv's generic path needs) was not "
+                          f"checked", stacklevel=3)
+            return
         if not torch.allclose(first, second, rtol=1e-4, atol=1e-6):
-            name = type(conv).__name__
             raise ConfigError(
                 f"'VQConv': the output of '{name}' at a node depends on more than the "
                 f"messages into it (on its neighbours' own edges: a normalisation by the "
@@ -462,6 +475,14 @@ class GenericAdapter(ConvAdapter):
         b = edges.num_rows
         out, agg = run_capturing_aggregate(conv, x_src, edge_index, conv.__call__, rows=b)
         return out[:b], agg
+
+
+def _probe_copy(conv: MessagePassing) -> MessagePassing:
+    """A copy of ``conv`` in eval mode for the probes: calling it changes nothing of the
+    user's layer (modes, running statistics, caches, lazy parameters)."""
+    probe = copy.deepcopy(conv)
+    probe.eval()
+    return probe
 
 
 def _probe_features(conv: MessagePassing, n: int, in_channels: int) -> Tensor:

@@ -29,8 +29,8 @@ class CodebookSizeWarning(UserWarning):
 
 
 #: vqgnn's and torch's folders: frames there are library code, not the user's.
-_LIBRARIES = tuple(os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
-                   for module in (sys.modules["vqgnn"], torch))
+_LIBRARIES = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+                   for module in (sys.modules["vqgnn"], torch) if module.__file__)
 
 
 def _outside_stacklevel() -> int:

@@ -145,7 +145,7 @@ class VQConv(QuantizedLayer):
         if in_channels is None:
             raise ConfigError(f"'VQConv' cannot read the input channels of "
                               f"'{type(conv).__name__}'; pass 'in_channels'")
-        if isinstance(self.adapter, GenericAdapter):
+        if type(self.adapter) is GenericAdapter:  # a subclass (a registered adapter) decides
             self.adapter.check_locality(conv, in_channels)
         if (backward_approx and isinstance(self.adapter, GenericAdapter)
                 and _aggr_name(conv) not in LINEAR_AGGRS):
