@@ -144,11 +144,15 @@ def test_resume_across_world_sizes_continues_the_same_training(tmp_path, first, 
 
 
 def test_full_graph_training_refuses_several_ranks(tmp_path) -> None:
+    """Before any method trains: `vq,full` under torchrun once trained vq to the end, then
+    refused full."""
+    out = tmp_path / "records.jsonl"
     done = torchrun(2, "-m", "vqgnn", "train", "--dataset", "synthetic:n=300", "--method",
-                    "full", "--epochs", "1", "--quiet")
+                    "vq,full", "--epochs", "1", "--batch-size", "50", "--json", str(out))
     assert done.returncode != 0
-    assert "method 'full' cannot run on 2 ranks: full-graph training takes one step" in (
-        done.stdout + done.stderr)
+    text = done.stdout + done.stderr
+    assert "'--method': 'full' cannot run on 2 ranks: full-graph training takes one step" in text
+    assert "[vq] epoch" not in text and not out.exists()  # vq never started
 
 
 def test_cli_under_torchrun_writes_one_record_from_rank_0(tmp_path) -> None:

@@ -329,6 +329,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     for method in methods:
         train_config(args, method, options[method])
     parallel = args._parallel = data_parallel(args)
+    if parallel.world_size > 1:  # before the first method trains, not after it
+        from vqgnn.train.methods import method_class
+
+        for method in methods:
+            reason = method_class(method).no_data_parallel
+            if reason is not None:
+                raise ConfigError(f"'--method': {method!r} cannot run on "
+                                  f"{parallel.world_size} ranks: {reason}; run it without "
+                                  f"torchrun, apart from the other methods")
     if args.json:  # before training: a bad path must not cost a run
         check_writable(args.json, "--json")
     if args.checkpoint and parallel.is_main:  # the same for every method's checkpoint
