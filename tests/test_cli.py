@@ -286,6 +286,13 @@ def test_train_help_names_each_default_once(capsys):
     (["--layers", "0"], "'num_layers' must be an int >= 1, received 0 (option --layers)"),
     (["--lr", "-1"], "'lr' must be > 0, received -1.0 (option --lr)"),
     (["--method", "vqq"], "received 'vqq' (option --method)"),
+    # the global-attention flags in the command line's terms, not the library's parameters
+    (["--attention-heads", "3"], "'--attention-heads' needs '--global-attention' (received "
+                                 "--attention-heads 3 without it)"),
+    (["--global-attention"], "'--global-attention' needs the residual layout: add "
+                             "'--residual' or '--ffn'"),
+    (["--global-attention", "--ffn", "--attention-heads", "3"],
+     "'--attention-heads' must divide '--hidden' (64), received 3; e.g. 1, 2, 4, 8, 16"),
 ])
 def test_a_bad_option_value_names_the_option(argv, message, capsys):
     assert run(["train", "--dataset", DATASET, "--epochs", "1", "--quiet", *argv]) == 2

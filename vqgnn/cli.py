@@ -308,6 +308,28 @@ def data_parallel(args: argparse.Namespace):
     return parallel
 
 
+def _check_attention_flags(args: argparse.Namespace) -> None:
+    """The global-attention flags, in the command line's terms: ``--attention-heads``
+    without ``--global-attention`` would be ignored, and the library's own errors name its
+    parameters (``out_channels``, ``residual``), which a command line never set."""
+    from vqgnn.errors import ConfigError
+    from vqgnn.train import ModelConfig
+
+    if not args.global_attention:
+        if args.attention_heads != ModelConfig.attention_heads:
+            raise ConfigError(f"'--attention-heads' needs '--global-attention' (received "
+                              f"--attention-heads {args.attention_heads} without it)")
+        return
+    if not (args.residual or args.ffn):
+        raise ConfigError("'--global-attention' needs the residual layout: add '--residual' "
+                          "or '--ffn'")
+    heads = args.attention_heads
+    if isinstance(heads, int) and heads >= 1 and args.hidden % heads:
+        valid = [d for d in range(1, min(args.hidden, 16) + 1) if args.hidden % d == 0]
+        raise ConfigError(f"'--attention-heads' must divide '--hidden' ({args.hidden}), "
+                          f"received {heads}; e.g. {', '.join(map(str, valid))}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
     from vqgnn.errors import ConfigError, DivergenceError
@@ -324,6 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every != 1 and not args.checkpoint:
         raise ConfigError(f"'--checkpoint-every' needs '--checkpoint PATH' (received "
                           f"--checkpoint-every {args.checkpoint_every} without it)")
+    _check_attention_flags(args)
     options = method_options(args, methods)
     model_config(args)  # reject bad options before loading anything
     for method in methods:
