@@ -58,6 +58,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    given = [flag for flag in ("edges", "features", "labels") if getattr(args, flag)]
+    if given and len(given) < 3:
+        parser.error(f"--edges, --features and --labels go together (one graph from three "
+                     f"CSV files); received only {', '.join('--' + f for f in given)}")
     if args.edges:
         edge_index = np.loadtxt(args.edges, delimiter=",", dtype=np.int64, ndmin=2).T
         x = np.loadtxt(args.features, delimiter=",", dtype=np.float32, ndmin=2)

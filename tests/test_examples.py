@@ -134,3 +134,8 @@ def test_own_graph_from_csv_files(tmp_path: Path, monkeypatch, capsys) -> None:
     assert set(table) == {"vq", "full"}, out
     for val, test, _, _ in table.values():
         fractions([val / 100, test / 100])
+    # one of the three files alone: one line naming the others, not numpy's traceback
+    with pytest.raises(SystemExit):
+        run_example("own_graph", ["--edges", str(tmp_path / "edges.csv")], monkeypatch, capsys)
+    assert ("--edges, --features and --labels go together (one graph from three CSV files); "
+            "received only --edges") in capsys.readouterr().err
