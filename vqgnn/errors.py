@@ -15,6 +15,9 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import sys
+
 
 class ConfigError(ValueError):
     """Bad input or configuration: the message names the argument and the value received."""
@@ -44,3 +47,19 @@ class DivergenceError(RuntimeError):
 
 
 __all__ = ["ConfigError", "ConfigTypeError", "DivergenceError"]
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` with which the caller's ``warnings.warn`` names the first frame
+    outside vqgnn and torch: the user's line (that built a layer directly, through
+    ``VQGNN`` or a subclass, whose layers a ``ModuleList`` builds, or through the trainer;
+    that loaded a dataset), not a line of the libraries."""
+    import torch
+
+    libraries = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+                      for module in (sys.modules["vqgnn"], torch) if module.__file__)
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(libraries):
+        frame, level = frame.f_back, level + 1
+    return level

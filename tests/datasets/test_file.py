@@ -154,3 +154,17 @@ def test_missing_file_and_wrong_content(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="must hold a torch_geometric.data.Data or a dict; "
                                         "received list"):
         load_dataset(str(_save(tmp_path, [1, 2])))
+
+
+def test_labels_with_empty_classes_warn_and_contiguous_labels_do_not(tmp_path: Path) -> None:
+    """Labels {0, 2, 7}: the model predicts 8 classes, 5 of them with no node."""
+    y = torch.tensor([0, 2, 7, -1] * (N // 4))
+    path = _save(tmp_path, _graph(y=y))
+    with pytest.warns(UserWarning, match=r"has labels up to 7, so the model predicts 8 "
+                                         r"classes, but 5 of them have no node \(1, 3, 4, 5, "
+                                         r"6\)") as caught:
+        data = load_dataset(str(path))
+    assert data.num_classes == 8 and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(str(_save(tmp_path, _graph(), "contiguous.pt")))

@@ -14,7 +14,7 @@ from torch_geometric.data.storage import GlobalStorage
 
 from vqgnn.datasets.graph import METRICS, coalesce_undirected, make_data
 from vqgnn.datasets.splits import select_split, stratified_split
-from vqgnn.errors import ConfigError, ConfigTypeError
+from vqgnn.errors import ConfigError, ConfigTypeError, outside_stacklevel
 
 MASKS = ("train_mask", "val_mask", "test_mask")
 
@@ -166,6 +166,14 @@ def load_file(path: Union[str, os.PathLike], split: int = 0, seed: int = 0) -> D
     if not bool(labeled.any()):
         raise ConfigError(f"load_dataset: field 'y' of '{source}' has no label >= 0")
     num_classes = int(y.max()) + 1
+    empty = (torch.bincount(y[labeled], minlength=num_classes) == 0).nonzero().view(-1)
+    if empty.numel():
+        shown = ", ".join(str(int(c)) for c in empty[:10]) + (", ..." if empty.numel() > 10
+                                                              else "")
+        warnings.warn(f"load_dataset: field 'y' of '{source}' has labels up to "
+                      f"{num_classes - 1}, so the model predicts {num_classes} classes, but "
+                      f"{empty.numel()} of them have no node ({shown}); relabel the classes "
+                      f"0..C-1 if that is not intended", stacklevel=outside_stacklevel())
 
     metric = fields.get("metric", "accuracy")
     if metric not in METRICS:

@@ -9,8 +9,6 @@ health) is here.
 """
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from dataclasses import replace
 from typing import Any, Callable, NamedTuple, Optional
@@ -18,7 +16,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from vqgnn.errors import ConfigError, ConfigTypeError
+from vqgnn.errors import ConfigError, ConfigTypeError, outside_stacklevel
 from vqgnn.quantize.codebook import AllReduceFn, CodebookHealth
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.quantize.quantizer import FeatureGradientQuantizer
@@ -26,23 +24,6 @@ from vqgnn.quantize.quantizer import FeatureGradientQuantizer
 
 class CodebookSizeWarning(UserWarning):
     """Warns that a layer's K exceeds the graph's N nodes (at most N codewords are used)."""
-
-
-#: vqgnn's and torch's folders: frames there are library code, not the user's.
-_LIBRARIES = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
-                   for module in (sys.modules["vqgnn"], torch) if module.__file__)
-
-
-def _outside_stacklevel() -> int:
-    """The ``stacklevel`` with which the caller's ``warnings.warn`` names the first frame
-    outside vqgnn and torch: the user's line that built the layer (directly, through
-    ``VQGNN`` or a subclass, whose layers a ``ModuleList`` builds, or through the
-    trainer), not a line of the libraries."""
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and os.path.abspath(
-            frame.f_code.co_filename).startswith(_LIBRARIES):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class _InjectGradient(torch.autograd.Function):
@@ -146,7 +127,7 @@ class QuantizedLayer(torch.nn.Module):
             warnings.warn(f"'{type(self).__name__}': num_codewords K={codebook.num_codewords} "
                           f"exceeds the graph's {self._num_nodes} nodes: at most "
                           f"{self._num_nodes} codewords can ever be used",
-                          CodebookSizeWarning, stacklevel=_outside_stacklevel())
+                          CodebookSizeWarning, stacklevel=outside_stacklevel())
         index_dtype = torch.int32 if codebook.num_codewords < 2**31 else torch.int64
         return FeatureGradientQuantizer.from_options(self._num_nodes, in_channels, agg_channels,
                                                      codebook, index_dtype=index_dtype)
