@@ -352,15 +352,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     for method in methods:
         train_config(args, method, options[method])
     parallel = args._parallel = data_parallel(args)
-    if parallel.world_size > 1:  # before the first method trains, not after it
-        from vqgnn.train.methods import method_class
+    from vqgnn.train.methods import data_parallel_refusal, reads_codebooks
 
-        for method in methods:
-            reason = method_class(method).no_data_parallel
-            if reason is not None:
-                raise ConfigError(f"'--method': {method!r} cannot run on "
-                                  f"{parallel.world_size} ranks: {reason}; run it without "
-                                  f"torchrun, apart from the other methods")
+    for method in methods:  # before the first method trains, not after it
+        refusal = data_parallel_refusal(method, parallel.world_size)
+        if refusal is not None:
+            raise ConfigError(f"'--method': {refusal}; run it without torchrun, apart from "
+                              f"the other methods")
     if args.json:  # before training: a bad path must not cost a run
         check_writable(args.json, "--json")
     if args.checkpoint and parallel.is_main:  # the same for every method's checkpoint
@@ -397,10 +395,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       if r["train_config"].get("batch_size") is not None) or "whole graph"
     ranks = f", ranks={parallel.world_size}" if parallel.world_size > 1 else ""
     # K only where a method reads codebooks (the others build them and never use them)
-    from vqgnn.train.methods import VQ_INFERENCE, method_class
-
     ks = sorted({r["model_config"]["codebook"]["num_codewords"] for r in records
-                 if VQ_INFERENCE in method_class(r["method"]).inference_modes})
+                 if reads_codebooks(r["method"])})
     k = f"K={', '.join(map(str, ks))}, " if ks else ""
     print(f"{data.name} (split {data.split}), conv={args.conv}, hidden={args.hidden}, "
           f"layers={args.layers}, batch size: {batch}, {k}"

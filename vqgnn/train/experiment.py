@@ -14,7 +14,7 @@ from vqgnn.nn.models import VQGNN, ResidualFFNGNN
 from vqgnn.nn.quantized import CodebookSizeWarning
 from vqgnn.quantize.options import CodebookOptions
 from vqgnn.train.checkpoint import CheckpointError, load_state
-from vqgnn.train.methods import VQ_INFERENCE, method_class
+from vqgnn.train.methods import VQ_INFERENCE, reads_codebooks
 from vqgnn.train.records import strict_json
 from vqgnn.train.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -109,7 +109,7 @@ def run_experiment(data: Data, model: ModelConfig, train: TrainConfig,
     train.validate()
     seed_everything(train.seed)
     with warnings.catch_warnings():
-        if VQ_INFERENCE not in method_class(train.method).inference_modes:
+        if not reads_codebooks(train.method):
             # K > N concerns codebooks that a method without VQ inference never reads.
             warnings.simplefilter("ignore", CodebookSizeWarning)
         built = model.build(data)

@@ -502,6 +502,21 @@ def method_class(name: str) -> type[TrainingMethod]:
     return METHODS[name]
 
 
+def reads_codebooks(method: str) -> bool:
+    """Whether method ``method`` reads its model's codebooks (it has VQ inference); the
+    others build a model with codebooks and never use them."""
+    return VQ_INFERENCE in method_class(method).inference_modes
+
+
+def data_parallel_refusal(method: str, world_size: int) -> Optional[str]:
+    """Why method ``method`` cannot run on ``world_size`` ranks (``"'full' cannot run on 2
+    ranks: ..."``), or None when it can."""
+    reason = method_class(method).no_data_parallel
+    if world_size > 1 and reason is not None:
+        return f"{method!r} cannot run on {world_size} ranks: {reason}"
+    return None
+
+
 def make_options(method: str, **options: Any) -> MethodOptions:
     """The options dataclass of ``method`` from keyword options; an option of another
     method (or of none) is an error naming it and the methods that take it."""

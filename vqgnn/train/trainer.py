@@ -44,6 +44,7 @@ from vqgnn.train.methods import (
     MethodOptions,
     TrainContext,
     TrainingMethod,
+    data_parallel_refusal,
     make_options,
     method_class,
 )
@@ -459,10 +460,9 @@ class Trainer:
             raise ConfigTypeError(f"'Trainer': 'parallel' must be a SingleProcess or "
                                   f"DataParallel, received {type(parallel).__name__}")
         self.parallel = parallel if parallel is not None else current()
-        reason = type(self.method).no_data_parallel
-        if self.parallel.world_size > 1 and reason is not None:
-            raise ConfigError(f"'Trainer': method {config.method!r} cannot run on "
-                              f"{self.parallel.world_size} ranks: {reason}")
+        refusal = data_parallel_refusal(config.method, self.parallel.world_size)
+        if refusal is not None:
+            raise ConfigError(f"'Trainer': method {refusal}")
         self.config = config
         self.device = torch.device(config.device)
         self.model = model.to(self.device)
