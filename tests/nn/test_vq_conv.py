@@ -966,6 +966,8 @@ def test_a_weighted_edge_index_call_builds_its_graph_once_for_all_layers(conv, m
     w2 = w.flip(0)
     second = layer(hidden, edge_index, edge_weight=w2, graph_cache=cache)
     assert len(built) == 6 and cache["weighted"][1] is w2
+    with pytest.raises(TypeError, match="'graph_cache' must be a dict or None, received list"):
+        layer(hidden, edge_index, edge_weight=w2, graph_cache=[])
     torch.testing.assert_close(second, layer(hidden, edge_index, edge_weight=w2))
     assert not torch.allclose(first, second, atol=1e-4)
 

@@ -207,6 +207,9 @@ class VQConv(QuantizedLayer):
         Returns:
             (N, D_out) or (b, D_out) outputs.
         """
+        if graph_cache is not None and not isinstance(graph_cache, dict):
+            raise ConfigTypeError(f"'VQConv': 'graph_cache' must be a dict or None, received "
+                                  f"{type(graph_cache).__name__}")
         if isinstance(graph, Tensor):
             if batch is not None:
                 raise ConfigError("'VQConv': 'batch' needs a VQGraph; with an 'edge_index' "
