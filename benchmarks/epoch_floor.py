@@ -127,12 +127,13 @@ def floor_epoch(data: Any, symmetric: bool = True) -> Callable[[], Any]:
     return epoch
 
 
-def trainer_epoch(data: Any, method: str, batch_size: int, num_codewords: int
-                  ) -> Callable[[], Any]:
+def trainer_epoch(data: Any, method: str, batch_size: int, num_codewords: int,
+                  search_every: int = 1) -> Callable[[], Any]:
     seed_everything(0)
     model = ModelConfig(conv="gcn", layers=2, hidden=HIDDEN, dropout=DROPOUT,
                         codebook=CodebookOptions(num_codewords=num_codewords)).build(data)
-    options = {"batch_size": batch_size} if method == "vq" else {}
+    options = ({"batch_size": batch_size, "search_every": search_every} if method == "vq"
+               else {})
     trainer = Trainer(model, data, TrainConfig.create(method, epochs=1, lr=LR, progress=False,
                                                       **options))
     trainer.fit()  # set-up (VQ-GNN: k-means) and one epoch; then epochs one by one
@@ -150,10 +151,10 @@ ALLOCATORS = {"default": {}, "keep": KEEP_FREED_MEMORY}
 
 
 def epoch_times(data: Any, method: str, batch_size: int, num_codewords: int,
-                epochs: int) -> list[float]:
+                epochs: int, search_every: int = 1) -> list[float]:
     """``epochs`` timed epochs of one kind after a warm-up epoch (caches, allocator)."""
     epoch = (floor_epoch(data, symmetric=method == "floor") if method.startswith("floor")
-             else trainer_epoch(data, method, batch_size, num_codewords))
+             else trainer_epoch(data, method, batch_size, num_codewords, search_every))
     times = []
     for n in range(epochs + 1):
         start = time.perf_counter()
@@ -164,18 +165,18 @@ def epoch_times(data: Any, method: str, batch_size: int, num_codewords: int,
 
 
 def _in_process(name: str, root: Optional[str], method: str, batch_size: int,
-                num_codewords: int, epochs: int, threads: int
+                num_codewords: int, epochs: int, threads: int, search_every: int = 1
                 ) -> tuple[list[float], dict[str, Optional[str]]]:
     """:func:`epoch_times` in a process of its own (loads the graph there), with the
     malloc settings that process started with."""
     torch.set_num_threads(threads)
     return (epoch_times(load_dataset(name, root=root), method, batch_size, num_codewords,
-                        epochs),
+                        epochs, search_every),
             {k: os.environ.get(k) for k in KEEP_FREED_MEMORY})
 
 
 def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int, epochs: int,
-            allocator: str = "default") -> dict[str, list[float]]:
+            allocator: str = "default", search_every: int = 1) -> dict[str, list[float]]:
     """Each kind's epoch times, each kind in a fresh process of its own, one after the other.
 
     A fresh process per kind: glibc's heap keeps the shape earlier allocations gave it (its
@@ -192,7 +193,8 @@ def measure(name: str, root: Optional[str], batch_size: int, num_codewords: int,
             with ProcessPoolExecutor(1, mp_context=context) as pool:
                 times[method], env = pool.submit(_in_process, name, root, method, batch_size,
                                                  num_codewords, epochs,
-                                                 torch.get_num_threads()).result()
+                                                 torch.get_num_threads(),
+                                                 search_every).result()
             wanted = {k: ALLOCATORS[allocator].get(k) for k in KEEP_FREED_MEMORY}
             if env != wanted:  # the environment did not reach the child
                 raise RuntimeError(f"the timed process started with malloc settings {env}, "
@@ -207,7 +209,9 @@ def _protocol(record: dict[str, Any]) -> str:
     in its own, and the allocator settings."""
     if not record.get("process_per_kind"):
         return "one process"
-    return f"process per kind, {record['allocator']} allocator"
+    every = record.get("search_every", 1)  # records before the option searched every step
+    search = f", search every {every} steps" if every != 1 else ""
+    return f"process per kind, {record['allocator']} allocator{search}"
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
@@ -254,11 +258,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="glibc malloc settings of the timed processes: 'default', or "
                              "'keep' (freed memory kept and reused: no page faults on "
                              "buffers of the sizes freed before; see KEEP_FREED_MEMORY)")
+    parser.add_argument("--search-every", type=int, default=1,
+                        help="VQ-GNN's nearest-codeword search on every k-th step of an "
+                             "epoch (VQOptions.search_every; default 1: every step)")
     parser.add_argument("--out", default=str(RESULTS / "epoch_floor.jsonl"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, received {args.epochs}")
+    if args.search_every < 1:
+        parser.error(f"--search-every must be >= 1, received {args.search_every}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, received {args.threads}")
@@ -276,14 +285,16 @@ def main(argv: Optional[list[str]] = None) -> None:
             data = load_dataset(name, root=root)  # here once: PyG writes processed/ once
             batch_size = args.batch_size or batch_size
             k = args.num_codewords or k
-            times = measure(name, root, batch_size, k, args.epochs, args.allocator)
+            times = measure(name, root, batch_size, k, args.epochs, args.allocator,
+                            args.search_every)
             for method in METHODS:
                 append_record(args.out, {
                     "dataset": name, "method": method, "epoch_seconds": times[method],
                     "threads": torch.get_num_threads(), "batch_size": batch_size,
                     "num_codewords": k, "hidden": HIDDEN, "num_nodes": data.num_nodes,
                     "num_edges": int(data.edge_index.size(1)), "allocator": args.allocator,
-                    "process_per_kind": True, "libc": " ".join(platform.libc_ver())})
+                    "process_per_kind": True, "libc": " ".join(platform.libc_ver()),
+                    "search_every": args.search_every})
     print("\n".join(table(report.load_records(Path(args.out)))))
 
 

@@ -52,7 +52,8 @@ def fit(out: Path, options: dict[str, str]) -> None:
     config = TrainConfig.create("vq", epochs=epochs, batch_size=int(options.get("batch", 50)),
                                 seed=0, checkpoint=options.get("checkpoint"),
                                 measure_memory=False,
-                                inference=options.get("inference", "exact"))
+                                inference=options.get("inference", "exact"),
+                                search_every=int(options.get("search_every", 1)))
     trainer = Trainer(model, data, config, parallel=parallel)
     resume = options.get("resume")
     result = trainer.fit(resume_from=resume if resume and os.path.exists(resume) else None)

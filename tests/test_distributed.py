@@ -75,11 +75,15 @@ def test_share_takes_every_pth_batch_and_drops_the_last_incomplete_round() -> No
     assert shares == [[0, 3], [1, 4], [2, 5]]  # batches 6 and 7 (a short round) dropped
 
 
-@pytest.mark.parametrize("inference", ["exact", "vq"])
-def test_two_ranks_end_with_identical_weights_codebooks_and_assignments(tmp_path, inference):
+@pytest.mark.parametrize("inference,search_every", [("exact", 1), ("vq", 1), ("exact", 3)])
+def test_two_ranks_end_with_identical_weights_codebooks_and_assignments(tmp_path, inference,
+                                                                       search_every):
     """Model selection by VQ inference (rank 0 only) refreshes rank 0's assignments; the
-    ranks then take rank 0's buffers, so they keep training the same model."""
-    ranks = run_worker(2, "fit", tmp_path, "epochs=2", f"inference={inference}")
+    ranks then take rank 0's buffers, so they keep training the same model. With
+    ``search_every=3`` the steps without a search exchange no assignments, and the ranks
+    still agree."""
+    ranks = run_worker(2, "fit", tmp_path, "epochs=2", f"inference={inference}",
+                       f"search_every={search_every}")
     a, b = ranks[0]["state"], ranks[1]["state"]
     assert a.keys() == b.keys()
     assignments = [k for k in a if k.endswith("assignment")]
@@ -93,8 +97,11 @@ def test_two_ranks_end_with_identical_weights_codebooks_and_assignments(tmp_path
         assert torch.equal(counts_a, recount) and torch.equal(counts_b, recount)
     result = ranks[0]["result"]
     assert result["world_size"] == 2 and ranks[1]["result"] == result
-    # 400 nodes in batches of 50: 8 batches, 4 steps per rank and epoch.
-    assert ranks[0]["exchanged_bytes"] == 2 * 4 * 5 * 52 * 4  # epochs, steps, (L+1), width+1, int32
+    # 400 nodes in batches of 50: 8 batches, 4 steps per rank and epoch, of which steps 0
+    # and 3 search with search_every=3.
+    searched = 4 if search_every == 1 else 2
+    # epochs, steps, (L+1), width+1, int32
+    assert ranks[0]["exchanged_bytes"] == 2 * searched * 5 * 52 * 4
 
 
 def test_two_ranks_with_batch_b_equal_one_process_with_the_union_batch(tmp_path) -> None:

@@ -78,7 +78,8 @@ EXIT_OK, EXIT_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_DISTRIBUTED, EXIT_INTERRUPTED 
 #: only when given, to the listed methods that take it.
 METHOD_FLAGS = ("batch_size", "sampler", "num_parts", "num_neighbors", "walk_length",
                 "saint_coverage", "batch_nodes", "loss_aware_backward", "inference_batch_size",
-                "inference_memory_mb", "inference_batches", "inference_refresh", "init_nodes")
+                "inference_memory_mb", "inference_batches", "inference_refresh", "init_nodes",
+                "search_every")
 #: Codebook flags (dest -> CodebookOptions field).
 CODEBOOK_FLAGS = {"num_codewords": "num_codewords", "codebook_decay": "decay",
                   "dead_threshold": "dead_threshold", "standardizer_momentum": "momentum",
@@ -535,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="vq: k-means initialisation on the layer inputs of this many "
                               "random nodes, memory bounded by the batch and K (default: "
                               "every node's exact inputs, O(N * hidden) memory at set-up)")
+    methods.add_argument("--search-every", type=int, default=None,
+                         help=f"vq: nearest-codeword search on every k-th step of an epoch; "
+                              f"the steps between keep the batch nodes' codewords (default "
+                              f"{vq.search_every}: every step)")
     codebook = train.add_argument_group("codebook options (VQ-GNN layers)")
     codebook.add_argument("--num-codewords", type=int, default=cb.num_codewords,
                           help="codewords K per layer")

@@ -914,12 +914,15 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
             "allocator | ") in table and "64 / 16" in table
     # each kind in its own process, started with the allocator's malloc settings (checked
     # there); the parent's environment is left as it was
+    # (and VQ-GNN searching its codewords every 2nd step, which the records say)
     epoch_floor.main(["--graphs", DATASET_TINY, "--epochs", "1", "--batch-size", "64",
-                      "--num-codewords", "16", "--out", str(out), "--allocator", "keep"])
+                      "--num-codewords", "16", "--out", str(out), "--allocator", "keep",
+                      "--search-every", "2"])
     assert [r["allocator"] for r in records(out)[4:]] == ["keep"] * 4
+    assert [r["search_every"] for r in records(out)] == [1] * 4 + [2] * 4
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
-    assert "process per kind, keep allocator" in capsys.readouterr().out
+    assert "process per kind, keep allocator, search every 2 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         epoch_floor.main(["--graphs", "Tolokers", "--out", str(out)])  # needs --data-root
 

@@ -99,6 +99,36 @@ def test_update_refreshes_only_the_batch_assignment(index_dtype):
     assert q.assignment.tolist() == [0, 1, 1, 1, 2, 1]
 
 
+def test_update_without_search_adds_the_pairs_to_the_stored_codewords(monkeypatch):
+    """``search=False``: no distances; each pair joins its node's stored codeword (here
+    the far one, not the nearest), and the assignment stays."""
+    q = make_quantizer(dead_threshold=0.0, decay=0.5)
+    feats = torch.tensor([[-1000.0, 0.0], [0.0, 0.0], [1000.0, 0.0]]) + 500.0
+    q.set_codewords(feats, torch.zeros(3, 1), torch.tensor([0, 1, 2, 0, 1, 2]))
+    import vqgnn.quantize.codebook as codebook_module
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched")
+
+    monkeypatch.setattr(codebook_module, "nearest_codeword", no_search)
+    node_idx = torch.tensor([2, 3])  # stored codewords 2 and 0
+    x = feats[[0, 2]]  # each nearest to the other's codeword
+    old = q.codebook.embed.clone()
+    codes = q.update(node_idx, x, torch.zeros(2, 1), search=False)
+    assert codes.tolist() == [2, 0]
+    assert q.assignment.tolist() == [0, 1, 2, 0, 1, 2]
+    # In the standardised space (the statistics the update used): decay 0.5 from counts
+    # of 1 puts codeword 2 half way to its new pair x[0], codeword 0 half way to x[1],
+    # and leaves codeword 1, which got none, where it was (Laplace smoothing aside).
+    z = q._vectors(x, torch.zeros(2, 1))
+    assert_close(q.codebook.embed[2], (old[2] + z[0]) / 2, rtol=1e-4, atol=1e-4)
+    assert_close(q.codebook.embed[0], (old[0] + z[1]) / 2, rtol=1e-4, atol=1e-4)
+    assert_close(q.codebook.embed[1], old[1], rtol=1e-4, atol=1e-4)
+    monkeypatch.undo()
+    codes = q.update(node_idx, x, torch.zeros(2, 1))  # the search again
+    assert q.assignment[node_idx].tolist() == codes.tolist()
+
+
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 def test_initialize_assigns_the_given_nodes(index_dtype):
     q = FeatureGradientQuantizer(8, 2, 1, 2, index_dtype=index_dtype, kmeans_backend="torch")

@@ -421,3 +421,44 @@ def test_init_nodes_reach_the_bounded_codebook_init(monkeypatch, data):
     result = Trainer(model, data, _config("vq", epochs=2, init_nodes=100)).fit()
     assert seen == [100] and result.epochs_run == 2
     assert all(layer.initialized for layer in model.quantized_layers if layer.has_codebook)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_search_every_searches_on_every_kth_step_of_an_epoch(monkeypatch, data, every):
+    """``search_every=k`` (``--search-every``): the nearest-codeword search runs in steps
+    0, k, 2k, ... of each epoch, for every quantized layer; the other steps still update
+    the codebooks (their EMA statistics change) without it."""
+    import vqgnn.quantize.codebook as codebook_module
+
+    searches = []
+    nearest = codebook_module.nearest_codeword
+
+    def counting(x, *args, **kwargs):
+        searches.append(x.size(0))
+        return nearest(x, *args, **kwargs)
+
+    model = VQGNN(data.num_features, 16, 3, 3, num_nodes=data.num_nodes, num_codewords=8)
+    trainer = Trainer(model, data, _config("vq", epochs=1, search_every=every))
+    trainer.fit()
+    steps = trainer.method.num_batches()  # 300 nodes in batches of 64: 5 steps
+    monkeypatch.setattr(codebook_module, "nearest_codeword", counting)
+    codebooks = [layer.quantizer.codebook for layer in model.quantized_layers
+                 if layer.quantizer is not None]
+    assert len(codebooks) == 2  # the first layer is exact (constant inputs)
+    before = [codebook.embed_sum.clone() for codebook in codebooks]
+    trainer.train_epoch()
+    assert len(searches) == len(codebooks) * -(-steps // every)
+    after = [codebook.embed_sum for codebook in codebooks]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_search_every_is_checked_and_reaches_the_method_from_the_command_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"'search_every' must be an int >= 1, received 0"):
+        VQOptions(search_every=0)
+    out = tmp_path / "r.jsonl"
+    from vqgnn.cli import run
+    assert run(["train", "--dataset", DATASET, "--method", "vq", "--epochs", "1",
+                "--batch-size", "64", "--search-every", "2", "--num-codewords", "8",
+                "--json", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["train_config"]["search_every"] == 2

@@ -319,13 +319,15 @@ class GlobalAttention(QuantizedLayer):
         return self._counts
 
     @torch.no_grad()
-    def update_codebook(self) -> bool:
+    def update_codebook(self, search: bool = True) -> bool:
         """As :meth:`VQConv.update_codebook`; the codeword counts follow the batch nodes'
         new assignments (O(b), not a recount over N)."""
         captured, quantizer, counts = self.captured, self.quantizer, self._counts
         assert quantizer is not None
         if captured is None or counts is None or self._counts_key != self._counts_state():
-            return super().update_codebook()  # the counts, if any, are recounted on use
+            return super().update_codebook(search)  # the counts, if any, are recounted on use
+        if not search:  # the assignments, hence the counts, stay
+            return super().update_codebook(search)
         old = quantizer.assignment[captured.batch].long()
         super().update_codebook()
         self._move_counts(captured.batch, old, quantizer.assignment[captured.batch].long(),

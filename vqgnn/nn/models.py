@@ -675,9 +675,11 @@ class VQGNN(torch.nn.Module):
         for layer in self.quantized_layers:
             layer.set_all_reduce(fn)
 
-    def update_codebooks(self) -> int:
-        """Apply every layer's captured (input, gradient) pairs; returns how many updated."""
-        return sum(int(layer.update_codebook()) for layer in self.quantized_layers)
+    def update_codebooks(self, search: bool = True) -> int:
+        """Apply every layer's captured (input, gradient) pairs; returns how many updated.
+        ``search=False``: without the nearest-codeword search
+        (:meth:`~vqgnn.nn.QuantizedLayer.update_codebook`)."""
+        return sum(int(layer.update_codebook(search)) for layer in self.quantized_layers)
 
     def codebook_health(self) -> Optional[CodebookHealth]:
         """Mean usage, perplexity and quantisation error over the quantized layers."""

@@ -320,10 +320,15 @@ class QuantizedLayer(torch.nn.Module):
                       f"backward(), or build the layer with auto_update=True", stacklevel=7)
 
     @torch.no_grad()
-    def update_codebook(self) -> bool:
+    def update_codebook(self, search: bool = True) -> bool:
         """Apply the last training batch's (input, gradient) pairs to the codebook: one
         EMA k-means step, and the batch nodes' assignments refreshed. Call it after
         ``backward()`` (and the optimizer step) of every training step.
+
+        Args:
+            search: find the pairs' nearest codewords; False: add each pair to its node's
+                current codeword, without the (b, K) search, and keep the assignments
+                (:meth:`~vqgnn.quantize.FeatureGradientQuantizer.update`).
 
         Returns:
             Whether an update was applied (False when no gradient was captured, or
@@ -332,7 +337,7 @@ class QuantizedLayer(torch.nn.Module):
         captured = self.take_captured()
         if captured is None or self.quantizer is None:
             return False
-        self.quantizer.update(captured.batch, captured.x, captured.grad.float())
+        self.quantizer.update(captured.batch, captured.x, captured.grad.float(), search=search)
         return True
 
     @property

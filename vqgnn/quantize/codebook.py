@@ -233,7 +233,8 @@ class Codebook(torch.nn.Module):
 
         Args:
             x: (B, D) batch vectors.
-            codes: (B,) their codewords, if already computed with the current codebook.
+            codes: (B,) their codewords, if already known (computed with the current
+                codebook, or an earlier one's assignment kept without a new search).
 
         Returns:
             (B,) the codeword of every batch vector (before restarts).

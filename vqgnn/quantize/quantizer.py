@@ -219,13 +219,17 @@ class FeatureGradientQuantizer(torch.nn.Module):
         self.assignment[node_idx] = codes.to(self.assignment.dtype)
 
     @fp32
-    def update(self, node_idx: Tensor, x: Tensor, g: Tensor) -> Tensor:
+    def update(self, node_idx: Tensor, x: Tensor, g: Tensor, search: bool = True) -> Tensor:
         """One EMA step on a batch's pairs; refreshes the batch nodes' assignment.
 
         Args:
             node_idx: (B,) batch node ids.
             x: (B, D_x) their layer inputs.
             g: (B, D_g) gradients of the loss at their aggregated outputs.
+            search: find each pair's nearest codeword (and store it as the node's
+                assignment); False: the EMA step adds each pair to the codeword the node
+                is assigned to already (its last search's), and the assignment stays, with
+                no (B, K) distances computed (``VQOptions.search_every``).
 
         Returns:
             (B,) their codewords.
@@ -233,6 +237,9 @@ class FeatureGradientQuantizer(torch.nn.Module):
         self._check_pair(node_idx, x, g)
         self.x_norm.update(x, self.all_reduce_fn)
         self.g_norm.update(g, self.all_reduce_fn)
+        if not search and self.codebook.ready:
+            codes = self.assignment.index_select(0, node_idx).long()
+            return self.codebook.update(self._vectors(x, g), codes)
         codes = self.codebook.update(self._vectors(x, g))
         self.assignment[node_idx] = codes.to(self.assignment.dtype)
         return codes

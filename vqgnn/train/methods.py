@@ -152,6 +152,11 @@ class VQOptions(MethodOptions):
             random nodes, with memory bounded by the batch and K
             (:meth:`~vqgnn.nn.VQGNN.prepare`); None: exact layer-wise inputs of every
             node (O(N * hidden) memory at set-up).
+        search_every: run the nearest-codeword search (b x K distances per quantized
+            layer) on the first of every ``search_every`` steps of an epoch; the steps
+            between add their batch's pairs to the codewords the nodes are assigned to
+            already (their last search's) and keep the assignments
+            (:meth:`~vqgnn.nn.VQGNN.update_codebooks`). 1: every step (the default).
     """
 
     batch_size: int = 1024
@@ -164,6 +169,7 @@ class VQOptions(MethodOptions):
     inference_batches: str = "metis"
     inference_refresh: Union[int, str] = "auto"
     init_nodes: Optional[int] = None
+    search_every: int = 1
 
     @classmethod
     def accepts(cls, key: str, values: dict[str, Any]) -> bool:
@@ -178,6 +184,7 @@ class VQOptions(MethodOptions):
         self._check_choice("batch_nodes", BATCH_NODES)
         self._check_int("inference_batch_size", optional=True)
         self._check_int("init_nodes", optional=True)
+        self._check_int("search_every")
         self._check_choice("inference_batches", INFERENCE_BATCHES)
         memory = self.inference_memory_mb
         if memory is not None and (not isinstance(memory, (int, float)) or isinstance(
@@ -589,6 +596,7 @@ class VQMethod(TrainingMethod):
         self.error_nodes = torch.randperm(n, generator=generator)[:min(opts.batch_size, n)].clone(
             ).to(ctx.device)
         self._errors_fresh = False
+        self._steps = 0  # steps taken in the current epoch (reset by batches())
         self._inference_batches: Optional[list[Tensor]] = None
         self._probed_size: Optional[int] = None
         # What the last VQ inference used ('auto': the choice and its validation scores).
@@ -607,6 +615,7 @@ class VQMethod(TrainingMethod):
 
     def batches(self) -> Iterable[Tensor]:
         device = self.ctx.device
+        self._steps = 0  # this epoch's steps taken (after_step): they decide the searches
         return (batch.to(device) for batch in self.sampler)
 
     def num_batches(self) -> int:
@@ -619,10 +628,16 @@ class VQMethod(TrainingMethod):
         return Step(ctx.node_loss(out, batch, self.loss_scale), (xb, batch))
 
     def after_step(self, batch: Tensor) -> None:
-        self.model.update_codebooks()
-        # Under torchrun, every rank learns the other ranks' refreshed assignments.
-        self.ctx.parallel.exchange_assignments(self.model.quantized_layers, batch,
-                                               self.sampler.max_batch_size)
+        # Steps 0, k, 2k, ... of the epoch search: the same steps on every rank (each
+        # takes as many), and after a resume (which starts at an epoch).
+        search = self._steps % self.options.search_every == 0
+        self._steps += 1
+        self.model.update_codebooks(search=search)
+        # Under torchrun, every rank learns the other ranks' refreshed assignments (a
+        # step without the search refreshes none: every rank skips it alike).
+        if search:
+            self.ctx.parallel.exchange_assignments(self.model.quantized_layers, batch,
+                                                   self.sampler.max_batch_size)
 
     @torch.no_grad()
     def predict(self, mode: str) -> Tensor:

@@ -1,0 +1,116 @@
+"""VQ-GNN's nearest-codeword search on every k-th step only: its accuracy and its epoch.
+
+Each VQ-GNN training step searches, for every quantized layer, the nearest of K codewords
+for each of the b batch nodes (b x K distances and their argmin). With
+``VQOptions.search_every = k`` (``--search-every``) only steps 0, k, 2k, ... of an epoch
+search; the steps between add their batch's (input, gradient) pairs to the codewords the
+nodes are assigned to already (their last search's) and keep the assignments. For one
+dataset of the suite (its preset's model and training options), this script trains
+VQ-GNN at each ``--every`` value and full-graph training, a few seeds or splits each, and
+prints the test metric at the best validation epoch (mean and standard deviation over the
+runs, in points), its difference to k = 1 and to full-graph training, and the median
+training epoch (the run's own timing, evaluation apart: time it alone, or read only
+``benchmarks/epoch_floor.py --search-every`` for the epoch).
+
+Records go to ``--out`` (JSON lines; a run already there is skipped), the table is
+printed.
+
+Usage:
+    python benchmarks/search_every.py --data-root DIR                    # Tolokers, 3 splits
+    python benchmarks/search_every.py --data-root DIR --dataset cora --seeds 5
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import grid  # noqa: E402
+from vqgnn.cli import script_parser  # noqa: E402
+from vqgnn.datasets import load_dataset  # noqa: E402
+from vqgnn.train import run_experiment  # noqa: E402
+from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = script_parser(__doc__)
+    parser.add_argument("--dataset", default="tolokers", choices=sorted(grid.PRESETS["suite"]))
+    parser.add_argument("--every", default="1,2,4,12",
+                        help="comma-separated values of search_every (ints >= 1)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every run (default: the preset's)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds (or splits) per value")
+    parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
+    parser.add_argument("--out", default=str(grid.RESULTS / "search_every.jsonl"))
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, received {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, received {args.epochs}")
+    try:
+        every = [int(v) for v in args.every.split(",")]
+    except ValueError:
+        every = []
+    if not every or min(every) < 1:
+        parser.error(f"--every must be comma-separated ints >= 1, received {args.every!r}")
+    preset = grid.PRESETS["suite"][args.dataset]
+    root = grid.prepare_root(preset, args.data_root, None)
+    out = Path(args.out)
+    recorded = {(r["variant"], r["dataset"], r["seed"], r["train_config"]["epochs"]): r
+                for r in read_records(out)}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for name in ["full", *map(str, every)]:
+        method = "full" if name == "full" else "vq"
+        for index in range(args.seeds):
+            run = grid.Run(preset, method, "gcn", index, epochs=args.epochs)
+            data = load_dataset(preset.name, root=root, split=run.split, seed=run.train.seed)
+            seed = run.train.seed + 100 * run.split
+            key = (name, str(data.name), seed, run.train.epochs)
+            if key not in recorded:
+                train = run.train if method == "full" else replace(
+                    run.train, options=replace(run.train.options, search_every=int(name)))
+                record = run_experiment(data, run.model, train)
+                record.update(variant=name, seed=seed)
+                append_record(out, record)
+                recorded[key] = strict_json(record)  # as read back from the file
+            record = recorded[key]
+            rows.setdefault(name, []).append(record)
+            print(f"{name} seed/split {seed}: test {100 * record['test']:.2f}, best val "
+                  f"{100 * record['best_val']:.2f}, epoch {record['median_epoch_seconds']:.3f} s",
+                  flush=True)
+    first = rows["full"][0]
+    print(f"\n{preset.name}, GCN, {first['model_config']['layers']} layers, the suite's "
+          f"options, {first['train_config']['epochs']} epochs, {args.seeds} seeds/splits; "
+          f"test {first['metric']} at the best validation epoch (points); command: python "
+          f"benchmarks/search_every.py {' '.join(argv or sys.argv[1:])}\n")
+    print("| method | search every | test | vs every step | vs full | best val | "
+          "median epoch (s) | epoch vs every step |")
+    print("|---|---|---|---|---|---|---|---|")
+    tests = {name: [100 * r["test"] for r in records] for name, records in rows.items()}
+    epochs = {name: statistics.median(r["median_epoch_seconds"] for r in records)
+              for name, records in rows.items()}
+    base = str(every[0]) if 1 not in every else "1"
+    for name, records in rows.items():
+        mean = statistics.mean(tests[name])
+        vs_base = "-" if name in ("full", base) else f"{mean - statistics.mean(tests[base]):+.2f}"
+        vs_full = "-" if name == "full" else f"{mean - statistics.mean(tests['full']):+.2f}"
+        ratio = "-" if name == "full" else f"{epochs[name] / epochs[base]:.2f}x"
+        best = statistics.mean(100 * r["best_val"] for r in records)
+        print(f"| {'full' if name == 'full' else 'vq'} | {'-' if name == 'full' else name} | "
+              f"{_mean_std(tests[name])} | {vs_base} | {vs_full} | {best:.2f} | "
+              f"{epochs[name]:.3f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
