@@ -15,18 +15,29 @@ training epoch (the run's own timing, evaluation apart: time it alone, or read o
 Records go to ``--out`` (JSON lines; a run already there is skipped), the table is
 printed.
 
+``--timing-rounds R`` times the training epoch instead, in one process: the preset's
+VQ-GNN at each ``--every`` value and the torch.sparse floor of ``epoch_floor.py`` (the
+same 2-layer GCN trained full-graph by hand-written PyTorch), one epoch of each in turn,
+R rounds after a warm-up round, medians printed and recorded (variant ``timing``). Taking
+turns, the kinds share the machine's slow and fast moments: this machine's epochs differ
+by 10-30 % between processes, more than the effect measured.
+
 Usage:
     python benchmarks/search_every.py --data-root DIR                    # Tolokers, 3 splits
     python benchmarks/search_every.py --data-root DIR --dataset cora --seeds 5
+    python benchmarks/search_every.py --data-root DIR --every 1,4,12 --timing-rounds 15
 """
 from __future__ import annotations
 
 import os
 import statistics
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+import torch
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,13 +45,37 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks import grid  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
-from vqgnn.train import run_experiment  # noqa: E402
+from vqgnn.train import Trainer, run_experiment, seed_everything  # noqa: E402
 from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
 
 
 def _mean_std(values: list[float]) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def timing(data: Any, run: grid.Run, every: list[int], rounds: int) -> dict[str, list[float]]:
+    """Epoch times of VQ-GNN at each ``every`` value and of the floor, taking turns."""
+    from benchmarks import epoch_floor
+
+    kinds: dict[str, Callable[[], Any]] = {}
+    for k in every:
+        seed_everything(0)
+        model = run.model.build(data)
+        train = replace(run.train, progress=False, epochs=1,
+                        options=replace(run.train.options, search_every=k))
+        trainer = Trainer(model, data, train)
+        trainer.fit()  # set-up (k-means) and one epoch
+        kinds[str(k)] = trainer.train_epoch
+    kinds["floor"] = epoch_floor.floor_epoch(data)
+    times: dict[str, list[float]] = {name: [] for name in kinds}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for name, epoch in kinds.items():
+            start = time.perf_counter()
+            epoch()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -53,7 +88,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds (or splits) per value")
     parser.add_argument("--data-root", default=os.environ.get("VQGNN_DATA_ROOT"))
     parser.add_argument("--out", default=str(grid.RESULTS / "search_every.jsonl"))
+    parser.add_argument("--timing-rounds", type=int, default=0,
+                        help="time the epochs in one process, taking turns, this many rounds "
+                             "(instead of training runs)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, received {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.timing_rounds < 0:
+        parser.error(f"--timing-rounds must be >= 0, received {args.timing_rounds}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, received {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
@@ -67,6 +112,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     preset = grid.PRESETS["suite"][args.dataset]
     root = grid.prepare_root(preset, args.data_root, None)
     out = Path(args.out)
+    if args.timing_rounds:
+        run = grid.Run(preset, "vq", "gcn", 0)
+        data = load_dataset(preset.name, root=root, split=run.split, seed=run.train.seed)
+        times = timing(data, run, every, args.timing_rounds)
+        append_record(out, {"variant": "timing", "dataset": str(data.name),
+                            "epoch_seconds": times, "threads": torch.get_num_threads(),
+                            "batch_size": run.train.batch_size,
+                            "num_codewords": run.model.codebook.num_codewords})
+        floor = statistics.median(times["floor"])
+        print(f"\n{preset.name}, epochs taking turns in one process, {args.timing_rounds} "
+              f"rounds, {torch.get_num_threads()} torch threads; command: python "
+              f"benchmarks/search_every.py {' '.join(argv or sys.argv[1:])}\n")
+        print("| kind | median epoch (s) | vs every step | vs the floor |")
+        print("|---|---|---|---|")
+        base = statistics.median(times[str(every[0])])
+        for name, values in times.items():
+            med = statistics.median(values)
+            label = "floor (torch.sparse, full graph)" if name == "floor" else (
+                f"VQ-GNN, search every {name}")
+            ratio = "-" if name == "floor" else f"{med / base:.2f}x"
+            print(f"| {label} | {med:.3f} | {ratio} | {med / floor:.2f}x |")
+        return
     recorded = {(r["variant"], r["dataset"], r["seed"], r["train_config"]["epochs"]): r
                 for r in read_records(out)}
     rows: dict[str, list[dict[str, Any]]] = {}
