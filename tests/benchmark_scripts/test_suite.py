@@ -44,6 +44,15 @@ def results(tmp_path, monkeypatch):
     return tmp_path
 
 
+
+def tiny_suite_preset(monkeypatch, key: str, **train) -> None:
+    """The suite's preset ``key`` replaced by a 200-node synthetic graph (2 layers, 8
+    hidden, K = 16) trained with ``train``'s options, for the scripts that read it."""
+    preset = grid.DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None,
+                                "seed", grid._model(16, hidden=8, layers=2),
+                                grid._cfg(**train), runs=1, source=None)
+    monkeypatch.setitem(grid.PRESETS["suite"], key, preset)
+
 def test_run_key_ignores_options_at_their_defaults():
     record = {"dataset": "Cora", "split": 0, "seed": 1, "method": "vq",
               "model_config": {"conv": "gcn", "hidden": 64},
@@ -268,13 +277,9 @@ def test_stability_variants_change_a_constant_lr_per_step(tmp_path, monkeypatch,
     """The suite's preset now decays its lr (cosine) per epoch-sized steps; the variants
     stay changes to a constant lr per step, except those that name their schedule."""
     from benchmarks import stability
-    from benchmarks.grid import DatasetPreset, _cfg
 
-    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
-                           grid._model(16, hidden=8, layers=2),
-                           _cfg(epochs=3, batch_size=64, lr=0.01, lr_per_epoch=True,
-                                lr_schedule="cosine"), runs=1, source=None)
-    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    tiny_suite_preset(monkeypatch, "cora", epochs=3, batch_size=64, lr=0.01, lr_per_epoch=True,
+                      lr_schedule="cosine")
     configs = {}
 
     def fake_run(data, model, config):
@@ -293,12 +298,8 @@ def test_stability_variants_change_a_constant_lr_per_step(tmp_path, monkeypatch,
 def test_stability_trains_the_given_backbone_and_keys_its_records_by_it(tmp_path, monkeypatch,
                                                                         capsys):
     from benchmarks import stability
-    from benchmarks.grid import DatasetPreset, _cfg
 
-    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
-                           grid._model(16, hidden=8, layers=2),
-                           _cfg(epochs=3, batch_size=64, lr=0.01), runs=1, source=None)
-    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    tiny_suite_preset(monkeypatch, "cora", epochs=3, batch_size=64, lr=0.01)
     convs = []
 
     def fake_run(data, model, config):
@@ -358,13 +359,9 @@ def test_stability_reference_trains_pyg_convs_in_the_textbook_loop():
 def test_stability_reference_variants_run_the_reference_with_full_graph_options(
         tmp_path, monkeypatch, capsys):
     from benchmarks import stability
-    from benchmarks.grid import DatasetPreset, _cfg
 
-    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
-                           grid._model(16, hidden=8, layers=2),
-                           _cfg(epochs=3, batch_size=64, lr=0.01, weight_decay=5e-4,
-                                lr_per_epoch=True, lr_schedule="cosine"), runs=1, source=None)
-    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    tiny_suite_preset(monkeypatch, "cora", epochs=3, batch_size=64, lr=0.01, weight_decay=5e-4,
+                      lr_per_epoch=True, lr_schedule="cosine")
 
     def no_vqgnn(*args):
         raise AssertionError("the reference variants must not run vqgnn's trainer")
@@ -386,13 +383,9 @@ def test_stability_reference_variants_run_the_reference_with_full_graph_options(
 
 def test_codebook_decay_script_trains_each_decay_and_resumes(tmp_path, monkeypatch, capsys):
     from benchmarks import codebook_decay
-    from benchmarks.grid import DatasetPreset, _cfg
 
-    preset = DatasetPreset("synthetic:n=200,deg=4,features=8,classes=3,seed=0", None, "seed",
-                           grid._model(16, hidden=8, layers=2),
-                           _cfg(epochs=4, batch_size=64, lr=0.01, lr_per_epoch=True,
-                                lr_schedule="cosine"), runs=1, source=None)
-    monkeypatch.setitem(grid.PRESETS["suite"], "cora", preset)
+    tiny_suite_preset(monkeypatch, "cora", epochs=4, batch_size=64, lr=0.01, lr_per_epoch=True,
+                      lr_schedule="cosine")
     out = tmp_path / "d.jsonl"
     argv = ["--dataset", "cora", "--seeds", "2", "--layers", "3", "--at", "1,3", "--out",
             str(out), "--decays", "0.99,1-1/S"]
@@ -421,6 +414,34 @@ def test_codebook_decay_script_trains_each_decay_and_resumes(tmp_path, monkeypat
         codebook_decay.main(["--layers", "1", "--out", str(out)])
     assert "--layers must be >= 2 (the first layer has no codebook), received 1" in \
         capsys.readouterr().err
+
+
+def test_search_every_script_trains_each_value_times_them_and_resumes(tmp_path, monkeypatch,
+                                                                       capsys):
+    from benchmarks import search_every
+
+    tiny_suite_preset(monkeypatch, "tolokers", epochs=3, batch_size=64, lr=0.01)
+    out = tmp_path / "s.jsonl"
+    argv = ["--seeds", "2", "--every", "1,3", "--out", str(out)]
+    search_every.main(argv)
+    rows = records(out)
+    assert [(r["variant"], r["seed"], r["method"]) for r in rows] == [
+        ("full", 0, "full"), ("full", 1, "full"), ("1", 0, "vq"), ("1", 1, "vq"),
+        ("3", 0, "vq"), ("3", 1, "vq")]
+    assert [r["train_config"].get("search_every") for r in rows] == [None] * 2 + [1, 1, 3, 3]
+    table = capsys.readouterr().out
+    k3 = sum(100 * r["test"] for r in rows[4:]) / 2
+    assert "| vq | 1 |" in table and f"| vq | 3 | {k3:.2f} ± " in table
+    search_every.main(argv)  # resumes: nothing new
+    assert len(records(out)) == 6
+    search_every.main([*argv, "--timing-rounds", "2"])
+    timing = records(out)[-1]
+    assert timing["variant"] == "timing" and list(timing["epoch_seconds"]) == ["1", "3", "floor"]
+    assert all(len(v) == 2 for v in timing["epoch_seconds"].values())
+    assert "| VQ-GNN, search every 3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        search_every.main([*argv[:-3], "1,0", "--out", str(out)])
+    assert "--every must be comma-separated ints >= 1, received '1,0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
@@ -462,11 +483,11 @@ def test_attention_scaling_records_skips_and_resumes(tmp_path, capsys):
 def _tiny_attention_benchmark(monkeypatch):
     """benchmarks.attention with one tiny synthetic dataset in place of the real ones."""
     from benchmarks import attention
-    from benchmarks.grid import DatasetPreset, _cfg
 
-    preset = DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3,seed=0", None, "seed",
-                           attention._ffn(16), _cfg(epochs=2, batch_size=64, lr=0.01),
-                           runs=1, source=None)
+    preset = grid.DatasetPreset("synthetic:n=300,deg=6,features=8,classes=3,seed=0", None,
+                                "seed", attention._ffn(16),
+                                grid._cfg(epochs=2, batch_size=64, lr=0.01), runs=1,
+                                source=None)
     monkeypatch.setattr(attention, "DATASETS", {"syn": preset})
     return attention
 
