@@ -18,9 +18,11 @@ import collections
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
+from unittest.mock import patch
 
 import torch
 
+import vqgnn.quantize.codebook as codebook_module
 from vqgnn.cli import script_parser
 from vqgnn.datasets import load_dataset
 from vqgnn.nn.models import BACKBONES, VQGNN
@@ -80,20 +82,31 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-codewords", type=int, default=64)
+    parser.add_argument("--search-every", type=int, default=1,
+                        help="VQOptions.search_every: with 2 or more the counted step (the "
+                             "epoch's second) makes no nearest-codeword search")
     args = parser.parse_args(argv)
+    if args.search_every < 1:
+        parser.error(f"--search-every must be >= 1, received {args.search_every}")
     data = load_dataset(f"synthetic:n={args.nodes},deg=10,features=16,classes=4")
     model = VQGNN(16, 32, args.layers, 4, num_nodes=args.nodes, conv=args.conv,
                   num_codewords=args.num_codewords)
     trainer = Trainer(model, data, TrainConfig.create("vq", batch_size=args.batch_size,
-                                                      epochs=1))
+                                                      epochs=1,
+                                                      search_every=args.search_every))
     trainer.prepare()
     batches = list(trainer.method.batches())
     trainer._step(batches[0])  # warm-up: operators built and cached
-    counts = count_syncs(lambda: trainer._step(batches[1]))
+    searches = []
+    nearest = codebook_module.nearest_codeword
+    with patch.object(codebook_module, "nearest_codeword",
+                      lambda *a, **kw: (searches.append(1), nearest(*a, **kw))[1]):
+        counts = count_syncs(lambda: trainer._step(batches[1]))
     quantized = sum(layer.has_codebook for layer in model.layers)
     device = sum(v for (name, where, _), v in counts.items() if "torch/optim" not in where)
     print(f"one VQ step: {args.layers}-layer {args.conv}, {quantized} quantized layers, "
-          f"batch {args.batch_size}, K {args.num_codewords}")
+          f"batch {args.batch_size}, K {args.num_codewords}, {len(searches)} codeword "
+          f"searches (--search-every {args.search_every})")
     print("| calls | call | where |\n|---|---|---|")
     for (name, where, line), calls in sorted(counts.items(), key=lambda kv: kv[0][1:]):
         print(f"| {calls} | {name} | {where}:{line} |")

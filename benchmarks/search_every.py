@@ -104,11 +104,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, received {args.epochs}")
     try:
-        every = [int(v) for v in args.every.split(",")]
+        every = sorted({int(v) for v in args.every.split(",")})  # each value once
     except ValueError:
         every = []
     if not every or min(every) < 1:
         parser.error(f"--every must be comma-separated ints >= 1, received {args.every!r}")
+    base = str(every[0])  # the ratios' and differences' reference: the most searches
     preset = grid.PRESETS["suite"][args.dataset]
     root = grid.prepare_root(preset, args.data_root, None)
     out = Path(args.out)
@@ -124,50 +125,52 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"\n{preset.name}, epochs taking turns in one process, {args.timing_rounds} "
               f"rounds, {torch.get_num_threads()} torch threads; command: python "
               f"benchmarks/search_every.py {' '.join(argv or sys.argv[1:])}\n")
-        print("| kind | median epoch (s) | vs every step | vs the floor |")
+        print(f"| kind | median epoch (s) | vs search every {base} | vs the floor |")
         print("|---|---|---|---|")
-        base = statistics.median(times[str(every[0])])
+        reference = statistics.median(times[base])
         for name, values in times.items():
             med = statistics.median(values)
             label = "floor (torch.sparse, full graph)" if name == "floor" else (
                 f"VQ-GNN, search every {name}")
-            ratio = "-" if name == "floor" else f"{med / base:.2f}x"
+            ratio = "-" if name == "floor" else f"{med / reference:.2f}x"
             print(f"| {label} | {med:.3f} | {ratio} | {med / floor:.2f}x |")
         return
-    recorded = {(r["variant"], r["dataset"], r["seed"], r["train_config"]["epochs"]): r
-                for r in read_records(out)}
+    # a run's identity: its configurations, split and training seed (grid.run_key); the
+    # record's own 'seed' may say seed + 100 * split (this script's first records did)
+    recorded = {grid.run_key({**r, "seed": r["train_config"]["seed"]}): r
+                for r in read_records(out) if r.get("variant") != "timing"}
     rows: dict[str, list[dict[str, Any]]] = {}
     for name in ["full", *map(str, every)]:
         method = "full" if name == "full" else "vq"
         for index in range(args.seeds):
             run = grid.Run(preset, method, "gcn", index, epochs=args.epochs)
-            data = load_dataset(preset.name, root=root, split=run.split, seed=run.train.seed)
-            seed = run.train.seed + 100 * run.split
-            key = (name, str(data.name), seed, run.train.epochs)
+            if method == "vq":
+                run.train = replace(run.train, options=replace(run.train.options,
+                                                               search_every=int(name)))
+            key = grid.run_key(grid.probe_of(run))
             if key not in recorded:
-                train = run.train if method == "full" else replace(
-                    run.train, options=replace(run.train.options, search_every=int(name)))
-                record = run_experiment(data, run.model, train)
-                record.update(variant=name, seed=seed)
+                data = load_dataset(preset.name, root=root, split=run.split,
+                                    seed=run.train.seed)
+                record = run_experiment(data, run.model, run.train)
+                record.update(variant=name)
                 append_record(out, record)
                 recorded[key] = strict_json(record)  # as read back from the file
             record = recorded[key]
             rows.setdefault(name, []).append(record)
-            print(f"{name} seed/split {seed}: test {100 * record['test']:.2f}, best val "
-                  f"{100 * record['best_val']:.2f}, epoch {record['median_epoch_seconds']:.3f} s",
-                  flush=True)
+            print(f"{name} split {run.split} seed {run.train.seed}: test "
+                  f"{100 * record['test']:.2f}, best val {100 * record['best_val']:.2f}, "
+                  f"epoch {record['median_epoch_seconds']:.3f} s", flush=True)
     first = rows["full"][0]
     print(f"\n{preset.name}, GCN, {first['model_config']['layers']} layers, the suite's "
           f"options, {first['train_config']['epochs']} epochs, {args.seeds} seeds/splits; "
           f"test {first['metric']} at the best validation epoch (points); command: python "
           f"benchmarks/search_every.py {' '.join(argv or sys.argv[1:])}\n")
-    print("| method | search every | test | vs every step | vs full | best val | "
-          "median epoch (s) | epoch vs every step |")
+    print(f"| method | search every | test | vs search every {base} | vs full | best val | "
+          f"median epoch (s) | epoch vs search every {base} |")
     print("|---|---|---|---|---|---|---|---|")
     tests = {name: [100 * r["test"] for r in records] for name, records in rows.items()}
     epochs = {name: statistics.median(r["median_epoch_seconds"] for r in records)
               for name, records in rows.items()}
-    base = str(every[0]) if 1 not in every else "1"
     for name, records in rows.items():
         mean = statistics.mean(tests[name])
         vs_base = "-" if name in ("full", base) else f"{mean - statistics.mean(tests[base]):+.2f}"

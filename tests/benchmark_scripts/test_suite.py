@@ -44,7 +44,6 @@ def results(tmp_path, monkeypatch):
     return tmp_path
 
 
-
 def tiny_suite_preset(monkeypatch, key: str, **train) -> None:
     """The suite's preset ``key`` replaced by a 200-node synthetic graph (2 layers, 8
     hidden, K = 16) trained with ``train``'s options, for the scripts that read it."""
@@ -52,6 +51,7 @@ def tiny_suite_preset(monkeypatch, key: str, **train) -> None:
                                 "seed", grid._model(16, hidden=8, layers=2),
                                 grid._cfg(**train), runs=1, source=None)
     monkeypatch.setitem(grid.PRESETS["suite"], key, preset)
+
 
 def test_run_key_ignores_options_at_their_defaults():
     record = {"dataset": "Cora", "split": 0, "seed": 1, "method": "vq",
@@ -444,18 +444,23 @@ def test_search_every_script_trains_each_value_times_them_and_resumes(tmp_path, 
     assert "--every must be comma-separated ints >= 1, received '1,0'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin"])
-def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, capsys):
+@pytest.mark.parametrize("conv,search_every", [("gcn", 1), ("sage", 1), ("gat", 1),
+                                               ("gin", 1), ("gcn", 2), ("gat", 2)])
+def test_a_vq_step_syncs_with_the_device_at_most_three_times(conv, search_every, capsys):
     """Tensor.item/__bool__/__int__, nonzero, unique, bincount, repeat_interleave without
     output_size, patched and counted over one training step of a 3-layer model (two
     quantized layers): the shared batch gather's two, nothing per layer (GAT's exact first
-    layer adds one ``unique`` of its sources)."""
+    layer adds one ``unique`` of its sources); also a step without the codeword search
+    (``search_every=2``: the counted step is the epoch's second)."""
     from benchmarks import host_syncs
 
     host_syncs.main(["--nodes", "400", "--layers", "3", "--batch-size", "64",
-                     "--num-codewords", "8", "--conv", conv])
+                     "--num-codewords", "8", "--conv", conv, "--search-every",
+                     str(search_every)])
     out = capsys.readouterr().out
     assert "| calls | call | where |" in out and "| vqgnn/batching/lowrank.py:" in out
+    # the counted step searched in both quantized layers, or in none
+    assert f"K 8, {2 if search_every == 1 else 0} codeword searches" in out
     counted = int(out.split("syncing calls per step: ")[1].split()[0])
     assert 0 < counted <= 3, out
 
@@ -946,6 +951,14 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
     assert "process per kind, keep allocator, search every 2 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         epoch_floor.main(["--graphs", "Tolokers", "--out", str(out)])  # needs --data-root
+    # --search-every reaches VQ-GNN's trainer (and only VQ-GNN's)
+    created = []
+    create = epoch_floor.TrainConfig.create
+    monkeypatch.setattr(epoch_floor.TrainConfig, "create", lambda method, **kw: (
+        created.append((method, kw.get("search_every"))), create(method, **kw))[1])
+    epoch_floor.trainer_epoch(data, "vq", 64, 16, search_every=3)
+    epoch_floor.trainer_epoch(data, "full", 64, 16, search_every=3)
+    assert created == [("vq", 3), ("full", None)]
 
 
 def test_step_kernels_times_each_choice_both_ways(capsys):

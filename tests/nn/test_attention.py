@@ -268,3 +268,34 @@ def test_message_error_and_all_reduce_reject_bad_input():
         layer.message_error(x[:5], ring(N), torch.arange(3))
     with pytest.raises(ConfigError, match="'fn' must be a callable or None, received int"):
         layer.set_all_reduce(3)  # type: ignore[arg-type]
+
+
+def test_update_without_search_keeps_assignments_and_counts(monkeypatch):
+    """``update_codebook(search=False)`` (``VQOptions.search_every``): no nearest-codeword
+    search, the assignments stay, and the cached codeword counts still equal a recount
+    of the assignment table (steps 0 and 3 of 6 search)."""
+    import vqgnn.quantize.codebook as codebook_module
+
+    torch.manual_seed(0)
+    n, d, k = 200, 8, 16
+    attn = GlobalAttention(d, heads=2, num_nodes=n, num_codewords=k)
+    h = torch.randn(n, d)
+    attn.init_codebook(h)
+    graph = VQGraph(torch.randint(n, (2, 800)), n)
+    attn.train()
+    calls = []
+    nearest = codebook_module.nearest_codeword
+    monkeypatch.setattr(codebook_module, "nearest_codeword",
+                        lambda *a, **kw: (calls.append(1), nearest(*a, **kw))[1])
+    for step in range(6):
+        batch = torch.randperm(n)[:40]
+        before = attn.quantizer.assignment.clone()
+        attn(h[batch].clone().requires_grad_(), graph, batch).pow(2).sum().backward()
+        search = step % 3 == 0
+        assert attn.update_codebook(search=search)
+        if not search:
+            assert torch.equal(before, attn.quantizer.assignment)
+        counts, _ = attn._counts
+        assert torch.equal(counts, torch.bincount(attn.quantizer.assignment.long(),
+                                                  minlength=k))
+    assert len(calls) == 2

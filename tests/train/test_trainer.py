@@ -309,6 +309,20 @@ def _load(path) -> dict:
     return torch.load(path, weights_only=False)
 
 
+def test_a_checkpoint_written_before_search_every_existed_still_resumes(data, tmp_path):
+    """A method option added later (``search_every``), at its default, is not part of the
+    run's identity: a checkpoint whose options lack it resumes; another value does not."""
+    path = tmp_path / "c.pt"
+    _run(data, path, epochs=1)
+    state = _load(path)
+    assert "search_every" not in state["identity"]["train_config"]["options"]
+    assert "batch_size" in state["identity"]["train_config"]["options"]  # the others stay
+    resumed = _run(data, path, epochs=2, resume=True)
+    assert resumed.epoch == 2
+    with pytest.raises(ConfigError, match=r"train_config\.options\.search_every"):
+        _run(data, path, epochs=3, resume=True, search_every=2)
+
+
 def _identical(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Bit-for-bit equal values, NaN in the same places (e.g. an unused layer's ``last_error``)."""
     if x.shape != y.shape or x.dtype != y.dtype:

@@ -229,7 +229,12 @@ class FeatureGradientQuantizer(torch.nn.Module):
             search: find each pair's nearest codeword (and store it as the node's
                 assignment); False: the EMA step adds each pair to the codeword the node
                 is assigned to already (its last search's), and the assignment stays, with
-                no (B, K) distances computed (``VQOptions.search_every``).
+                no (B, K) distances computed (``VQOptions.search_every``). The batch nodes
+                must have been assigned before (by a search, :meth:`initialize` or
+                :meth:`set_codewords`): a node never assigned holds codeword 0. The
+                recorded quantisation error (:meth:`health`) is then the pairs' error
+                against those codewords, not against their nearest. A codebook not yet
+                initialised is initialised by k-means and assigns the batch either way.
 
         Returns:
             (B,) their codewords.

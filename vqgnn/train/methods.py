@@ -629,8 +629,13 @@ class VQMethod(TrainingMethod):
 
     def after_step(self, batch: Tensor) -> None:
         # Steps 0, k, 2k, ... of the epoch search: the same steps on every rank (each
-        # takes as many), and after a resume (which starts at an epoch).
-        search = self._steps % self.options.search_every == 0
+        # takes as many), and after a resume (which starts at an epoch). A codebook not
+        # yet initialised assigns its batch by k-means at its first update, which every
+        # rank must then exchange: that step searches too (host flags, no device sync).
+        layers = self.model.quantized_layers
+        search = (self._steps % self.options.search_every == 0
+                  or any(q is not None and not q.initialized
+                         for q in (layer.quantizer for layer in layers)))
         self._steps += 1
         self.model.update_codebooks(search=search)
         # Under torchrun, every rank learns the other ranks' refreshed assignments (a

@@ -68,6 +68,8 @@ LR_SCHEDULES = ("constant", "cosine")
 #: Options added after checkpoints were written, at their defaults: left out of a run's
 #: identity, so that an older checkpoint (which lacks them) still resumes.
 _ADDED_AT_DEFAULT: dict[str, Any] = {"feature_dtype": "float32", "precision": "float32"}
+#: The same for the methods' own options (``train_config.options``).
+_OPTIONS_ADDED_AT_DEFAULT: dict[str, Any] = {"search_every": 1}
 #: Storage dtypes of the node features (computation stays in the model's float32).
 FEATURE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                   "float16": torch.float16}
@@ -275,6 +277,14 @@ class TrainConfig:
                                           or self.patience < 1):
             raise ConfigError(f"'{name}': 'patience' must be >= 1 or None, "
                               f"received {self.patience!r}")
+
+
+def _without_defaults(values: dict[str, Any], added: dict[str, Any],
+                      skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``values`` without the keys in ``skip`` and those of ``added`` at their value there
+    (options added after checkpoints were written: an older checkpoint lacks them)."""
+    return {k: v for k, v in values.items()
+            if k not in skip and not (k in added and added[k] == v)}
 
 
 def _stored_features(x: Tensor, name: str, device: torch.device) -> Tensor:
@@ -773,8 +783,8 @@ class Trainer:
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must share with the run that resumes it: the configuration
         (but for :data:`RESUMABLE` options), the model and the graph."""
-        config = {k: v for k, v in self.config.to_dict().items() if k not in RESUMABLE
-                  and not (k in _ADDED_AT_DEFAULT and _ADDED_AT_DEFAULT[k] == v)}
+        config = _without_defaults(self.config.to_dict(), _ADDED_AT_DEFAULT, RESUMABLE)
+        config["options"] = _without_defaults(config["options"], _OPTIONS_ADDED_AT_DEFAULT)
         return {"train_config": config,
                 **({"run": self.extra_identity} if self.extra_identity else {}),
                 "model": model_signature(self.model), "graph": self.fingerprint}
