@@ -466,3 +466,33 @@ def test_search_every_is_checked_and_reaches_the_method_from_the_command_line(tm
                 "--json", str(out), "--quiet"]) == 0
     record = json.loads(out.read_text().splitlines()[-1])
     assert record["train_config"]["search_every"] == 2
+
+
+def test_a_step_whose_codebook_is_not_ready_searches_and_exchanges(monkeypatch, data):
+    """A codebook that is not initialised when its step ends initialises itself by
+    k-means at that update and assigns the batch: the step then counts as searching (so
+    that under torchrun its assignments are exchanged), whatever ``search_every`` says."""
+    model = VQGNN(data.num_features, 16, 3, 3, num_nodes=data.num_nodes, num_codewords=8)
+    trainer = Trainer(model, data, _config("vq", epochs=1, search_every=5))
+    trainer.fit()
+    searched, exchanged = [], []
+    update = model.update_codebooks
+    monkeypatch.setattr(model, "update_codebooks",
+                        lambda search=True: (searched.append(search), update(search))[1])
+    monkeypatch.setattr(trainer.method.ctx.parallel, "exchange_assignments",
+                        lambda *args: exchanged.append(len(searched)))
+    codebook = next(layer.quantizer.codebook for layer in model.quantized_layers
+                    if layer.quantizer is not None)
+    step = trainer.optimizer.step
+
+    def step_then_forget(*args, **kwargs):
+        out = step(*args, **kwargs)
+        if len(searched) == 2:  # before the third step's update: as if never initialised
+            codebook._ready = False
+        return out
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_then_forget)
+    trainer.train_epoch()
+    assert searched == [True, False, True, False, False]
+    assert exchanged == [1, 3]  # the steps that searched
+    assert codebook.ready
