@@ -162,6 +162,23 @@ def test_metis_partition_labels(data):
     assert torch.equal(ones, torch.zeros(data.num_nodes, dtype=torch.long))
 
 
+def test_metis_partition_of_a_directed_graph_is_that_of_its_undirected_graph():
+    """METIS reads an undirected graph: a directed edge list with repeats and isolated
+    nodes (a user's own Data; it crashed METIS with a segmentation fault) is partitioned
+    as the undirected graph it makes."""
+    from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
+
+    generator = torch.Generator().manual_seed(0)
+    n = 600
+    directed = torch.randint(0, 500, (2, 3000), generator=generator)  # 500-599 isolated
+    directed = torch.cat([directed, directed[:, :100]], dim=1)  # repeated edges
+    undirected = to_undirected(coalesce(remove_self_loops(directed)[0], num_nodes=n),
+                               num_nodes=n)
+    parts = metis_partition(directed, n, 4, seed=0)
+    assert parts.shape == (n,) and parts.min() >= 0 and parts.max() < 4
+    assert torch.equal(parts, metis_partition(undirected, n, 4, seed=0))
+
+
 def test_metis_partition_cache(data, tmp_path, monkeypatch):
     labels = metis_partition(data.edge_index, data.num_nodes, 6, seed=0, cache_dir=tmp_path)
     files = list(tmp_path.glob("metis-*.pt"))

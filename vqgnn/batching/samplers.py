@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torch_geometric.utils import to_undirected
+
 from vqgnn.errors import ConfigError
 
 
@@ -90,7 +92,8 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
     """METIS partition of an undirected graph into ``num_parts`` parts (via pymetis).
 
     Args:
-        edge_index: (2, E) undirected edges (both directions), no self-loops needed.
+        edge_index: (2, E) edges; METIS partitions the undirected graph they make (a
+            directed edge counts in both directions; self-loops and repeats are dropped).
         num_nodes: N.
         num_parts: parts (>= 1).
         seed: METIS's seed.
@@ -118,6 +121,9 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
             return torch.load(cache)
     import pymetis
 
+    # METIS reads an undirected graph: each edge listed from both ends, once. A directed
+    # or repeated edge list made it crash (a segmentation fault, the whole process lost).
+    src, dst = to_undirected(torch.stack([src, dst]), num_nodes=num_nodes)
     order = torch.argsort(src * num_nodes + dst)
     counts = torch.bincount(src, minlength=num_nodes)
     xadj = torch.zeros(num_nodes + 1, dtype=torch.long)
