@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -519,6 +520,36 @@ def test_an_unapplied_pair_is_dropped_with_a_warning_unless_auto_update() -> Non
     _trained_step(auto, x, graph, torch.arange(10))
     _trained_step(auto, x, graph, torch.arange(10, 20))  # applies the first batch's pair
     assert not torch.equal(before, auto.quantizer.codebook.embed)
+
+
+def test_update_codebook_before_backward_or_in_eval_mode_warns() -> None:
+    """Two loop mistakes that used to do nothing silently: ``update_codebook()`` before
+    ``backward()`` (a warning; the capture is kept and applied by a call after
+    ``backward()``), and training steps in eval mode (a warning: eval forwards capture
+    nothing)."""
+    torch.manual_seed(0)
+    n = 40
+    graph = VQGraph(random_graph(n, 160), n)
+    x = torch.randn(n, 4)
+    layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
+    layer.init_codebook(x)
+    before = layer.quantizer.codebook.embed.clone()
+    out = layer(x[:10], graph, torch.arange(10))
+    with pytest.warns(UserWarning, match=r"called before backward\(\) reached the layer"):
+        assert not layer.update_codebook()
+    assert torch.equal(before, layer.quantizer.codebook.embed)
+    out.pow(2).sum().backward()
+    assert layer.update_codebook()  # the kept capture
+    assert not torch.equal(before, layer.quantizer.codebook.embed)
+    layer.eval()
+    layer(x[:10], graph, torch.arange(10)).pow(2).sum().backward()
+    with pytest.warns(UserWarning, match=r"in eval mode, whose forwards capture nothing"):
+        assert not layer.update_codebook()
+    no_codebook = VQConv(GCNConv(4, 6), num_nodes=n, constant_input=True)
+    no_codebook.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not no_codebook.update_codebook()  # a layer without a codebook: no warning
 
 
 @pytest.mark.parametrize("kind", ["gcn", "sage", "graphconv"])
@@ -1056,6 +1087,24 @@ def test_a_layer_that_reads_its_sources_edges_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match="depends on more than the messages into it"):
         VQConv(conv, num_nodes=40, in_channels=6, constant_input=True)  # exact paths too
     assert conv.training  # the probe left the layer's mode as it was
+
+
+def test_a_wrong_in_channels_is_named_by_the_probe() -> None:
+    """A generic layer given the wrong ``in_channels=``: the probes' shape error becomes a
+    ConfigError that names it (it used to be torch's bare matmul error from __init__)."""
+    class UserConv(MessagePassing):
+        def __init__(self) -> None:
+            super().__init__(aggr="mean")
+            self.lin = torch.nn.Linear(6, 4)
+
+        def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+            return self.propagate(edge_index, x=self.lin(x))
+
+    with pytest.raises(ValueError, match=r"'UserConv' failed on a probe of 12 input channels "
+                                         r"\(.*\); is 'in_channels' \(12\) the layer's input "
+                                         r"width\?"):
+        VQConv(UserConv(), num_codewords=8, num_nodes=40, in_channels=12)
+    assert VQConv(UserConv(), num_codewords=8, num_nodes=40, in_channels=6).in_channels == 6
 
 
 def test_the_locality_probe_leaves_the_layer_as_it_was() -> None:

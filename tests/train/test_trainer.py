@@ -319,7 +319,8 @@ def test_a_checkpoint_written_before_search_every_existed_still_resumes(data, tm
     assert "batch_size" in state["identity"]["train_config"]["options"]  # the others stay
     resumed = _run(data, path, epochs=2, resume=True)
     assert resumed.epoch == 2
-    with pytest.raises(ConfigError, match=r"train_config\.options\.search_every"):
+    with pytest.raises(ConfigError, match=r"train_config\.options\.search_every: "
+                                          r"checkpoint 1, now 2\)"):
         _run(data, path, epochs=3, resume=True, search_every=2)
 
 
@@ -759,6 +760,7 @@ def test_bfloat16_precision_runs_the_step_forward_under_autocast(data, method, m
     # a training forward's linear layers run in bfloat16, evaluation's in float32
     lin = next(m for m in trainer.model.modules() if type(m).__name__ == "Linear")  # PyG's
     handle = lin.register_forward_hook(linear)
+    trainer.model.train()  # as train_epoch does (fit ends in eval mode)
     trainer._step(next(iter(trainer.method.batches())))
     trainer.predict()
     handle.remove()
@@ -814,3 +816,48 @@ def test_a_checkpoint_written_before_feature_dtype_existed_still_resumes(data, t
     assert "precision" not in trainer.identity()["train_config"]
     half = Trainer(build(data), data, config(epochs=2, feature_dtype="bfloat16"))
     assert half.identity()["train_config"]["feature_dtype"] == "bfloat16"
+
+
+def _changed(data, **fields):
+    graph = data.clone()
+    for key, value in fields.items():
+        if value is None:
+            del graph[key]
+        else:
+            graph[key] = value
+    return graph
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: {"metric": None}, r"the graph's 'metric' must be one of \('accuracy', 'rocauc'\), "
+                                 r"received None: set data.metric"),
+    (lambda d: {"num_classes": None}, r"'num_classes' must be an int >= 1 .* received None"),
+    (lambda d: {"train_mask": d.train_mask.long()},
+     r"'train_mask' must be a bool tensor of shape \(300,\), received dtype torch.int64 and "
+     r"shape \(300,\) \(0/1 integers: pass mask.bool\(\)\)"),
+    (lambda d: {"val_mask": d.val_mask.nonzero().view(-1)},
+     r"'val_mask' must be a bool tensor .* \(node ids: pass a mask, "
+     r"torch_geometric.utils.index_to_mask\(ids, size=300\)\)"),
+    (lambda d: {"y": d.y.view(-1, 1)}, r"received dtype torch.int64 and shape \(300, 1\) "
+                                       r"\(one column: pass y.view\(-1\)\)"),
+    (lambda d: {"y": d.y.float()}, r"'y' must hold one integer class id per node"),
+    (lambda d: {"y": torch.where(d.train_mask, -1, d.y)},
+     r"node\(s\) of the train, val or test mask have a negative label"),
+    (lambda d: {"num_classes": 2}, r"the masked nodes' labels reach 2, but num_classes is 2"),
+    (lambda d: {"y": torch.rand(300, 3)}, r"reads as multi-label .* metric 'accuracy'"),
+])
+def test_a_graph_built_by_hand_is_checked_before_any_set_up(data, change, match):
+    """What a PyG user's own ``Data`` most often gets wrong, named before any set-up: 0/1
+    int64 masks used to be read as node ids 0 and 1 (a silent test score of 0)."""
+    with pytest.raises(ConfigError, match=match):
+        Trainer(build(data), data=_changed(data, **change(data)), config=config(epochs=1))
+
+
+def test_a_model_that_cannot_be_scored_and_overlapping_splits(data):
+    with pytest.raises(ConfigError, match=r"the model has 2 output channels; this graph needs "
+                                          r"3 \(accuracy, num_classes=3\)"):
+        Trainer(VQGNN(data.num_features, 16, 2, 2, num_nodes=data.num_nodes,
+                      num_codewords=16), data, config(epochs=1))
+    with pytest.warns(UserWarning, match=r"the splits share nodes \(train/test: \d+\)"):
+        Trainer(build(data), _changed(data, test_mask=data.train_mask.clone()),
+                config(epochs=1))

@@ -14,7 +14,6 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 from torch import Tensor
-
 from torch_geometric.utils import to_undirected
 
 from vqgnn.errors import ConfigError

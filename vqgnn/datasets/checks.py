@@ -1,6 +1,8 @@
 """Checks of a loaded graph that scan its values (once per graph, never per step)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch_geometric.data import Data
 
@@ -17,3 +19,97 @@ def check_finite_features(data: Data, owner: str) -> None:
         raise ConfigError(f"'{owner}': the features hold NaN or infinite values in "
                           f"{rows.numel()} node(s) (first: {rows[:5].tolist()}); clean them "
                           f"before training")
+
+
+METRICS = ("accuracy", "rocauc")
+
+
+def check_training_graph(data: Data, owner: str) -> None:
+    """:class:`~vqgnn.errors.ConfigError` for what a graph built by hand most often gets
+    wrong, before any set-up: ``metric``, the three masks (bool, one entry per node), the
+    labels of the masked nodes (integer class ids of shape (N,), none negative; or (N, T)
+    float task labels for ``rocauc``). A warning when the splits overlap. One scan per
+    graph; :func:`~vqgnn.datasets.load_dataset`'s graphs pass."""
+    n = data.num_nodes
+    metric = getattr(data, "metric", None)
+    if metric not in METRICS:
+        raise ConfigError(f"'{owner}': the graph's 'metric' must be one of {METRICS}, "
+                          f"received {metric!r}: set data.metric = 'accuracy' (or 'rocauc', "
+                          f"binary or multi-label); load_dataset sets it")
+    masks = {}
+    for split in ("train", "val", "test"):
+        mask = getattr(data, f"{split}_mask", None)
+        name = f"{split}_mask"
+        if not isinstance(mask, torch.Tensor):
+            raise ConfigError(f"'{owner}': the graph needs '{name}', a bool tensor of shape "
+                              f"({n},); received {type(mask).__name__}")
+        if mask.dtype != torch.bool or mask.shape != (n,):
+            hint = ""
+            if mask.dim() == 1 and not mask.is_floating_point() and mask.dtype != torch.bool:
+                if mask.shape == (n,) and bool(((mask == 0) | (mask == 1)).all()):
+                    hint = " (0/1 integers: pass mask.bool())"
+                else:
+                    hint = (" (node ids: pass a mask, torch_geometric.utils.index_to_mask"
+                            f"(ids, size={n}))")
+            raise ConfigError(f"'{owner}': '{name}' must be a bool tensor of shape ({n},), "
+                              f"received dtype {mask.dtype} and shape {tuple(mask.shape)}"
+                              f"{hint}")
+        masks[split] = mask
+    y = data.y
+    labeled = masks["train"] | masks["val"] | masks["test"]
+    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.size(1) > 1:
+        if metric != "rocauc" or not y.is_floating_point():
+            raise ConfigError(f"'{owner}': 'y' of shape {tuple(y.shape)} and dtype {y.dtype} "
+                              f"reads as multi-label (one column per task), which needs float "
+                              f"0/1 labels (NaN: unlabeled) and metric 'rocauc'; received "
+                              f"metric {metric!r}")
+    elif (not isinstance(y, torch.Tensor) or y.shape != (n,) or y.is_floating_point()
+          or y.dtype == torch.bool):
+        got = (f"dtype {y.dtype} and shape {tuple(y.shape)}" if isinstance(y, torch.Tensor)
+               else type(y).__name__)
+        hint = (" (one column: pass y.view(-1))" if isinstance(y, torch.Tensor)
+                and y.shape == (n, 1) else "")
+        raise ConfigError(f"'{owner}': 'y' must hold one integer class id per node, shape "
+                          f"({n},) (or (N, T) float labels for multi-label data), received "
+                          f"{got}{hint}")
+    else:
+        negative = int((y[labeled] < 0).sum())
+        if negative:
+            raise ConfigError(f"'{owner}': {negative} node(s) of the train, val or test mask "
+                              f"have a negative label (unlabeled nodes must be in no mask)")
+    classes = getattr(data, "num_classes", None)
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ConfigError(f"'{owner}': the graph's 'num_classes' must be an int >= 1 (classes, "
+                          f"or tasks of multi-label data: the model's output columns), "
+                          f"received {classes!r}: set data.num_classes; load_dataset sets it")
+    if y.dim() == 1 and bool(labeled.any()):
+        top = int(y[labeled].max())
+        if top >= classes:
+            raise ConfigError(f"'{owner}': the masked nodes' labels reach {top}, but "
+                              f"num_classes is {classes}")
+    pairs = [(a, b) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+             if bool((masks[a] & masks[b]).any())]
+    if pairs:
+        shared = ", ".join(f"{a}/{b}: {int((masks[a] & masks[b]).sum())}" for a, b in pairs)
+        warnings.warn(f"'{owner}': the splits share nodes ({shared}); the validation and test "
+                      f"figures then also score training nodes", stacklevel=3)
+
+
+def check_output_width(model: torch.nn.Module, data: Data, owner: str) -> None:
+    """:class:`~vqgnn.errors.ConfigError` when a model that says its output width
+    (``out_channels``, as PyG's and vqgnn's models do) cannot be scored on ``data``: one
+    column per class (``accuracy``), 1 or 2 for binary ``rocauc``, one per task for
+    multi-label data."""
+    width = getattr(model, "out_channels", None)
+    if not isinstance(width, int):
+        return
+    if data.y.dim() == 2:
+        valid: tuple[int, ...] = (int(data.y.size(1)),)
+    elif data.metric == "rocauc":
+        valid = (1, 2)
+    else:
+        valid = (int(data.num_classes),)
+    if width not in valid:
+        raise ConfigError(f"'{owner}': the model has {width} output channels; this graph "
+                          f"needs {' or '.join(map(str, valid))} ({data.metric}, "
+                          f"num_classes={data.num_classes})")

@@ -417,7 +417,7 @@ class GenericAdapter(ConvAdapter):
         probe = _probe_copy(conv)
         x = _probe_features(probe, 2, in_channels)
         edge_index = torch.tensor([[0], [1]], device=x.device)
-        with torch.no_grad(), _plain_call(probe):
+        with torch.no_grad(), _plain_call(probe, in_channels):
             agg = run_capturing_aggregate(probe, x, edge_index, probe.__call__)[1]
         return agg.size(-1)
 
@@ -445,7 +445,7 @@ class GenericAdapter(ConvAdapter):
         x = _probe_features(probe, 5, in_channels)
         alone = torch.tensor([[1, 0], [0, 1]], device=x.device)
         more = torch.tensor([[1, 0, 2, 3, 1, 0], [0, 1, 1, 1, 4, 3]], device=x.device)
-        with torch.no_grad(), _plain_call(probe):
+        with torch.no_grad(), _plain_call(probe, in_channels):
             first, again, second = (probe(x, alone)[0], probe(x, alone)[0],
                                     probe(x, more)[0])
         if not torch.equal(first, again):
@@ -497,9 +497,10 @@ def _probe_features(conv: MessagePassing, n: int, in_channels: int) -> Tensor:
 
 
 @contextmanager
-def _plain_call(conv: MessagePassing) -> Iterator[None]:
-    """Turns the ``TypeError`` of a layer that ``forward(x, edge_index)`` cannot run into
-    a :class:`~vqgnn.errors.ConfigError` saying what it needs."""
+def _plain_call(conv: MessagePassing, in_channels: Optional[int] = None) -> Iterator[None]:
+    """Turns the ``TypeError`` of a layer that ``forward(x, edge_index)`` cannot run, and
+    the shape error of a probe with the wrong ``in_channels``, into a
+    :class:`~vqgnn.errors.ConfigError` saying what it needs."""
     try:
         yield
     except TypeError as err:  # e.g. a forward that needs edge_attr
@@ -507,6 +508,12 @@ def _plain_call(conv: MessagePassing) -> Iterator[None]:
                           f"edge_index), which failed ({err}); a layer that needs more "
                           f"inputs (edge attributes) needs an adapter of its own "
                           f"(register_adapter)") from None
+    except RuntimeError as err:  # e.g. "mat1 and mat2 shapes cannot be multiplied"
+        if in_channels is None:
+            raise
+        raise ConfigError(f"'VQConv': '{type(conv).__name__}' failed on a probe of "
+                          f"{in_channels} input channels ({err}); is 'in_channels' "
+                          f"({in_channels}) the layer's input width?") from None
 
 
 def run_capturing_aggregate(conv: MessagePassing, x: Tensor, edge_index: Tensor,

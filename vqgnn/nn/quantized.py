@@ -334,8 +334,21 @@ class QuantizedLayer(torch.nn.Module):
             Whether an update was applied (False when no gradient was captured, or
             the layer holds no codebook).
         """
+        if self.quantizer is None:
+            return False
+        pending = self._pending
+        if pending is not None and pending.grad is None:  # kept for a call after backward()
+            warnings.warn(f"'{type(self).__name__}.update_codebook' was called before "
+                          f"backward() reached the layer: nothing to apply yet; call it "
+                          f"after backward()", stacklevel=3)
+            return False
         captured = self.take_captured()
-        if captured is None or self.quantizer is None:
+        if captured is None:
+            if not self.training:
+                warnings.warn(f"'{type(self).__name__}.update_codebook': the layer is in eval "
+                              f"mode, whose forwards capture nothing (VQ inference: no "
+                              f"codebook update, no backward term); call model.train() "
+                              f"before training steps", stacklevel=3)
             return False
         self.quantizer.update(captured.batch, captured.x, captured.grad.float(), search=search)
         return True

@@ -2,6 +2,7 @@
 resume, for every training method (:mod:`vqgnn.train.methods`)."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -18,7 +19,11 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from vqgnn.batching.graph import VQGraph
-from vqgnn.datasets.checks import check_finite_features
+from vqgnn.datasets.checks import (
+    check_finite_features,
+    check_output_width,
+    check_training_graph,
+)
 from vqgnn.distributed import SingleProcess, current
 from vqgnn.errors import ConfigError, ConfigTypeError, DivergenceError
 from vqgnn.train.checkpoint import (
@@ -287,6 +292,14 @@ def _without_defaults(values: dict[str, Any], added: dict[str, Any],
             if k not in skip and not (k in added and added[k] == v)}
 
 
+def _fill_defaults(saved: dict[str, Any], current: dict[str, Any],
+                   added: dict[str, Any]) -> None:
+    """Give ``saved`` the default of each ``added`` option it lacks and ``current`` has."""
+    for key, default in added.items():
+        if key in current and key not in saved:
+            saved[key] = default
+
+
 def _stored_features(x: Tensor, name: str, device: torch.device) -> Tensor:
     """``x`` on ``device`` in the storage dtype ``name``; a
     :class:`~vqgnn.errors.ConfigError` when a finite feature does not fit (float16
@@ -457,6 +470,7 @@ class Trainer:
             raise ConfigTypeError(f"'Trainer': 'config' must be a TrainConfig, received "
                                   f"{type(config).__name__}")
         config.validate()
+        check_training_graph(data, "Trainer")  # before any set-up (metric, masks, labels)
         check_finite_features(data, "Trainer")  # before the peak RSS is reset: not the run's
         self.fingerprint = graph_fingerprint(data)
         # The peak RSS counts from here: samplers' set-up (METIS, GraphSAINT's
@@ -465,6 +479,7 @@ class Trainer:
         setup_start = time.perf_counter()
         self.method: TrainingMethod = method_class(config.method)(config.options)
         self.method.check_model(model, data)
+        check_output_width(model, data, "Trainer")
         self.method.check_schedule(model, config.warmup_epochs)
         if parallel is not None and not isinstance(parallel, SingleProcess):
             raise ConfigTypeError(f"'Trainer': 'parallel' must be a SingleProcess or "
@@ -813,7 +828,16 @@ class Trainer:
 
     def differences(self, state: dict[str, Any]) -> list[str]:
         """How a loaded checkpoint's identity differs from this run's (empty: the same)."""
-        return differences(state.get("identity", {}), self.identity())
+        saved, current = copy.deepcopy(state.get("identity", {})), self.identity()
+        # An option added at its default is left out of identities: a checkpoint without
+        # it was written at that default. Said so ("checkpoint 1, now 2") where this run
+        # sets another value, rather than "not in the checkpoint".
+        config, now = saved.get("train_config"), current["train_config"]
+        if isinstance(config, dict):
+            _fill_defaults(config, now, _ADDED_AT_DEFAULT)
+            if isinstance(config.get("options"), dict):
+                _fill_defaults(config["options"], now["options"], _OPTIONS_ADDED_AT_DEFAULT)
+        return differences(saved, current)
 
     def check_checkpoint(self, state: dict[str, Any], path: Union[str, os.PathLike]) -> None:
         """Raise :class:`~vqgnn.train.checkpoint.CheckpointError` unless ``state`` (a
