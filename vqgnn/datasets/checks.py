@@ -1,6 +1,7 @@
 """Checks of a loaded graph that scan its values (once per graph, never per step)."""
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import torch
@@ -78,7 +79,7 @@ def check_training_graph(data: Data, owner: str) -> None:
             raise ConfigError(f"'{owner}': {negative} node(s) of the train, val or test mask "
                               f"have a negative label (unlabeled nodes must be in no mask)")
     classes = getattr(data, "num_classes", None)
-    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+    if not isinstance(classes, numbers.Integral) or isinstance(classes, bool) or classes < 1:
         raise ConfigError(f"'{owner}': the graph's 'num_classes' must be an int >= 1 (classes, "
                           f"or tasks of multi-label data: the model's output columns), "
                           f"received {classes!r}: set data.num_classes; load_dataset sets it")
