@@ -64,8 +64,11 @@ def test_exact_modes_equal_the_explicit_softmax():
     torch.testing.assert_close(layer(x, ring(N)), expected)
     torch.testing.assert_close(layer.inference_all(x, ring(N), chunk_size=11), expected)
     with pytest.raises(ValueError, match=rf"'GlobalAttention.inference_all': 'x' must have "
-                                         rf"shape \(N, {D_IN}\), received \({N}, 3\)"):
+                                         rf"shape \({N}, {D_IN}\) \(every node's inputs\), "
+                                         rf"received \({N}, 3\)"):
         layer.inference_all(x[:, :3])
+    with pytest.raises(ValueError, match=rf"received \(10, {D_IN}\)"):
+        layer.inference_all(x[:10])  # every node's inputs, as the layer's forward takes
 
 
 def test_oracle_batch_outputs_equal_full_attention_in_training_and_eval():

@@ -322,6 +322,12 @@ def test_a_checkpoint_written_before_search_every_existed_still_resumes(data, tm
     with pytest.raises(ConfigError, match=r"train_config\.options\.search_every: "
                                           r"checkpoint 1, now 2\)"):
         _run(data, path, epochs=3, resume=True, search_every=2)
+    # a checkpoint that holds the option at its default (written before identities left
+    # it out) resumes too
+    state = _load(path)
+    state["identity"]["train_config"]["options"]["search_every"] = 1
+    torch.save(state, path)
+    assert _run(data, path, epochs=3, resume=True).epoch == 3
 
 
 def _identical(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -838,13 +844,14 @@ def _changed(data, **fields):
     (lambda d: {"val_mask": d.val_mask.nonzero().view(-1)},
      r"'val_mask' must be a bool tensor .* \(node ids: pass a mask, "
      r"torch_geometric.utils.index_to_mask\(ids, size=300\)\)"),
-    (lambda d: {"y": d.y.view(-1, 1)}, r"received dtype torch.int64 and shape \(300, 1\) "
-                                       r"\(one column: pass y.view\(-1\)\)"),
+    (lambda d: {"y": d.y.view(-1, 1)}, r"'y' of shape \(300, 1\) reads as multi-label .* "
+                                       r"metric is 'accuracy' \(one column of class ids: "
+                                       r"pass y.view\(-1\)\)"),
     (lambda d: {"y": d.y.float()}, r"'y' must hold one integer class id per node"),
     (lambda d: {"y": torch.where(d.train_mask, -1, d.y)},
      r"node\(s\) of the train, val or test mask have a negative label"),
     (lambda d: {"num_classes": 2}, r"the masked nodes' labels reach 2, but num_classes is 2"),
-    (lambda d: {"y": torch.rand(300, 3)}, r"reads as multi-label .* metric 'accuracy'"),
+    (lambda d: {"y": torch.rand(300, 3)}, r"reads as multi-label .* metric is 'accuracy'"),
 ])
 def test_a_graph_built_by_hand_is_checked_before_any_set_up(data, change, match):
     """What a PyG user's own ``Data`` most often gets wrong, named before any set-up: 0/1
@@ -853,11 +860,28 @@ def test_a_graph_built_by_hand_is_checked_before_any_set_up(data, change, match)
         Trainer(build(data), data=_changed(data, **change(data)), config=config(epochs=1))
 
 
-def test_a_model_that_cannot_be_scored_and_overlapping_splits(data):
+def test_what_trained_before_the_graph_checks_still_trains(data):
+    """Graphs the checks must let through: task labels (N, T) with metric rocauc, integer
+    or float, one task included; num_classes as a 0-dim tensor; int32 class ids."""
+    n = data.num_nodes
+    tasks = (torch.rand(n, 2, generator=torch.Generator().manual_seed(0)) < 0.5)
+    for y in (tasks.long(), tasks.float(), tasks[:, :1].float()):
+        graph = _changed(data, y=y, metric="rocauc", num_classes=y.size(1))
+        model = VQGNN(data.num_features, 16, 2, y.size(1), num_nodes=n, num_codewords=16)
+        assert Trainer(model, graph, config(epochs=1)).fit().epochs_run == 1
+    graph = _changed(data, num_classes=data.y.max() + 1, y=data.y.int())
+    assert Trainer(build(data), graph, config(epochs=1)).fit().epochs_run == 1
+
+
+def test_a_model_that_cannot_be_trained_and_overlapping_splits(data):
     with pytest.raises(ConfigError, match=r"the model has 2 output channels; this graph needs "
-                                          r"3 \(accuracy, num_classes=3\)"):
+                                          r"3, one per class \(accuracy, num_classes=3\)"):
         Trainer(VQGNN(data.num_features, 16, 2, 2, num_nodes=data.num_nodes,
                       num_codewords=16), data, config(epochs=1))
+    binary = _changed(data, y=(data.y > 0).long(), metric="rocauc", num_classes=2)
+    with pytest.raises(ConfigError, match=r"has 1 output channels; this graph needs 2"):
+        Trainer(VQGNN(data.num_features, 16, 2, 1, num_nodes=data.num_nodes,
+                      num_codewords=16), binary, config(epochs=1))
     with pytest.warns(UserWarning, match=r"the splits share nodes \(train/test: \d+\)"):
         Trainer(build(data), _changed(data, test_mask=data.train_mask.clone()),
                 config(epochs=1))

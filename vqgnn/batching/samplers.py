@@ -14,7 +14,6 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import to_undirected
 
 from vqgnn.errors import ConfigError
 
@@ -106,9 +105,12 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
                           f"received {num_parts!r}")
     if num_parts == 1:
         return torch.zeros(num_nodes, dtype=torch.long)
-    src, dst = edge_index[0].cpu().long(), edge_index[1].cpu().long()
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
+    from vqgnn.datasets.graph import coalesce_undirected  # (vqgnn.datasets imports this)
+
+    # METIS reads an undirected graph: each edge listed from both ends, once, no
+    # self-loops. A directed or repeated edge list made it crash (a segmentation fault,
+    # the whole process lost). A graph from load_dataset is already in that form.
+    src, dst = coalesce_undirected(edge_index.cpu().long(), num_nodes)  # sorted by row, col
     cache: Optional[Path] = None
     if cache_dir is not None:
         digest = hashlib.sha1()
@@ -120,14 +122,10 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, seed: in
             return torch.load(cache)
     import pymetis
 
-    # METIS reads an undirected graph: each edge listed from both ends, once. A directed
-    # or repeated edge list made it crash (a segmentation fault, the whole process lost).
-    src, dst = to_undirected(torch.stack([src, dst]), num_nodes=num_nodes)
-    order = torch.argsort(src * num_nodes + dst)
     counts = torch.bincount(src, minlength=num_nodes)
     xadj = torch.zeros(num_nodes + 1, dtype=torch.long)
     torch.cumsum(counts, 0, out=xadj[1:])
-    adjacency = pymetis.CSRAdjacency(adj_starts=xadj.numpy(), adjacent=dst[order].numpy())
+    adjacency = pymetis.CSRAdjacency(adj_starts=xadj.numpy(), adjacent=dst.numpy())
     _, parts = pymetis.part_graph(num_parts, adjacency, options=pymetis.Options(seed=seed))
     result = torch.as_tensor(np.asarray(parts), dtype=torch.long)
     if cache is not None:

@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch_geometric.data import Data
 
-from vqgnn.errors import ConfigError
+from vqgnn.errors import ConfigError, outside_stacklevel
 
 
 def check_finite_features(data: Data, owner: str) -> None:
@@ -58,31 +58,33 @@ def check_training_graph(data: Data, owner: str) -> None:
         masks[split] = mask
     y = data.y
     labeled = masks["train"] | masks["val"] | masks["test"]
-    if isinstance(y, torch.Tensor) and y.dim() == 2 and y.size(1) > 1:
-        if metric != "rocauc" or not y.is_floating_point():
-            raise ConfigError(f"'{owner}': 'y' of shape {tuple(y.shape)} and dtype {y.dtype} "
-                              f"reads as multi-label (one column per task), which needs float "
-                              f"0/1 labels (NaN: unlabeled) and metric 'rocauc'; received "
-                              f"metric {metric!r}")
-    elif (not isinstance(y, torch.Tensor) or y.shape != (n,) or y.is_floating_point()
-          or y.dtype == torch.bool):
-        got = (f"dtype {y.dtype} and shape {tuple(y.shape)}" if isinstance(y, torch.Tensor)
-               else type(y).__name__)
-        hint = (" (one column: pass y.view(-1))" if isinstance(y, torch.Tensor)
-                and y.shape == (n, 1) else "")
+    if not isinstance(y, torch.Tensor) or y.dtype == torch.bool:
+        got = f"dtype {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ConfigError(f"'{owner}': 'y' must be an integer tensor of class ids, shape "
+                          f"({n},), or (N, T) task labels for metric 'rocauc'; received {got}")
+    if y.dim() == 2 and y.size(0) == n:
+        if metric != "rocauc":  # one column per task: only ROC-AUC scores them
+            hint = " (one column of class ids: pass y.view(-1))" if y.size(1) == 1 else ""
+            raise ConfigError(f"'{owner}': 'y' of shape {tuple(y.shape)} reads as multi-label "
+                              f"(one column per task), which needs metric 'rocauc'; the "
+                              f"graph's metric is {metric!r}{hint}")
+    elif y.shape != (n,) or y.is_floating_point():
         raise ConfigError(f"'{owner}': 'y' must hold one integer class id per node, shape "
-                          f"({n},) (or (N, T) float labels for multi-label data), received "
-                          f"{got}{hint}")
+                          f"({n},) (or (N, T) task labels with metric 'rocauc'), received "
+                          f"dtype {y.dtype} and shape {tuple(y.shape)}")
     else:
         negative = int((y[labeled] < 0).sum())
         if negative:
             raise ConfigError(f"'{owner}': {negative} node(s) of the train, val or test mask "
                               f"have a negative label (unlabeled nodes must be in no mask)")
     classes = getattr(data, "num_classes", None)
+    if isinstance(classes, torch.Tensor) and classes.numel() == 1 and not (
+            classes.is_floating_point() or classes.dtype == torch.bool):
+        classes = int(classes)  # e.g. data.y.max() + 1
     if not isinstance(classes, numbers.Integral) or isinstance(classes, bool) or classes < 1:
         raise ConfigError(f"'{owner}': the graph's 'num_classes' must be an int >= 1 (classes, "
-                          f"or tasks of multi-label data: the model's output columns), "
-                          f"received {classes!r}: set data.num_classes; load_dataset sets it")
+                          f"or tasks of multi-label data), received {classes!r}: set "
+                          f"data.num_classes; load_dataset sets it")
     if y.dim() == 1 and bool(labeled.any()):
         top = int(y[labeled].max())
         if top >= classes:
@@ -93,24 +95,20 @@ def check_training_graph(data: Data, owner: str) -> None:
     if pairs:
         shared = ", ".join(f"{a}/{b}: {int((masks[a] & masks[b]).sum())}" for a, b in pairs)
         warnings.warn(f"'{owner}': the splits share nodes ({shared}); the validation and test "
-                      f"figures then also score training nodes", stacklevel=3)
+                      f"figures then also score training nodes", stacklevel=outside_stacklevel())
 
 
 def check_output_width(model: torch.nn.Module, data: Data, owner: str) -> None:
     """:class:`~vqgnn.errors.ConfigError` when a model that says its output width
-    (``out_channels``, as PyG's and vqgnn's models do) cannot be scored on ``data``: one
-    column per class (``accuracy``), 1 or 2 for binary ``rocauc``, one per task for
-    multi-label data."""
+    (``out_channels``, as PyG's and vqgnn's models do) cannot be trained on ``data``: one
+    column per class (the loss is a cross-entropy over them; binary ``rocauc`` too), one
+    per task for multi-label data."""
     width = getattr(model, "out_channels", None)
     if not isinstance(width, int):
         return
-    if data.y.dim() == 2:
-        valid: tuple[int, ...] = (int(data.y.size(1)),)
-    elif data.metric == "rocauc":
-        valid = (1, 2)
-    else:
-        valid = (int(data.num_classes),)
-    if width not in valid:
+    wanted = int(data.y.size(1)) if data.y.dim() == 2 else int(data.num_classes)
+    if width != wanted:
+        per = "task" if data.y.dim() == 2 else "class"
         raise ConfigError(f"'{owner}': the model has {width} output channels; this graph "
-                          f"needs {' or '.join(map(str, valid))} ({data.metric}, "
+                          f"needs {wanted}, one per {per} ({data.metric}, "
                           f"num_classes={data.num_classes})")

@@ -508,12 +508,14 @@ def _plain_call(conv: MessagePassing, in_channels: Optional[int] = None) -> Iter
                           f"edge_index), which failed ({err}); a layer that needs more "
                           f"inputs (edge attributes) needs an adapter of its own "
                           f"(register_adapter)") from None
-    except RuntimeError as err:  # e.g. "mat1 and mat2 shapes cannot be multiplied"
-        if in_channels is None:
+    except RuntimeError as err:
+        text = str(err)
+        if in_channels is None or not any(word in text for word in ("shape", "size")):
             raise
+        # e.g. "mat1 and mat2 shapes cannot be multiplied (5x12 and 16x8)"
         raise ConfigError(f"'VQConv': '{type(conv).__name__}' failed on a probe of "
-                          f"{in_channels} input channels ({err}); is 'in_channels' "
-                          f"({in_channels}) the layer's input width?") from None
+                          f"{in_channels} input channels ({text}); is 'in_channels' "
+                          f"({in_channels}) the layer's input width?") from err
 
 
 def run_capturing_aggregate(conv: MessagePassing, x: Tensor, edge_index: Tensor,

@@ -387,9 +387,12 @@ class GlobalAttention(QuantizedLayer):
             graph: unused.
             chunk_size: query rows per chunk.
         """
-        if x.dim() != 2 or x.size(1) != self.in_channels:
+        n = "N" if self.num_nodes is None else self.num_nodes
+        if (x.dim() != 2 or x.size(1) != self.in_channels
+                or (self.num_nodes is not None and x.size(0) != self.num_nodes)):
             raise ConfigError(f"'{type(self).__name__}.inference_all': 'x' must have shape "
-                              f"(N, {self.in_channels}), received {tuple(x.shape)}")
+                              f"({n}, {self.in_channels}) (every node's inputs), received "
+                              f"{tuple(x.shape)}")
         q, k, v = self.lin_q(x), self.lin_k(x), self.lin_v(x)
         size = self.chunk_size if chunk_size is None else chunk_size
         outs = [self.lin_out(self._attend(q[s:s + size], k, v, None))

@@ -340,7 +340,7 @@ class QuantizedLayer(torch.nn.Module):
         if pending is not None and pending.grad is None:  # kept for a call after backward()
             warnings.warn(f"'{type(self).__name__}.update_codebook' was called before "
                           f"backward() reached the layer: nothing to apply yet; call it "
-                          f"after backward()", stacklevel=3)
+                          f"after backward()", stacklevel=outside_stacklevel())
             return False
         captured = self.take_captured()
         if captured is None:
@@ -348,7 +348,7 @@ class QuantizedLayer(torch.nn.Module):
                 warnings.warn(f"'{type(self).__name__}.update_codebook': the layer is in eval "
                               f"mode, whose forwards capture nothing (VQ inference: no "
                               f"codebook update, no backward term); call model.train() "
-                              f"before training steps", stacklevel=3)
+                              f"before training steps", stacklevel=outside_stacklevel())
             return False
         self.quantizer.update(captured.batch, captured.x, captured.grad.float(), search=search)
         return True

@@ -294,10 +294,14 @@ def _without_defaults(values: dict[str, Any], added: dict[str, Any],
 
 def _fill_defaults(saved: dict[str, Any], current: dict[str, Any],
                    added: dict[str, Any]) -> None:
-    """Give ``saved`` the default of each ``added`` option it lacks and ``current`` has."""
+    """Give each side the default of each ``added`` option that only the other holds (a
+    checkpoint may lack an option, or hold it at its default, which identities leave
+    out)."""
     for key, default in added.items():
         if key in current and key not in saved:
             saved[key] = default
+        elif key in saved and key not in current:
+            current[key] = default
 
 
 def _stored_features(x: Tensor, name: str, device: torch.device) -> Tensor:
@@ -505,7 +509,8 @@ class Trainer:
         self.ctx = TrainContext(
             model=self.model, data=data,
             x=_stored_features(data.x, config.feature_dtype, self.device),
-            y=data.y.to(self.device),
+            # class ids as int64, what the cross-entropy takes (an int32 y from numpy)
+            y=(data.y if data.y.is_floating_point() else data.y.long()).to(self.device),
             masks=masks, train_idx=train_idx,
             graph=VQGraph(data.edge_index.to(self.device), data.num_nodes), device=self.device,
             seed=config.seed, eval_batch_size=config.eval_batch_size,
