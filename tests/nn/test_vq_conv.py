@@ -503,20 +503,25 @@ def _trained_step(layer: VQConv, x: Tensor, graph: VQGraph, batch: Tensor) -> No
     layer(x[batch], graph, batch).pow(2).sum().backward()
 
 
-def test_an_unapplied_pair_is_dropped_with_a_warning_unless_auto_update() -> None:
+def _gcn_with_codebook(**kwargs) -> tuple[VQConv, Tensor, VQGraph]:
+    """A GCN layer of 40 nodes with an initialised codebook of 5, its inputs and graph."""
     torch.manual_seed(0)
     n = 40
     graph = VQGraph(random_graph(n, 160), n)
     x = torch.randn(n, 4)
-    manual = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
-    manual.init_codebook(x)
+    layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n, **kwargs)
+    layer.init_codebook(x)
+    return layer, x, graph
+
+
+def test_an_unapplied_pair_is_dropped_with_a_warning_unless_auto_update() -> None:
+    manual, x, graph = _gcn_with_codebook()
     before = manual.quantizer.codebook.embed.clone()
     _trained_step(manual, x, graph, torch.arange(10))
     with pytest.warns(UserWarning, match="never applied and is dropped; call update_codebook"):
         _trained_step(manual, x, graph, torch.arange(10, 20))
     assert torch.equal(before, manual.quantizer.codebook.embed)  # nothing applied silently
-    auto = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n, auto_update=True)
-    auto.init_codebook(x)
+    auto = _gcn_with_codebook(auto_update=True)[0]
     _trained_step(auto, x, graph, torch.arange(10))
     _trained_step(auto, x, graph, torch.arange(10, 20))  # applies the first batch's pair
     assert not torch.equal(before, auto.quantizer.codebook.embed)
@@ -527,12 +532,7 @@ def test_update_codebook_before_backward_or_in_eval_mode_warns() -> None:
     ``backward()`` (a warning; the capture is kept and applied by a call after
     ``backward()``), and training steps in eval mode (a warning: eval forwards capture
     nothing)."""
-    torch.manual_seed(0)
-    n = 40
-    graph = VQGraph(random_graph(n, 160), n)
-    x = torch.randn(n, 4)
-    layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
-    layer.init_codebook(x)
+    layer, x, graph = _gcn_with_codebook()
     before = layer.quantizer.codebook.embed.clone()
     out = layer(x[:10], graph, torch.arange(10))
     with pytest.warns(UserWarning, match=r"called before backward\(\) reached the layer"):
@@ -545,7 +545,7 @@ def test_update_codebook_before_backward_or_in_eval_mode_warns() -> None:
     layer(x[:10], graph, torch.arange(10)).pow(2).sum().backward()
     with pytest.warns(UserWarning, match=r"in eval mode, whose forwards capture nothing"):
         assert not layer.update_codebook()
-    no_codebook = VQConv(GCNConv(4, 6), num_nodes=n, constant_input=True)
+    no_codebook = VQConv(GCNConv(4, 6), num_nodes=x.size(0), constant_input=True)
     no_codebook.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
