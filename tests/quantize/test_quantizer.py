@@ -264,3 +264,21 @@ def test_set_codewords_rejects_bad_shapes_and_assignments():
         q.set_codewords(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"values in \[0, 3\), received \(6,\)"):
         q.set_codewords(torch.zeros(3, 2), torch.zeros(3, 1), torch.tensor([0, 1, 2, 3, 0, 0]))
+
+
+def test_initialize_names_the_rows_that_are_not_finite():
+    """NaN inputs used to reach faiss's k-means, which failed with its own error (or
+    torch's k-means, which clustered NaN)."""
+    q = FeatureGradientQuantizer(8, 2, 1, 2, kmeans_backend="torch")
+    x = torch.randn(8, 2)
+    x[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"'FeatureGradientQuantizer.initialize': the layer "
+                                         r"inputs 'x' hold NaN or infinite values in 1 row\(s\) "
+                                         r"\(first: \[5\]\)"):
+        q.initialize(torch.arange(8), x)
+    g = torch.zeros(8, 1)
+    g[2, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"the gradients 'g' hold NaN or infinite values in 1 "
+                                         r"row\(s\) \(first: \[2\]\)"):
+        q.initialize(torch.arange(8), torch.randn(8, 2), g)
+    assert not q.initialized

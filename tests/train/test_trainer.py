@@ -885,3 +885,27 @@ def test_a_model_that_cannot_be_trained_and_overlapping_splits(data):
     with pytest.warns(UserWarning, match=r"the splits share nodes \(train/test: \d+\)"):
         Trainer(build(data), _changed(data, test_mask=data.train_mask.clone()),
                 config(epochs=1))
+
+
+def test_a_run_stopped_from_its_log_callback_keeps_that_epochs_checkpoint(data, tmp_path):
+    """The epoch's checkpoint is written before its log line: a user who stops the run
+    from the log callback resumes after that epoch, not one before."""
+    path = tmp_path / "c.pt"
+
+    class Stop(Exception):
+        pass
+
+    def log(line: str) -> None:
+        if line.startswith("epoch   2/"):
+            raise Stop
+
+    seed_everything(0)
+    trainer = Trainer(build(data, dropout=0.3), data,
+                      config(epochs=4, checkpoint=str(path), seed=0), log=log)
+    with pytest.raises(Stop):
+        trainer.fit()
+    assert _load(path)["epoch"] == 2
+    uninterrupted = _run(data, tmp_path / "u.pt", epochs=4)
+    resumed = _run(data, path, epochs=4, resume=True)
+    for key, value in uninterrupted.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

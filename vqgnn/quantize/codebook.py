@@ -51,6 +51,16 @@ class CodebookHealth:
     message_errors: Optional[list[Optional[float]]] = None
 
 
+def check_finite_rows(x: Tensor, what: str) -> None:
+    """:class:`~vqgnn.errors.ConfigError` naming the rows of ``x`` (N, D) that hold NaN or
+    infinite values (one host synchronisation: for initialisations, not steps)."""
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        rows = (~finite).nonzero().view(-1)
+        raise ConfigError(f"{what} hold NaN or infinite values in {rows.numel()} row(s) "
+                          f"(first: {rows[:5].tolist()})")
+
+
 class Codebook(torch.nn.Module):
     r"""K codewords over D-dimensional vectors, updated by EMA k-means.
 
@@ -178,6 +188,7 @@ class Codebook(torch.nn.Module):
         """
         self._check_vectors(x)
         x = x.detach().float()
+        check_finite_rows(x, f"'{type(self).__name__}.init_': the vectors to cluster")
         result = kmeans(x, self.num_codewords, self.kmeans_iters, seed, self.kmeans_backend)
         counts = result.counts.clamp_min(1.0)
         sums = result.centroids * counts.unsqueeze(1)

@@ -7,7 +7,13 @@ import torch
 from torch import Tensor
 
 from vqgnn.errors import ConfigError
-from vqgnn.quantize.codebook import AllReduceFn, Codebook, CodebookHealth, noop_all_reduce
+from vqgnn.quantize.codebook import (
+    AllReduceFn,
+    Codebook,
+    CodebookHealth,
+    check_finite_rows,
+    noop_all_reduce,
+)
 from vqgnn.quantize.functional import fp32
 from vqgnn.quantize.options import CodebookOptions
 
@@ -212,6 +218,10 @@ class FeatureGradientQuantizer(torch.nn.Module):
             seed: k-means seed.
         """
         self._check_pair(node_idx, x, g)
+        name = type(self).__name__
+        check_finite_rows(x, f"'{name}.initialize': the layer inputs 'x'")
+        if g is not None:
+            check_finite_rows(g, f"'{name}.initialize': the gradients 'g'")
         self.x_norm.update(x, self.all_reduce_fn)
         if g is not None:
             self.g_norm.update(g, self.all_reduce_fn)

@@ -708,11 +708,13 @@ class Trainer:
                 entry.message_error = health.message_error
                 entry.message_errors = health.message_errors
             self.history.append(entry)
-            if self.log is not None:
-                self.log(entry.line(cfg.epochs, metric))
+            # the checkpoint before the log line: a run stopped from the log callback (or
+            # interrupted while it prints) keeps this epoch
             if cfg.checkpoint and main and (self.epoch % cfg.checkpoint_every == 0
                                             or self.epoch == cfg.epochs or self._stopped()):
                 self.save_checkpoint(cfg.checkpoint)
+            if self.log is not None:
+                self.log(entry.line(cfg.epochs, metric))
         return self.result()
 
     def _divergence(self, loss: float) -> Optional[str]:
