@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -63,3 +64,17 @@ def outside_stacklevel() -> int:
             frame.f_code.co_filename).startswith(libraries):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_finite_rows(x: Any, what: str, unit: str = "row", advice: str = "") -> None:
+    """:class:`ConfigError` naming the rows of ``x`` ((N, D), or (N,): one value a row) that
+    hold NaN or infinite values: ``"{what} hold NaN or infinite values in 2 row(s) (first:
+    [3, 7]){advice}"``. One host synchronisation: for set-up, not for training steps."""
+    import torch
+
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).any(dim=1) if x.dim() == 2 else ~finite
+        rows = bad.nonzero().view(-1)
+        raise ConfigError(f"{what} hold NaN or infinite values in {rows.numel()} {unit}(s) "
+                          f"(first: {rows[:5].tolist()}){advice}")

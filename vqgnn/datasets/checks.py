@@ -7,19 +7,14 @@ import warnings
 import torch
 from torch_geometric.data import Data
 
-from vqgnn.errors import ConfigError, outside_stacklevel
+from vqgnn.errors import ConfigError, check_finite_rows, outside_stacklevel
 
 
 def check_finite_features(data: Data, owner: str) -> None:
     """:class:`~vqgnn.errors.ConfigError` when ``data.x`` holds NaN or infinities (one
     scan per graph)."""
-    finite = torch.isfinite(data.x)
-    if not bool(finite.all()):
-        bad = (~finite).any(dim=1) if data.x.dim() == 2 else ~finite
-        rows = bad.nonzero().view(-1)
-        raise ConfigError(f"'{owner}': the features hold NaN or infinite values in "
-                          f"{rows.numel()} node(s) (first: {rows[:5].tolist()}); clean them "
-                          f"before training")
+    check_finite_rows(data.x, f"'{owner}': the features", unit="node",
+                      advice="; clean them before training")
 
 
 METRICS = ("accuracy", "rocauc")

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from vqgnn.errors import ConfigError
+from vqgnn.errors import ConfigError, check_finite_rows
 from vqgnn.quantize.functional import (
     batch_statistics,
     ema_inplace,
@@ -49,16 +49,6 @@ class CodebookHealth:
     quantization_error: float
     message_error: Optional[float] = None
     message_errors: Optional[list[Optional[float]]] = None
-
-
-def check_finite_rows(x: Tensor, what: str) -> None:
-    """:class:`~vqgnn.errors.ConfigError` naming the rows of ``x`` (N, D) that hold NaN or
-    infinite values (one host synchronisation: for initialisations, not steps)."""
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        rows = (~finite).nonzero().view(-1)
-        raise ConfigError(f"{what} hold NaN or infinite values in {rows.numel()} row(s) "
-                          f"(first: {rows[:5].tolist()})")
 
 
 class Codebook(torch.nn.Module):

@@ -6,14 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vqgnn.errors import ConfigError
-from vqgnn.quantize.codebook import (
-    AllReduceFn,
-    Codebook,
-    CodebookHealth,
-    check_finite_rows,
-    noop_all_reduce,
-)
+from vqgnn.errors import ConfigError, check_finite_rows
+from vqgnn.quantize.codebook import AllReduceFn, Codebook, CodebookHealth, noop_all_reduce
 from vqgnn.quantize.functional import fp32
 from vqgnn.quantize.options import CodebookOptions
 

@@ -634,15 +634,13 @@ class VQMethod(TrainingMethod):
         # rank must then exchange: that step searches too (host flags, no device sync).
         layers = self.model.quantized_layers
         search = (self._steps % self.options.search_every == 0
-                  or any(q is not None and not q.initialized
-                         for q in (layer.quantizer for layer in layers)))
+                  or any(layer.has_codebook and not layer.initialized for layer in layers))
         self._steps += 1
         self.model.update_codebooks(search=search)
         # Under torchrun, every rank learns the other ranks' refreshed assignments (a
         # step without the search refreshes none: every rank skips it alike).
         if search:
-            self.ctx.parallel.exchange_assignments(self.model.quantized_layers, batch,
-                                                   self.sampler.max_batch_size)
+            self.ctx.parallel.exchange_assignments(layers, batch, self.sampler.max_batch_size)
 
     @torch.no_grad()
     def predict(self, mode: str) -> Tensor:

@@ -294,14 +294,11 @@ def _without_defaults(values: dict[str, Any], added: dict[str, Any],
 
 def _fill_defaults(saved: dict[str, Any], current: dict[str, Any],
                    added: dict[str, Any]) -> None:
-    """Give each side the default of each ``added`` option that only the other holds (a
-    checkpoint may lack an option, or hold it at its default, which identities leave
-    out)."""
-    for key, default in added.items():
-        if key in current and key not in saved:
-            saved[key] = default
-        elif key in saved and key not in current:
-            current[key] = default
+    """Give both sides every ``added`` option they lack, at its default (identities leave
+    it out there; a checkpoint may also predate it, or hold it at its default)."""
+    for side in (saved, current):
+        for key, default in added.items():
+            side.setdefault(key, default)
 
 
 def _stored_features(x: Tensor, name: str, device: torch.device) -> Tensor:
