@@ -164,6 +164,21 @@ def epoch_times(data: Any, method: str, batch_size: int, num_codewords: int,
     return times
 
 
+def take_turns(kinds: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Each kind's epoch times over ``rounds`` rounds in this process, one epoch of each
+    kind in turn, after a warm-up round (not timed). Taking turns, the kinds share the
+    machine's slow and fast moments: this machine's epochs differ by 10-30 % between
+    processes."""
+    times: dict[str, list[float]] = {name: [] for name in kinds}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for name, epoch in kinds.items():
+            start = time.perf_counter()
+            epoch()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def _in_process(name: str, root: Optional[str], method: str, batch_size: int,
                 num_codewords: int, epochs: int, threads: int, search_every: int = 1
                 ) -> tuple[list[float], dict[str, Optional[str]]]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -68,14 +67,7 @@ def timing(data: Any, run: grid.Run, every: list[int], rounds: int) -> dict[str,
         trainer.fit()  # set-up (k-means) and one epoch
         kinds[str(k)] = trainer.train_epoch
     kinds["floor"] = epoch_floor.floor_epoch(data)
-    times: dict[str, list[float]] = {name: [] for name in kinds}
-    for round_ in range(rounds + 1):  # round 0 warms up
-        for name, epoch in kinds.items():
-            start = time.perf_counter()
-            epoch()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return times
+    return epoch_floor.take_turns(kinds, rounds)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -961,6 +961,48 @@ def test_epoch_floor_times_every_kind_and_its_floor_trains_the_same_gcn(tmp_path
     assert created == [("vq", 3), ("full", None)]
 
 
+def test_epoch_sweep_times_each_config_beside_the_floor_in_one_process(tmp_path, capsys,
+                                                                       monkeypatch):
+    from benchmarks import epoch_floor, epoch_sweep
+
+    assert epoch_sweep.parse_configs("64:16,all:8:3,64:16,500:4", 300) == [
+        (64, 16, 1), (300, 8, 3), (300, 4, 1)]  # each once; b capped at N
+    for bad in ("64", "64:x", "64:16:2:1", "0:16", "64:16:0"):
+        with pytest.raises(ValueError, match=f"'{bad}'"):
+            epoch_sweep.parse_configs(bad, 300)
+    built = []
+    trainer_epoch = epoch_floor.trainer_epoch
+    monkeypatch.setattr(epoch_floor, "trainer_epoch", lambda data, method, b, k, every=1: (
+        built.append((method, b, k, every)), trainer_epoch(data, method, b, k, every))[1])
+    out = tmp_path / "sweep.jsonl"
+    epoch_sweep.main(["--graph", DATASET_TINY, "--configs", "64:16,all:8:2", "--rounds", "2",
+                      "--out", str(out)])
+    assert built == [("full", 1, 1, 1), ("vq", 64, 16, 1), ("vq", 300, 8, 2)]
+    (row,) = records(out)
+    assert list(row["epoch_seconds"]) == ["floor", "full", "b=64, K=16",
+                                          "b=N, K=8, search every 2"]
+    assert all(len(v) == 2 and min(v) > 0 for v in row["epoch_seconds"].values())
+    assert row["configs"] == {"b=64, K=16": [64, 16, 1], "b=N, K=8, search every 2": [300, 8, 2]}
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 4
+    assert lines[1].startswith("| floor (torch.sparse, full graph) | 1 | ")
+    assert "| 1.00x | - |" in lines[1]
+    assert lines[3].startswith("| VQ-GNN, b=64, K=16 | 5 | ")  # ceil(300 / 64) steps
+    assert lines[4].startswith("| VQ-GNN, b=N, K=8, search every 2 | 1 | ")
+    assert all(line.split(" | ")[4] in ("yes", "NO") for line in lines[3:])
+    # thousands separators in a name do not reach the steps column; 1.15x is the bound
+    assert epoch_sweep.table({"floor": [1.0], "full": [2.0], "b=1,024, K=1,024": [1.15],
+                              "b=2,048, K=64": [1.16]},
+                             {"b=1,024, K=1,024": 12, "b=2,048, K=64": 6})[3:] == [
+        "| vqgnn full-graph training | 1 | 2.000 | 2.00x | - | 1.00x |",
+        "| VQ-GNN, b=1,024, K=1,024 | 12 | 1.150 | 1.15x | yes | 0.57x |",
+        "| VQ-GNN, b=2,048, K=64 | 6 | 1.160 | 1.16x | NO | 0.58x |"]
+    with pytest.raises(SystemExit):
+        epoch_sweep.main(["--graph", "Tolokers", "--out", str(out)])  # needs --data-root
+    with pytest.raises(SystemExit):
+        epoch_sweep.main(["--graph", DATASET_TINY, "--configs", "64", "--out", str(out)])
+
+
 def test_step_kernels_times_each_choice_both_ways(capsys):
     from benchmarks import step_kernels
 
