@@ -339,6 +339,10 @@ def test_inner_matmul_backward_equals_the_dense_in_batch_matrix(device, case):
     rows = batch_rows(op, batch, local, symmetric)
     assert (rows.inner_t_value is rows.inner_value) == (case == "gcn")
     assert (rows.inner_t_value is None) == (case == "directed")
+    if symmetric:  # node 0 (row 1) hears 1, 2, 4: batch positions 3 and 2 (2 is outside)
+        inner = rows.inner_col[rows.crow[1]:rows.crow[2]].tolist()
+        # the CPU keeps the gather's order (no sort); a GPU sorts within the row
+        assert inner == ([3, 2] if device == "cpu" else [2, 3])
     full = torch.zeros(5, 5, device=device)
     full[dst, src] = value  # C[i, j]: weight of j -> i
     c_bb = full[batch][:, batch]

@@ -672,7 +672,9 @@ class BatchRows(NamedTuple):
     outer: Tensor  # (M,) C_ij where the source is outside the batch, else 0
     num_inner: int  # entries with in-batch sources
     crow: Tensor  # (b + 1,) CSR row pointer of C_BB
-    inner_col: Tensor  # (num_inner,) batch positions of the in-batch sources, sorted per row
+    # (num_inner,) batch positions of the in-batch sources (sorted within a row on a GPU,
+    # in the operator's order on the CPU)
+    inner_col: Tensor
     inner_value: Tensor  # (num_inner,) their weights
     t_row: Tensor  # (M',) batch position of the sender i
     t_target: Tensor  # (M',) global id of the receiver j
@@ -729,11 +731,16 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
     inside = pos >= 0
     value = op.value.index_select(0, idx)
     outer = torch.where(inside, 0.0, value)
+    # In-batch entries in the gather's order: by row (no duplicates: the operator's rows
+    # have none), the batch positions within a row in any order.
     sel = inside.nonzero().view(-1)
-    # In-batch entries sorted by (row, batch position): a valid CSR, no duplicates.
     inner_pos = pos.index_select(0, sel)
-    order = torch.argsort(row.index_select(0, sel) * b + inner_pos)
-    sel = sel.index_select(0, order)
+    if row.device.type != "cpu":
+        # cuSPARSE documents CSR with sorted columns; torch's CPU products (MKL's and its
+        # own) take them in any order, so the CPU skips this sort of the in-batch entries
+        # (on Tolokers at b = N: 0.023 s of a 0.08 s epoch, benchmarks/epoch_sweep.py).
+        order = torch.argsort(row.index_select(0, sel) * b + inner_pos)
+        sel, inner_pos = sel.index_select(0, order), inner_pos.index_select(0, order)
     inner_row = row.index_select(0, sel)
     crow = torch.searchsorted(inner_row, torch.arange(b + 1, device=row.device))
     inner_value = value.index_select(0, sel)
@@ -750,8 +757,8 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
         t_row, t_idx = row_positions(op.t_rowptr, batch)
         t_target, t_value = op.t_col.index_select(0, t_idx), op.t_value.index_select(0, t_idx)
         t_outer = torch.where(local.index_select(0, t_target) < 0, t_value, 0.0)
-    return BatchRows(row, col, outer, sel.numel(), crow, inner_pos.index_select(0, order),
-                     inner_value, t_row, t_target, t_outer, inner_t_value, pos, value)
+    return BatchRows(row, col, outer, sel.numel(), crow, inner_pos, inner_value, t_row,
+                     t_target, t_outer, inner_t_value, pos, value)
 
 
 def codeword_edges(rows: BatchRows, assignment: Tensor, num_codewords: int) -> BatchEdges:
