@@ -215,6 +215,22 @@ def test_reset_parameters_health_and_repr():
     assert q.num_codewords == 3
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_health_reads_usage_and_perplexity_from_the_assignments(index_dtype):
+    """A restarted codeword starts with an EMA count of 1, so the codebook's own usage
+    reads 1.0; the layer's counts the codewords that nodes are assigned to."""
+    q = make_quantizer(index_dtype=index_dtype, dead_threshold=0.5)
+    q.set_codewords(torch.zeros(3, 2), torch.zeros(3, 1), torch.tensor([0, 0, 0, 0, 2, 2]))
+    q.codebook.cluster_size.copy_(torch.tensor([4.0, 1.0, 2.0]))  # codeword 1: a restart's
+    assert q.codebook.health().usage == 1.0
+    health = q.health()
+    assert health.usage == pytest.approx(2 / 3)  # codewords 0 and 2 hold nodes
+    p = torch.tensor([4.0, 2.0]) / 6  # the nodes' spread: 4 and 2 of 6
+    assert health.perplexity == pytest.approx(float((-(p * p.log()).sum()).exp()), rel=1e-6)
+    q.assignment.fill_(1)  # every node on one codeword
+    assert q.health().usage == pytest.approx(1 / 3) and q.health().perplexity == pytest.approx(1)
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -30,11 +30,14 @@ class CodebookHealth:
     """How well a codebook is used.
 
     Attributes:
-        usage: fraction of codewords whose EMA count is above the dead threshold.
-        perplexity: ``exp(entropy)`` of the EMA count distribution (K at most): the
-            number of equally used codewords that would give the same entropy (an
-            empty cluster starts with a count of 1, so right after the k-means
-            initialisation it counts as used).
+        usage: a layer's (:meth:`~vqgnn.quantize.FeatureGradientQuantizer.health`): the fraction of
+            codewords that at least one node is assigned to; a bare :class:`Codebook`'s:
+            the fraction whose EMA count is at or above the dead threshold (a restarted
+            codeword, and an empty k-means cluster, start with a count of 1, so they
+            count as used at once).
+        perplexity: ``exp(entropy)`` of the nodes' spread over the codewords (a bare
+            :class:`Codebook`: of its EMA counts), K at most: the number of equally used
+            codewords that would give the same entropy.
         quantization_error: relative error ``||x - v_c(x)||^2 / ||x||^2`` of the last
             update's batch; before any update, of the vectors the k-means initialisation
             clustered (NaN before either).

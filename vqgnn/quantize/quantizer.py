@@ -1,6 +1,7 @@
 """The per-layer quantizer of (input feature, output gradient) pairs."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -8,7 +9,7 @@ from torch import Tensor
 
 from vqgnn.errors import ConfigError, check_finite_rows
 from vqgnn.quantize.codebook import AllReduceFn, Codebook, CodebookHealth, noop_all_reduce
-from vqgnn.quantize.functional import fp32
+from vqgnn.quantize.functional import fp32, perplexity
 from vqgnn.quantize.options import CodebookOptions
 
 
@@ -282,7 +283,18 @@ class FeatureGradientQuantizer(torch.nn.Module):
             self.assignment.copy_(assignment.to(self.assignment.dtype))
 
     def health(self) -> CodebookHealth:
-        return self.codebook.health()
+        """The codebook's health, its usage and perplexity read from the assignment table.
+
+        ``usage`` is the fraction of codewords that at least one node is assigned to, and
+        ``perplexity`` is exp of the entropy of the nodes' spread over the codewords. These
+        are the codewords that stand for out-of-batch neighbours. The codebook's own
+        figures come from its EMA counts, where a codeword restarted with a count of 1
+        counts as used before any node is assigned to it: with restarts on, its usage
+        reads 1.0 whatever the assignments. One ``bincount`` over the N assignments.
+        """
+        counts = torch.bincount(self.assignment, minlength=self.num_codewords).float()
+        return replace(self.codebook.health(), usage=float((counts > 0).float().mean()),
+                       perplexity=float(perplexity(counts)))
 
     def extra_repr(self) -> str:
         return (f"num_nodes={self.num_nodes}, feature_dim={self.feature_dim}, "
