@@ -9,7 +9,7 @@ best of ``--repeat`` means over ``--calls`` calls:
   transposed into a contiguous left-hand one);
 * a row gather: ``x[idx]`` against ``x.index_select(0, idx)``;
 * dropout, forward and backward: ``torch.nn.functional.dropout`` against
-  :func:`vqgnn.nn.models.dropout` (on the CPU a ``torch.rand`` mask);
+  :func:`vqgnn.nn.models.dropout` (on the CPU a mask of 16-bit random integers);
 * a layer's (b, K) low-rank part over the batch's gathered entries (M per batch row:
   89 on Tolokers, 9 on Minesweeper, with the self-loop; in-batch sources weigh 0), its
   product with the codeword messages forward and backward plus the backward term's

@@ -7,7 +7,7 @@ from torch_geometric.nn import GraphConv
 
 from vqgnn import ConfigError, VQGraph
 from vqgnn.datasets import load_dataset
-from vqgnn.nn.models import VQGNN, dropout
+from vqgnn.nn.models import VQGNN, dropout, dropout_mask
 
 CONVS = ["gcn", "sage", "gat", "gin"]
 
@@ -512,13 +512,29 @@ def test_dropout_keeps_each_entry_with_probability_one_minus_p(device, p):
     kept = out != 0
     # 200,000 draws: the kept share's standard deviation is about 0.0011.
     assert abs(float(kept.float().mean()) - (1 - p)) < 0.006
-    torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+    # on the CPU p is rounded to a multiple of 1 / 65,536 (0.2: 13,107 / 65,536) and the
+    # scale is the inverse of the rounded keep probability: unbiased
+    keep = 1 - (round(p * 65536) / 65536 if device == "cpu" else p)
+    torch.testing.assert_close(out[kept], x[kept] / keep)
     out.backward(torch.ones_like(out))
-    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    torch.testing.assert_close(x.grad, kept.float() / keep)
     assert dropout(x, p, False) is x and dropout(x, 0.0, True) is x
     torch.manual_seed(0)
     again = dropout(x.detach(), p, True)
     assert torch.equal(again != 0, kept)  # reproducible under the seed
+
+
+def test_the_cpu_dropout_mask_keeps_its_rounded_probability_in_every_16_bit_lane():
+    """Four 16-bit lanes from each 64-bit draw: each lane is kept at the rate 1 - p (a
+    lane whose top bit never varied, as in random_()'s default range [0, 2^63), would
+    keep every entry at p < 0.5, or drop every one)."""
+    torch.manual_seed(1)
+    mask = dropout_mask(torch.Size([400_000, 4]), 0.3)  # lane j: column j
+    rates = mask.float().mean(0)
+    # 400,000 draws per lane: standard deviation about 0.0007
+    torch.testing.assert_close(rates, torch.full((4,), 1 - 19661 / 65536), atol=0.004, rtol=0)
+    assert dropout_mask(torch.Size([3, 5, 7]), 0.5).shape == (3, 5, 7)  # any shape, n % 4 != 0
+    assert bool(dropout_mask(torch.Size([1000]), 0.0).all())
 
 
 @pytest.mark.parametrize("p", [1.0, -0.1])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -33,10 +34,13 @@ NormSpec = Union[None, str, torch.nn.Module, Callable[[int], torch.nn.Module]]
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout: each entry kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
 
-    ``torch.nn.functional.dropout`` on accelerators; on the CPU the mask is drawn by
-    ``torch.rand`` instead of ``bernoulli_``: the same distribution in less time
-    (``benchmarks/step_kernels.py`` times both), with the same saved tensor (a boolean
-    mask).
+    ``torch.nn.functional.dropout`` on accelerators. On the CPU the mask compares 16-bit
+    uniform integers, four from each 64-bit draw of torch's generator, with a threshold:
+    ``bernoulli_`` and ``torch.rand`` spend a 32-bit draw on every entry
+    (``benchmarks/step_kernels.py`` times the three). The saved tensor is a boolean mask,
+    as theirs. The drop probability is ``p`` rounded to a multiple of 1 / 65,536 (0.2
+    becomes 0.199997), and the scale is ``1 / (1 - that)``, so the output's expectation is
+    ``x``.
     """
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"'dropout': 'p' must be in [0, 1), received {p!r}")
@@ -44,8 +48,21 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, True)
-    keep = torch.rand(x.shape, device=x.device) >= p  # float32 draws, whatever x's dtype
-    return (x * keep) * (1.0 / (1.0 - p))
+    return (x * dropout_mask(x.shape, p)) * (_UNIFORM16 / (_UNIFORM16 - round(p * _UNIFORM16)))
+
+
+_UNIFORM16 = 1 << 16
+
+
+def dropout_mask(shape: torch.Size, p: float) -> Tensor:
+    """A boolean CPU mask of ``shape``, each entry False with probability ``p`` rounded
+    to a multiple of 1 / 65,536, from torch's global generator (seeded by
+    ``torch.manual_seed``): 16-bit uniform integers, four per 64-bit draw, at or above a
+    threshold."""
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
+    uniform = words.view(torch.int16)[:n].view(shape)  # in [-32768, 32767], uniform
+    return uniform >= round(p * _UNIFORM16) - (_UNIFORM16 >> 1)
 
 
 def norm_factory(norm: NormSpec, owner: str = "VQGNN") -> Callable[[int], torch.nn.Module]:
