@@ -529,12 +529,26 @@ def test_the_cpu_dropout_mask_keeps_its_rounded_probability_in_every_16_bit_lane
     lane whose top bit never varied, as in random_()'s default range [0, 2^63), would
     keep every entry at p < 0.5, or drop every one)."""
     torch.manual_seed(1)
-    mask = dropout_mask(torch.Size([400_000, 4]), 0.3)  # lane j: column j
+    mask, drop = dropout_mask(torch.Size([400_000, 4]), 0.3)  # lane j: column j
+    assert drop == 19661 / 65536
     rates = mask.float().mean(0)
     # 400,000 draws per lane: standard deviation about 0.0007
-    torch.testing.assert_close(rates, torch.full((4,), 1 - 19661 / 65536), atol=0.004, rtol=0)
-    assert dropout_mask(torch.Size([3, 5, 7]), 0.5).shape == (3, 5, 7)  # any shape, n % 4 != 0
-    assert bool(dropout_mask(torch.Size([1000]), 0.0).all())
+    torch.testing.assert_close(rates, torch.full((4,), 1 - drop), atol=0.004, rtol=0)
+    mask, drop = dropout_mask(torch.Size([3, 5, 7]), 0.5)  # any shape, n % 4 != 0
+    assert mask.shape == (3, 5, 7) and drop == 0.5
+
+
+@pytest.mark.parametrize("p", [1e-6, 0.001, 1 - 1e-6])
+def test_a_dropout_probability_that_16_bits_cannot_hold_is_drawn_exactly(p):
+    """Rounded to 1 / 65,536, 1e-6 would drop nothing, 0.001 would be 0.00101 (0.7 % off)
+    and 1 - 1e-6 would drop everything (and divide by zero): those draw floats."""
+    torch.manual_seed(2)
+    mask, drop = dropout_mask(torch.Size([500_000]), p)
+    assert drop == p
+    torch.manual_seed(2)
+    assert torch.equal(mask, torch.rand(500_000) >= p)
+    out = dropout(torch.ones(10), p, True)
+    assert bool(torch.isfinite(out).all())
 
 
 @pytest.mark.parametrize("p", [1.0, -0.1])

@@ -35,9 +35,9 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout: each entry kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
 
     ``torch.nn.functional.dropout`` on accelerators. On the CPU the mask compares 16-bit
-    uniform integers, four from each 64-bit draw of torch's generator, with a threshold:
-    ``bernoulli_`` and ``torch.rand`` spend a 32-bit draw on every entry
-    (``benchmarks/step_kernels.py`` times the three). The saved tensor is a boolean mask,
+    uniform integers, four from each 64-bit draw of torch's generator, with a threshold
+    (:func:`dropout_mask`): ``bernoulli_`` and ``torch.rand`` spend a 32-bit draw on every
+    entry (``benchmarks/step_kernels.py`` times them). The saved tensor is a boolean mask,
     as theirs. The drop probability is ``p`` rounded to a multiple of 1 / 65,536 (0.2
     becomes 0.199997), and the scale is ``1 / (1 - that)``, so the output's expectation is
     ``x``.
@@ -48,21 +48,27 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, True)
-    return (x * dropout_mask(x.shape, p)) * (_UNIFORM16 / (_UNIFORM16 - round(p * _UNIFORM16)))
+    keep, drop = dropout_mask(x.shape, p)
+    return (x * keep) * (1.0 / (1.0 - drop))
 
 
 _UNIFORM16 = 1 << 16
 
 
-def dropout_mask(shape: torch.Size, p: float) -> Tensor:
-    """A boolean CPU mask of ``shape``, each entry False with probability ``p`` rounded
-    to a multiple of 1 / 65,536, from torch's global generator (seeded by
-    ``torch.manual_seed``): 16-bit uniform integers, four per 64-bit draw, at or above a
-    threshold."""
+def dropout_mask(shape: torch.Size, p: float) -> tuple[Tensor, float]:
+    """A boolean CPU mask of ``shape`` whose entries are False with probability ``p``
+    rounded to a multiple of 1 / 65,536, and that probability, from torch's global
+    generator (seeded by ``torch.manual_seed``): 16-bit uniform integers, four per 64-bit
+    draw, at or above a threshold. A ``p`` that 16 bits would round to 0 or 1, or by more
+    than 0.1 % of it (possible below 0.0077), is drawn exactly instead, one ``torch.rand``
+    float per entry."""
+    threshold = round(p * _UNIFORM16)
+    if not 0 < threshold < _UNIFORM16 or abs(threshold - p * _UNIFORM16) > 1e-3 * p * _UNIFORM16:
+        return torch.rand(shape) >= p, p
     n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
     uniform = words.view(torch.int16)[:n].view(shape)  # in [-32768, 32767], uniform
-    return uniform >= round(p * _UNIFORM16) - (_UNIFORM16 >> 1)
+    return uniform >= threshold - (_UNIFORM16 >> 1), threshold / _UNIFORM16
 
 
 def norm_factory(norm: NormSpec, owner: str = "VQGNN") -> Callable[[int], torch.nn.Module]:
