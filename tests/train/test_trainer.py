@@ -206,6 +206,16 @@ def test_predict_bad_mode(data):
         trainer.predict("foo")
 
 
+def test_vq_inference_before_fit_says_what_sets_the_codebooks_up(data):
+    trainer = Trainer(build(data), data, config())
+    assert trainer.predict("exact").shape == (data.num_nodes, 3)  # needs no codebook
+    with pytest.raises(ConfigError, match=r"mode 'vq' reads the codebooks .* fit\(\) or "
+                                          r"prepare\(\) sets up"):
+        trainer.evaluate("vq")
+    trainer.prepare()
+    assert set(trainer.evaluate("vq")) == {"train", "val", "test"}
+
+
 # ------------------------------------------------------------------- errors
 @pytest.mark.parametrize("changes, match", [
     ({"method": "foo"}, "'method' must be one of \\('vq', 'full', 'sage', 'cluster', "
