@@ -226,7 +226,7 @@ def test_errors_name_the_argument():
     layer = GlobalAttention(4, heads=2, num_nodes=5, num_codewords=2)
     with pytest.raises(ConfigError, match="'x' must have shape \\(n, 4\\)"):
         layer(torch.randn(5, 3))
-    with pytest.raises(RuntimeError, match="codebook is not initialised"):
+    with pytest.raises(ConfigError, match="codebook is not initialised"):
         layer(torch.randn(2, 4), ring(5), torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="'batch' needs the full graph as a VQGraph"):
         layer(torch.randn(2, 4), None, torch.tensor([0, 1]))

@@ -12,7 +12,7 @@ from torch_geometric.nn import GATConv, GATv2Conv, GCNConv, GINConv, GraphConv, 
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import coalesce, to_undirected
 
-from vqgnn import VQConv, VQGraph
+from vqgnn import ConfigError, VQConv, VQGraph
 from vqgnn.quantize import CodebookOptions
 
 
@@ -321,7 +321,7 @@ def test_uninitialised_codebook_is_an_error() -> None:
     n = 20
     graph = VQGraph(random_graph(n, 60), n)
     layer = VQConv(GCNConv(4, 6), num_codewords=5, num_nodes=n)
-    with pytest.raises(RuntimeError, match="not initialised"):
+    with pytest.raises(ConfigError, match="not initialised"):
         layer(torch.randn(5, 4), graph, torch.arange(5))
 
 

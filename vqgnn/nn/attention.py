@@ -194,9 +194,9 @@ class GlobalAttention(QuantizedLayer):
         assert quantizer is not None
         initialized = quantizer.initialized
         if not initialized and b < self.num_nodes:
-            raise RuntimeError(f"'{name}': the codebook is not initialised; call "
-                               f"init_codebook() (or the model's prepare()) before mini-batch "
-                               f"steps")
+            raise ConfigError(f"'{name}': the codebook is not initialised; call "
+                              f"init_codebook() (or the model's prepare()) before mini-batch "
+                              f"steps")
         return self._batch_forward(
             x, batch, lambda xb, training: self._batch_pair(xb, batch, training, initialized))
 

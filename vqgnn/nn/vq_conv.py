@@ -338,8 +338,8 @@ class VQConv(QuantizedLayer):
             edges = batch_edges(op, batch, local, quantizer.assignment,
                                 self.num_codewords, self.merge)
             if not quantizer.initialized and bool((edges.col >= b).any()):
-                raise RuntimeError("'VQConv': the codebook is not initialised; call "
-                                   "init_codebook() (or the model's) before mini-batch steps")
+                raise ConfigError("'VQConv': the codebook is not initialised; call "
+                                  "init_codebook() (or the model's) before mini-batch steps")
             x_src = torch.cat([x, quantizer.features().to(x.dtype)], dim=0)  # (b + K, D_in)
             out, agg = self.adapter.forward(self.conv, x_src, x, edges)
             if training and self.backward_approx and quantizer.initialized:
@@ -424,8 +424,8 @@ class VQConv(QuantizedLayer):
         assert quantizer is not None
         rows = step_rows(graph, op, batch)
         if not quantizer.initialized and rows.num_inner < rows.row.numel():
-            raise RuntimeError("'VQConv': the codebook is not initialised; call "
-                               "init_codebook() (or the model's) before mini-batch steps")
+            raise ConfigError("'VQConv': the codebook is not initialised; call "
+                              "init_codebook() (or the model's) before mini-batch steps")
         return rows
 
     def _sparse_lowrank(self, entries: int, rows: BatchRows, x: Tensor) -> bool:
