@@ -20,7 +20,9 @@ Usage:
 from __future__ import annotations
 
 import os
+import re
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -39,27 +41,45 @@ from vqgnn.train.records import append_record  # noqa: E402
 DEFAULT_CONFIGS = "1024:1024,2048:1024,4096:1024,all:1024,2048:256,4096:256,4096:64,all:16"
 
 
-def parse_configs(text: str, num_nodes: int) -> list[tuple[int, int, int]]:
-    """``b:K[:k],...`` as (batch size, K, search every) triples; ``all`` is N.
+_CONFIG = re.compile(r"(all|\d+):(\d+)(?::(\d+))?")
+
+
+def parse_configs(text: str, num_nodes: Optional[int] = None) -> list[tuple[int, int, int]]:
+    """``b:K[:k],...`` as (batch size, K, search every) triples; ``all`` is N (0 while
+    ``num_nodes`` is None: a syntax check before the graph is loaded).
 
     Raises:
         ValueError: naming the entry that is not of that form.
     """
     configs = []
     for entry in text.split(","):
-        parts = entry.strip().split(":")
-        try:
-            if len(parts) not in (2, 3):
-                raise ValueError
-            b = num_nodes if parts[0] == "all" else int(parts[0])
-            k, every = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
-        except ValueError:
-            raise ValueError(f"--configs: {entry!r} is not b:K or b:K:k (ints, b may be "
-                             f"'all')") from None
-        if min(b, k, every) < 1:
+        match = _CONFIG.fullmatch(entry.strip())
+        if match is None:
+            raise ValueError(f"--configs: {entry!r} is not b:K or b:K:k (digits, b may be "
+                             f"'all')")
+        b_text, k_text, every_text = match.groups()
+        n = num_nodes or 0
+        b = n if b_text == "all" else int(b_text)
+        k, every = int(k_text), int(every_text or 1)
+        if min(k, every) < 1 or (b < 1 and b_text != "all"):
             raise ValueError(f"--configs: {entry!r} has a value below 1")
-        configs.append((min(b, num_nodes), k, every))
+        configs.append((min(b, n) if num_nodes else b, k, every))
     return list(dict.fromkeys(configs))  # each once, in the given order
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of this checkout (and whether its tracked files differ from it),
+    and torch's version: what a record was measured on."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty, "torch": torch.__version__}
 
 
 def config_name(b: int, k: int, every: int, num_nodes: int) -> str:
@@ -114,6 +134,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, received {args.threads}")
         torch.set_num_threads(args.threads)
+    try:
+        parse_configs(args.configs)  # the syntax, before a dataset is copied and loaded
+    except ValueError as err:
+        parser.error(str(err))
     root = None
     if not args.graph.startswith("synthetic"):
         family = epoch_floor.GRAPHS.get(args.graph, (None, 0, 0))[0]
@@ -125,10 +149,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                          f"holding {family}/")
         root = copy_root(Path(args.data_root) / family)
     data = load_dataset(args.graph, root=root)
-    try:
-        configs = parse_configs(args.configs, data.num_nodes)
-    except ValueError as err:
-        parser.error(str(err))
+    configs = parse_configs(args.configs, data.num_nodes)
     times = sweep(data, configs, args.rounds)
     named = {config_name(b, k, every, data.num_nodes): (b, k, every)
              for b, k, every in configs}
@@ -136,7 +157,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                              "num_edges": int(data.edge_index.size(1)),
                              "threads": torch.get_num_threads(), "rounds": args.rounds,
                              "hidden": epoch_floor.HIDDEN, "configs": named,
-                             "epoch_seconds": times})
+                             "epoch_seconds": times, **code_version()})
     print(f"\n{args.graph}, epochs taking turns in one process, {args.rounds} rounds, "
           f"{torch.get_num_threads()} torch threads; command: python "
           f"benchmarks/epoch_sweep.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")

@@ -9,7 +9,8 @@ best of ``--repeat`` means over ``--calls`` calls:
   transposed into a contiguous left-hand one);
 * a row gather: ``x[idx]`` against ``x.index_select(0, idx)``;
 * dropout, forward and backward: ``torch.nn.functional.dropout`` against
-  :func:`vqgnn.nn.models.dropout` (on the CPU a mask of 16-bit random integers);
+  :func:`vqgnn.nn.models.dropout` (on the CPU a mask of 16-bit random integers), and the
+  same against the mask vqgnn drew before, one ``torch.rand`` float per entry;
 * a layer's (b, K) low-rank part over the batch's gathered entries (M per batch row:
   89 on Tolokers, 9 on Minesweeper, with the self-loop; in-batch sources weigh 0), its
   product with the codeword messages forward and backward plus the backward term's
@@ -86,6 +87,11 @@ def _dropout_step(fn: Callable[..., Tensor], x: Tensor, grad: Tensor) -> None:
     fn(x, 0.2, True).backward(grad)
 
 
+def _rand_mask_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """vqgnn's CPU dropout up to commit a61780e: a mask of ``torch.rand`` floats."""
+    return (x * (torch.rand(x.shape) >= p)) * (1.0 / (1.0 - p))
+
+
 def _attention_step(fn: Callable[..., Tensor], edges: BatchEdges, alpha: Tensor,
                     value: Tensor, grad: Tensor) -> None:
     torch.autograd.grad(fn(edges, alpha, value), (alpha, value), grad)
@@ -146,6 +152,9 @@ def rows(calls: int, repeat: int, attention_edges: int = 300_000,
         grad = torch.randn(*dims, generator=gen)
         row("dropout 0.2, forward + backward", f"{dims[0]:,} x {dims[1]}",
             partial(_dropout_step, F.dropout, x, grad), partial(_dropout_step, dropout, x, grad))
+        row("dropout 0.2, torch.rand mask against 16-bit lanes", f"{dims[0]:,} x {dims[1]}",
+            partial(_dropout_step, _rand_mask_dropout, x, grad),
+            partial(_dropout_step, dropout, x, grad))
     for b, k, per_row, d in ((4096, 1024, 89, 512), (4096, 1024, 9, 512), (1024, 1024, 89, 64),
                              (4096, 256, 11, 10), (1024, 1024, 89, 2), (4096, 1024, 300, 64)):
         m = b * per_row

@@ -536,6 +536,12 @@ def test_the_cpu_dropout_mask_keeps_its_rounded_probability_in_every_16_bit_lane
     torch.testing.assert_close(rates, torch.full((4,), 1 - drop), atol=0.004, rtol=0)
     mask, drop = dropout_mask(torch.Size([3, 5, 7]), 0.5)  # any shape, n % 4 != 0
     assert mask.shape == (3, 5, 7) and drop == 0.5
+    torch.set_default_device("meta")  # a CPU x's mask stays on the CPU whatever the default
+    try:
+        for p in (0.5, 0.001):  # the 16-bit lanes and the exact draw
+            assert dropout(torch.ones(8, device="cpu"), p, True).device.type == "cpu"
+    finally:
+        torch.set_default_device("cpu")
 
 
 @pytest.mark.parametrize("p", [1e-6, 0.001, 1 - 1e-6])

@@ -695,7 +695,10 @@ class BatchRows(NamedTuple):
     def inner(self, dtype: torch.dtype, transposed: bool = False) -> Tensor:
         """(b, b) ``torch.sparse_csr`` matrix :math:`C_{B,B}`, or with ``transposed`` its
         transpose on a symmetric pattern (built on use: plain tensors are kept, so that
-        models and graphs holding them can be deep-copied)."""
+        models and graphs holding them can be deep-copied). On the CPU a row's columns
+        are not sorted, which torch's documented CSR invariant asks for: the products
+        here take them (checked with torch 2.13 and MKL), but an operation that checks
+        the invariants (``check_invariants=True``) would refuse the matrix."""
         b = self.num_rows
         value = self.inner_t_value if transposed else self.inner_value
         if value is None:
@@ -738,7 +741,8 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
     if row.device.type != "cpu":
         # cuSPARSE documents CSR with sorted columns; torch's CPU products (MKL's and its
         # own) take them in any order, so the CPU skips this sort of the in-batch entries
-        # (on Tolokers at b = N: 0.023 s of a 0.08 s epoch, benchmarks/epoch_sweep.py).
+        # (README, "No batch size or K brings Tolokers within 1.15x": most of an epoch's
+        # batch at b = N).
         order = torch.argsort(row.index_select(0, sel) * b + inner_pos)
         sel, inner_pos = sel.index_select(0, order), inner_pos.index_select(0, order)
     inner_row = row.index_select(0, sel)

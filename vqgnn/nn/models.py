@@ -39,8 +39,9 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     (:func:`dropout_mask`): ``bernoulli_`` and ``torch.rand`` spend a 32-bit draw on every
     entry (``benchmarks/step_kernels.py`` times them). The saved tensor is a boolean mask,
     as theirs. The drop probability is ``p`` rounded to a multiple of 1 / 65,536 (0.2
-    becomes 0.199997), and the scale is ``1 / (1 - that)``, so the output's expectation is
-    ``x``.
+    becomes 0.199997; a ``p`` that 16 bits hold too coarsely is drawn exactly, see
+    :func:`dropout_mask`), and the scale is ``1 / (1 - that)``, so the output's
+    expectation is ``x``.
     """
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"'dropout': 'p' must be in [0, 1), received {p!r}")
@@ -64,9 +65,10 @@ def dropout_mask(shape: torch.Size, p: float) -> tuple[Tensor, float]:
     float per entry."""
     threshold = round(p * _UNIFORM16)
     if not 0 < threshold < _UNIFORM16 or abs(threshold - p * _UNIFORM16) > 1e-3 * p * _UNIFORM16:
-        return torch.rand(shape) >= p, p
+        return torch.rand(shape, device="cpu") >= p, p
     n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
+    # every int64 equally likely (``random_``'s default range leaves the sign bit 0)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device="cpu").random_(-(1 << 63), None)
     uniform = words.view(torch.int16)[:n].view(shape)  # in [-32768, 32767], uniform
     return uniform >= threshold - (_UNIFORM16 >> 1), threshold / _UNIFORM16
 
