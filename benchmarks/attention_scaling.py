@@ -37,7 +37,7 @@ from vqgnn import VQGraph  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.nn import GlobalAttention  # noqa: E402
 from vqgnn.train.meters import SavedTensorMeter  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.records import append_result, read_records  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("exact", "vq")
@@ -175,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                                   f"{args.exact_limit:g} s"}
                 else:
                     record = epoch(mode, n, args)
-                append_record(args.out, record)
+                append_result(args.out, record)
                 records.append(record)
                 print(f"{mode} {n:,}: {record.get('epoch_seconds', record['status'])}",
                       flush=True)

@@ -37,7 +37,7 @@ from benchmarks import grid  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train import run_experiment  # noqa: E402
-from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
+from vqgnn.train.records import append_result, read_records, strict_json  # noqa: E402
 
 #: The decay whose value depends on the steps per epoch S: ``1 - 1/S``.
 PER_EPOCH = "1-1/S"
@@ -114,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     model = replace(model, codebook=replace(model.codebook, decay=decay))
                 record = run_experiment(data, model, run.train)
                 record.update(variant=name, seed=seed)
-                append_record(out, record)
+                append_result(out, record)
                 recorded[key] = strict_json(record)  # as read back from the file
             record = recorded[key]
             rows.setdefault(name, []).append(record)

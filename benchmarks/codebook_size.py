@@ -32,7 +32,7 @@ from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.records import append_result, read_records  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
@@ -85,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             train = TrainConfig.create(method, epochs=args.epochs, lr=0.01, eval_every=5,
                                        seed=0, **({"batch_size": 1024} if method == "vq" else {}))
             record = run_experiment(data, model_config(k, layers, args.conv), train)
-            append_record(args.out, record)
+            append_result(args.out, record)
             done[key] = record
         r = done[key]
         print(f"{method} K={k} L={layers}: test {100 * r['test']:.2f}", flush=True)

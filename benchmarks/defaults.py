@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from benchmarks import grid  # noqa: E402
 from vqgnn.cli import run as vqgnn_run  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.records import append_result, read_records  # noqa: E402
 
 #: (key, what the user types as --dataset, the suite preset whose data folder it reads;
 #: None: no --root)
@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             if (variant, name, "vq") not in done:
                 for record in run(name, root, extra):
                     record.update(variant=variant, defaults_dataset=name)
-                    append_record(args.out, record)
+                    append_result(args.out, record)
                     done[(variant, name, record["method"])] = record
             vq, full = done[(variant, name, "vq")], done[(variant, name, "full")]
             gap = 100 * (vq["test"] - full["test"])

@@ -60,7 +60,7 @@ from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
-from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.records import append_result  # noqa: E402
 
 METHODS = ("floor", "floor-autograd", "full", "vq")
 HIDDEN, DROPOUT, LR = 64, 0.2, 0.01
@@ -303,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             times = measure(name, root, batch_size, k, args.epochs, args.allocator,
                             args.search_every)
             for method in METHODS:
-                append_record(args.out, {
+                append_result(args.out, {
                     "dataset": name, "method": method, "epoch_seconds": times[method],
                     "threads": torch.get_num_threads(), "batch_size": batch_size,
                     "num_codewords": k, "hidden": HIDDEN, "num_nodes": data.num_nodes,

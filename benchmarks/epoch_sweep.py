@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -36,7 +35,7 @@ from benchmarks import epoch_floor  # noqa: E402
 from benchmarks.grid import RESULTS, copy_root  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
-from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.records import append_result  # noqa: E402
 
 DEFAULT_CONFIGS = "1024:1024,2048:1024,4096:1024,all:1024,2048:256,4096:256,4096:64,all:16"
 
@@ -65,21 +64,6 @@ def parse_configs(text: str, num_nodes: Optional[int] = None) -> list[tuple[int,
             raise ValueError(f"--configs: {entry!r} has a value below 1")
         configs.append((min(b, n) if num_nodes else b, k, every))
     return list(dict.fromkeys(configs))  # each once, in the given order
-
-
-def code_version() -> dict[str, Any]:
-    """The git commit of this checkout (and whether its tracked files differ from it),
-    and torch's version: what a record was measured on."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True,
-                               check=True).stdout.strip() != ""
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"commit": commit, "dirty": dirty, "torch": torch.__version__}
 
 
 def config_name(b: int, k: int, every: int, num_nodes: int) -> str:
@@ -153,11 +137,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     times = sweep(data, configs, args.rounds)
     named = {config_name(b, k, every, data.num_nodes): (b, k, every)
              for b, k, every in configs}
-    append_record(args.out, {"dataset": args.graph, "num_nodes": data.num_nodes,
+    append_result(args.out, {"dataset": args.graph, "num_nodes": data.num_nodes,
                              "num_edges": int(data.edge_index.size(1)),
                              "threads": torch.get_num_threads(), "rounds": args.rounds,
                              "hidden": epoch_floor.HIDDEN, "configs": named,
-                             "epoch_seconds": times, **code_version()})
+                             "epoch_seconds": times})
     print(f"\n{args.graph}, epochs taking turns in one process, {args.rounds} rounds, "
           f"{torch.get_num_threads()} torch threads; command: python "
           f"benchmarks/epoch_sweep.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")

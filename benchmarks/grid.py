@@ -68,7 +68,7 @@ from vqgnn.quantize import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
 from vqgnn.train.checkpoint import CheckpointError  # noqa: E402
 from vqgnn.train.experiment import config_values  # noqa: E402
-from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.records import append_result  # noqa: E402
 from vqgnn.train.trainer import PRECISIONS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -517,7 +517,7 @@ def execute(run: Run, counter: str, out: Optional[Path], done: set[str],
                               "file to run this configuration afresh") from err
     record["threads"] = torch.get_num_threads()
     if out is not None:
-        append_record(out, record)
+        append_result(out, record)
         drop_checkpoint(record, args)  # recorded: the checkpoint has served
     done.add(run_key(record))
     if record.get("status", "ok") == "ok":
@@ -604,7 +604,7 @@ def run_all(runs: list[Run], out: Path, done: set[str], args: argparse.Namespace
                     print(f"{failed[-1]} (run failed, not recorded)", flush=True)
                     continue
                 if record is not None:
-                    append_record(out, record)
+                    append_result(out, record)
                     done.add(run_key(record))
                     drop_checkpoint(record, args)  # recorded: the checkpoint has served
     return failed

@@ -56,7 +56,7 @@ from vqgnn import VQGNN, VQGraph  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.records import append_result, read_records  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("vq", "exact layer-wise", "exact full-graph")
@@ -108,9 +108,9 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) ->
             continue
         if mode in skip:
             record["status"] = f"not run: projected above --memory-gb {args.memory_gb:g}"
-            append_record(args.out, record)
+            append_result(args.out, record)
             continue
-        append_record(args.out, {**record, "status": "started"})
+        append_result(args.out, {**record, "status": "started"})
         gc.collect()
         try:
             with torch.no_grad(), TensorMemoryMeter() as meter:
@@ -121,7 +121,7 @@ def measure(n: int, args: argparse.Namespace, skip: set[str], done: set[str]) ->
                           seconds=time.perf_counter() - began)
         except (RuntimeError, MemoryError) as err:  # an allocation that does not fit
             record.update(status=f"failed: {str(err).splitlines()[0][:200]}")
-        append_record(args.out, record)
+        append_result(args.out, record)
         print(json.dumps(record), flush=True)
 
 
@@ -217,7 +217,7 @@ def run_size(n: int, args: argparse.Namespace) -> None:
         base = started or {"num_nodes": n, "mode": mode, "batch_size": args.batch_size,
                            "num_codewords": args.num_codewords, "init_nodes": args.init_nodes,
                            "power": args.power}  # its series (read() selects by power)
-        append_record(args.out, {**base, "status": status})
+        append_result(args.out, {**base, "status": status})
 
 
 def modes_list(text: str) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import report  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
-from vqgnn.train.records import append_record  # noqa: E402
+from vqgnn.train.records import append_result  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OOM_MARKERS = ("MemoryError", "out of memory", "can't allocate memory", "DefaultCPUAllocator",
@@ -281,7 +281,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 record = {**base_record(n, method, args), "status": "skipped", "reason": reason}
             else:
                 record = run_one(n, method, args)
-            append_record(out, record)
+            append_result(out, record)
             records.append(record)
             done[key] = record
             shown = (f"{record['median_epoch_seconds']:.2f} s/epoch, "

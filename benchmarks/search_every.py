@@ -45,7 +45,7 @@ from benchmarks import grid  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train import Trainer, run_experiment, seed_everything  # noqa: E402
-from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
+from vqgnn.train.records import append_result, read_records, strict_json  # noqa: E402
 
 
 def _mean_std(values: list[float]) -> str:
@@ -109,7 +109,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         run = grid.Run(preset, "vq", "gcn", 0)
         data = load_dataset(preset.name, root=root, split=run.split, seed=run.train.seed)
         times = timing(data, run, every, args.timing_rounds)
-        append_record(out, {"variant": "timing", "dataset": str(data.name),
+        append_result(out, {"variant": "timing", "dataset": str(data.name),
                             "epoch_seconds": times, "threads": torch.get_num_threads(),
                             "batch_size": run.train.batch_size,
                             "num_codewords": run.model.codebook.num_codewords})
@@ -145,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                                     seed=run.train.seed)
                 record = run_experiment(data, run.model, run.train)
                 record.update(variant=name)
-                append_record(out, record)
+                append_result(out, record)
                 recorded[key] = strict_json(record)  # as read back from the file
             record = recorded[key]
             rows.setdefault(name, []).append(record)

@@ -45,7 +45,7 @@ from vqgnn.datasets.metrics import score  # noqa: E402
 from vqgnn.errors import ConfigError  # noqa: E402
 from vqgnn.nn.models import BACKBONES, backbone_factory, resolve_act  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, run_experiment  # noqa: E402
-from vqgnn.train.records import append_record, read_records, strict_json  # noqa: E402
+from vqgnn.train.records import append_result, read_records, strict_json  # noqa: E402
 from vqgnn.train.trainer import seed_everything  # noqa: E402
 
 #: The method of the reference variants: :func:`reference_run`, not a vqgnn method.
@@ -208,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 run_fn = reference_run if method == REFERENCE else run_experiment
                 record = run_fn(data, model, config)
                 record.update(variant=name, seed=key[2])
-                append_record(out, record)
+                append_result(out, record)
                 recorded[key] = strict_json(record)  # as read back from the file
             record = recorded[key]
             drop, gap = curve_figures(record["history"], args.after)

@@ -72,7 +72,7 @@ from vqgnn.quantize.functional import nearest_codeword  # noqa: E402
 from vqgnn.quantize.options import CodebookOptions  # noqa: E402
 from vqgnn.train import ModelConfig, TrainConfig, Trainer, seed_everything  # noqa: E402
 from vqgnn.train.meters import TensorMemoryMeter  # noqa: E402
-from vqgnn.train.records import append_record, read_records  # noqa: E402
+from vqgnn.train.records import append_result, read_records  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -379,7 +379,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"run {run}: done before, skipped", flush=True)
             continue
         record = measure(args, run)
-        append_record(args.out, record)
+        append_result(args.out, record)
         records.append(record)
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in record.items()), flush=True)

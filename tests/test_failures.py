@@ -96,6 +96,29 @@ def test_a_torn_tail_is_closed_and_skipped_never_glued(tmp_path):
     assert records == [{"a": 1}, {"c": 3}]
 
 
+def test_a_result_says_what_code_produced_it(tmp_path):
+    """append_result adds vqgnn's and torch's versions and the checkout's commit (this
+    test runs in a git checkout: the repository's clone); a record's own 'code' stays."""
+    import torch
+
+    import vqgnn
+    from vqgnn.train.records import append_result
+
+    path = tmp_path / "r.jsonl"
+    append_result(path, {"a": 1})
+    append_result(path, {"b": 2, "code": "given"})
+    first, second = read_records(path)
+    root = Path(vqgnn.__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    code = first.pop("code")
+    assert first == {"a": 1}
+    assert code == {"vqgnn": vqgnn.__version__, "commit": head or None,
+                    "dirty": code["dirty"], "torch": torch.__version__}
+    assert isinstance(code["dirty"], bool) if head else code["dirty"] is None
+    assert second == {"b": 2, "code": "given"}
+
+
 def test_a_full_disk_leaves_the_earlier_records_and_exits_with_its_status(tmp_path, monkeypatch,
                                                                           capsys):
     path = tmp_path / "r.jsonl"

@@ -334,7 +334,7 @@ def _check_attention_flags(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
     from vqgnn.errors import ConfigError, DivergenceError
-    from vqgnn.train.records import append_record, check_writable
+    from vqgnn.train.records import append_result, check_writable
     from vqgnn.train.trainer import FEATURE_DTYPES
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -381,11 +381,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             record = train_one(data, method, args, options[method])
         except DivergenceError as err:
             if args.json and isinstance(err.record, dict):
-                append_record(args.json, err.record)
+                append_result(args.json, err.record)
                 print(f"record (status 'diverged') appended to {args.json}", file=sys.stderr)
             raise
         if args.json and not _recorded_before(args.json, record):
-            append_record(args.json, record)
+            append_result(args.json, record)
         records.append(record)
         args._finished = [r["method"] for r in records]
     parallel.close()

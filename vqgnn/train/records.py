@@ -9,12 +9,14 @@ parse, with a warning naming the file and the line.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from vqgnn.errors import ConfigError
 
@@ -86,6 +88,44 @@ def append_record(path: PathLike, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+@functools.lru_cache(maxsize=1)
+def _code_version() -> tuple[tuple[str, Any], ...]:
+    import torch
+
+    import vqgnn
+
+    root = Path(__file__).resolve().parents[2]  # vqgnn/train/records.py -> the checkout
+    commit: Optional[str] = None
+    dirty: Optional[bool] = None
+    if (root / ".git").exists():  # a checkout (an installed copy has no .git beside it)
+        try:
+            def git(*args: str) -> str:
+                return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                      text=True, check=True, timeout=30).stdout.strip()
+
+            commit = git("rev-parse", "HEAD")
+            dirty = git("status", "--porcelain", "--untracked-files=no") != ""
+        except (OSError, subprocess.SubprocessError):
+            commit, dirty = None, None
+    return (("vqgnn", vqgnn.__version__), ("commit", commit), ("dirty", dirty),
+            ("torch", torch.__version__))
+
+
+def code_version() -> dict[str, Any]:
+    """What produced a result: vqgnn's version, the git commit of the checkout vqgnn was
+    imported from and whether its tracked files differed from that commit (both None
+    outside a checkout, or without git), and torch's version. Read once per process, when
+    first asked for (a process runs the code it imported; a checkout edited before that
+    reads as it is then)."""
+    return dict(_code_version())
+
+
+def append_result(path: PathLike, record: dict[str, Any]) -> None:
+    """:func:`append_record` of a result: ``record`` with a ``code`` entry
+    (:func:`code_version`) unless it has one."""
+    append_record(path, record if "code" in record else {**record, "code": code_version()})
+
+
 def read_records(path: PathLike) -> list[dict[str, Any]]:
     """The records of a JSON-lines file (empty when it does not exist); lines that do not
     parse (a torn tail, a fragment) are skipped with a warning."""
@@ -108,4 +148,5 @@ def read_records(path: PathLike) -> list[dict[str, Any]]:
     return records
 
 
-__all__ = ["append_record", "check_writable", "dumps", "read_records", "strict_json"]
+__all__ = ["append_record", "append_result", "check_writable", "code_version", "dumps",
+           "read_records", "strict_json"]
