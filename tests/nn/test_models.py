@@ -541,7 +541,7 @@ def test_the_cpu_dropout_mask_keeps_its_rounded_probability_in_every_16_bit_lane
         for p in (0.5, 0.001):  # the 16-bit lanes and the exact draw
             assert dropout(torch.ones(8, device="cpu"), p, True).device.type == "cpu"
     finally:
-        torch.set_default_device("cpu")
+        torch.set_default_device(None)  # no default-device mode left behind ("cpu" keeps one)
 
 
 @pytest.mark.parametrize("p", [1e-6, 0.001, 1 - 1e-6])

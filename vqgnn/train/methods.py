@@ -599,12 +599,14 @@ class VQMethod(TrainingMethod):
         self._steps = 0  # steps taken in the current epoch (reset by batches())
         self._inference_batches: Optional[list[Tensor]] = None
         self._probed_size: Optional[int] = None
+        self._prepared = False  # prepare() ran: the codebooks that VQ inference reads
         # What the last VQ inference used ('auto': the choice and its validation scores).
         self._refresh_chosen: Optional[int] = None
         self._refresh_scores: Optional[dict[int, float]] = None
 
     def prepare(self, init: bool) -> None:
         ctx, model = self.ctx, self.model
+        self._prepared = True
         if init:
             model.prepare(ctx.x, ctx.graph, ctx.eval_batch_size, seed=ctx.seed,
                           progress=ctx.progress, init_nodes=self.options.init_nodes)
@@ -650,6 +652,10 @@ class VQMethod(TrainingMethod):
             # The exact pass also measures each codebook's message error on a fixed batch.
             self._errors_fresh = True
             return exact_predict(ctx, self.error_nodes)
+        if not self._prepared:
+            raise ConfigError("'Trainer.predict': mode 'vq' reads the codebooks (and the exact "
+                              "first layer's cached aggregation), which fit() or prepare() "
+                              "sets up; call one of them first, or use mode 'exact'")
         refresh = self.options.inference_refresh
         if refresh == "auto":
             return self._auto_refresh()

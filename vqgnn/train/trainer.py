@@ -621,11 +621,6 @@ class Trainer:
         """(N, C) outputs of all nodes by one of the method's inference modes
         (``'exact'`` layer-wise; VQ-GNN also ``'vq'`` mini-batch inference, which reads
         the codebooks :meth:`fit` or :meth:`prepare` sets up)."""
-        self.method.check_mode(mode)
-        if mode == "vq" and not self.prepared:
-            raise ConfigError("'Trainer.predict': mode 'vq' reads the codebooks (and the exact "
-                              "first layer's cached aggregation), which fit() or prepare() "
-                              "sets up; call one of them first, or use mode 'exact'")
         self.model.eval()
         return self.method.predict(mode)
 
