@@ -33,6 +33,7 @@ Usage:
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import platform
@@ -256,6 +257,23 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def graph_root(parser: argparse.ArgumentParser, name: str, data_root: Optional[str],
+               option: str) -> Optional[str]:
+    """The dataset root of the graph ``name`` given as ``option``: None for a synthetic
+    graph, a copy of ``data_root``'s folder of Tolokers' family; a usage error (exit 2)
+    for an unknown graph or a missing ``--data-root``."""
+    if name.startswith("synthetic"):
+        return None
+    family = GRAPHS.get(name, (None, 0, 0))[0]
+    if family is None:
+        parser.error(f"{option}: unknown graph {name!r}; valid: Tolokers or "
+                     f"synthetic:key=value,...")
+    if data_root is None:
+        parser.error(f"{name} needs --data-root (or $VQGNN_DATA_ROOT): the folder "
+                     f"holding {family}/")
+    return copy_root(Path(data_root) / family)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--graphs", nargs="+", default=list(GRAPHS),
@@ -289,14 +307,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     if not args.table_only:
         for name in args.graphs:
-            family, batch_size, k = GRAPHS.get(name, (None, 4096, 256))
-            if not name.startswith("synthetic") and family is None:
-                parser.error(f"--graphs: unknown graph {name!r}; valid: Tolokers or "
-                             f"synthetic:key=value,...")
-            if family is not None and args.data_root is None:
-                parser.error(f"{name} needs --data-root (or $VQGNN_DATA_ROOT): the folder "
-                             f"holding {family}/")
-            root = copy_root(Path(args.data_root) / family) if family is not None else None
+            _, batch_size, k = GRAPHS.get(name, (None, 4096, 256))
+            root = graph_root(parser, name, args.data_root, "--graphs")
             data = load_dataset(name, root=root)  # here once: PyG writes processed/ once
             batch_size = args.batch_size or batch_size
             k = args.num_codewords or k

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import epoch_floor  # noqa: E402
-from benchmarks.grid import RESULTS, copy_root  # noqa: E402
+from benchmarks.grid import RESULTS  # noqa: E402
 from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.train.records import append_result  # noqa: E402
@@ -112,26 +112,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", default=str(RESULTS / "epoch_sweep.jsonl"))
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, received {args.rounds}")
+    for name, value in (("--rounds", args.rounds), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be >= 1, received {value}")
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, received {args.threads}")
         torch.set_num_threads(args.threads)
     try:
         parse_configs(args.configs)  # the syntax, before a dataset is copied and loaded
     except ValueError as err:
         parser.error(str(err))
-    root = None
-    if not args.graph.startswith("synthetic"):
-        family = epoch_floor.GRAPHS.get(args.graph, (None, 0, 0))[0]
-        if family is None:
-            parser.error(f"--graph: unknown graph {args.graph!r}; valid: Tolokers or "
-                         f"synthetic:key=value,...")
-        if args.data_root is None:
-            parser.error(f"{args.graph} needs --data-root (or $VQGNN_DATA_ROOT): the folder "
-                         f"holding {family}/")
-        root = copy_root(Path(args.data_root) / family)
+    root = epoch_floor.graph_root(parser, args.graph, args.data_root, "--graph")
     data = load_dataset(args.graph, root=root)
     configs = parse_configs(args.configs, data.num_nodes)
     times = sweep(data, configs, args.rounds)

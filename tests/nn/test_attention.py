@@ -186,8 +186,11 @@ def test_codeword_counts_follow_the_assignment_through_updates():
         codes = layer.quantizer.assignment.long()
         assert torch.equal(counts, torch.bincount(codes, minlength=8))
         assert torch.equal(grad_counts, torch.bincount(codes[mask], minlength=8))
+        # the health's usage and perplexity come from the kept counts: as a recount's
+        assert layer.health() == layer.quantizer.health()
     layer.set_assignment(torch.zeros(N, dtype=torch.long))  # changed outside an update
     assert layer._codeword_counts()[0][0] == N
+    assert layer.health().usage == 1 / 8 and layer.health().perplexity == 1.0
 
 
 def _step_bytes(num_nodes: int, vq: bool, batch_size: int = 256) -> int:

@@ -18,6 +18,7 @@ from torch import Tensor
 from vqgnn.batching.graph import VQGraph
 from vqgnn.errors import ConfigError, ConfigTypeError
 from vqgnn.nn.quantized import QuantizedLayer, _InjectGradient, resolve_codebook
+from vqgnn.quantize.codebook import CodebookHealth
 from vqgnn.quantize.options import CodebookOptions
 
 
@@ -295,6 +296,11 @@ class GlobalAttention(QuantizedLayer):
                               torch.cat([detached(self.lin_k, x), k_src]),
                               torch.cat([detached(self.lin_v, x), v_src]), bias)  # (S', D_agg)
         return _InjectGradient.apply(out, target, extra)
+
+    def health(self) -> CodebookHealth:
+        """As :meth:`QuantizedLayer.health`, from the codeword counts this layer keeps."""
+        quantizer = self._require_codebook("health")
+        return quantizer.health(self._codeword_counts()[0])
 
     # ------------------------------------------------------------------ codeword counts
     def _counts_state(self) -> tuple[int, int]:

@@ -282,8 +282,9 @@ class FeatureGradientQuantizer(torch.nn.Module):
                                   f"with values in [0, {k}), received {tuple(assignment.shape)}")
             self.assignment.copy_(assignment.to(self.assignment.dtype))
 
-    def health(self) -> CodebookHealth:
-        """The codebook's health, its usage and perplexity read from the assignment table.
+    def health(self, counts: Optional[Tensor] = None) -> CodebookHealth:
+        """The codebook's health, its usage and perplexity read from the assignment table
+        (or from ``counts``, (K,) nodes per codeword, where a caller keeps them).
 
         ``usage`` is the fraction of codewords that at least one node is assigned to, and
         ``perplexity`` is exp of the entropy of the nodes' spread over the codewords. These
@@ -292,7 +293,9 @@ class FeatureGradientQuantizer(torch.nn.Module):
         counts as used before any node is assigned to it: with restarts on, its usage
         reads 1.0 whatever the assignments. One ``bincount`` over the N assignments.
         """
-        counts = torch.bincount(self.assignment, minlength=self.num_codewords).float()
+        if counts is None:
+            counts = torch.bincount(self.assignment, minlength=self.num_codewords)
+        counts = counts.float()
         return replace(self.codebook.health(), usage=float((counts > 0).float().mean()),
                        perplexity=float(perplexity(counts)))
 
