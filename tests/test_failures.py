@@ -119,6 +119,31 @@ def test_a_result_says_what_code_produced_it(tmp_path):
     assert second == {"b": 2, "code": "given"}
 
 
+def test_git_state_counts_python_files_only(tmp_path):
+    """A benchmark appends to tracked result files: they leave 'dirty' False; an edited
+    tracked .py file makes it True; no checkout gives (None, None)."""
+    from vqgnn.train.records import git_state
+
+    assert git_state(tmp_path) == (None, None)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results.jsonl").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    assert git_state(tmp_path) == (head, False)
+    (tmp_path / "results.jsonl").write_text("{}\n{}\n")
+    (tmp_path / "new.py").write_text("untracked\n")
+    assert git_state(tmp_path) == (head, False)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path) == (head, True)
+
+
 def test_a_full_disk_leaves_the_earlier_records_and_exits_with_its_status(tmp_path, monkeypatch,
                                                                           capsys):
     path = tmp_path / "r.jsonl"

@@ -88,35 +88,42 @@ def append_record(path: PathLike, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def git_state(root: Path) -> tuple[Optional[str], Optional[bool]]:
+    """The commit checked out at ``root`` and whether a tracked Python file there differs
+    from it (records and other data files do not count: a benchmark appends to tracked
+    result files); (None, None) where ``root`` is no git checkout or git is missing."""
+    if not (root / ".git").exists():  # an installed copy has no .git beside it
+        return None, None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, check=True, timeout=30).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py") != ""
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, dirty
+
+
 @functools.lru_cache(maxsize=1)
 def _code_version() -> tuple[tuple[str, Any], ...]:
     import torch
 
     import vqgnn
 
-    root = Path(__file__).resolve().parents[2]  # vqgnn/train/records.py -> the checkout
-    commit: Optional[str] = None
-    dirty: Optional[bool] = None
-    if (root / ".git").exists():  # a checkout (an installed copy has no .git beside it)
-        try:
-            def git(*args: str) -> str:
-                return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                      text=True, check=True, timeout=30).stdout.strip()
-
-            commit = git("rev-parse", "HEAD")
-            dirty = git("status", "--porcelain", "--untracked-files=no") != ""
-        except (OSError, subprocess.SubprocessError):
-            commit, dirty = None, None
+    # vqgnn/train/records.py -> the checkout vqgnn was imported from
+    commit, dirty = git_state(Path(__file__).resolve().parents[2])
     return (("vqgnn", vqgnn.__version__), ("commit", commit), ("dirty", dirty),
             ("torch", torch.__version__))
 
 
 def code_version() -> dict[str, Any]:
     """What produced a result: vqgnn's version, the git commit of the checkout vqgnn was
-    imported from and whether its tracked files differed from that commit (both None
-    outside a checkout, or without git), and torch's version. Read once per process, when
-    first asked for (a process runs the code it imported; a checkout edited before that
-    reads as it is then)."""
+    imported from and whether its tracked Python files differed from that commit (both
+    None outside a checkout, or without git; :func:`git_state`), and torch's version.
+    Read once per process, when first asked for (a process runs the code it imported; a
+    checkout edited before that reads as it is then)."""
     return dict(_code_version())
 
 
