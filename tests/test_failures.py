@@ -142,6 +142,13 @@ def test_git_state_counts_python_files_only(tmp_path):
     assert git_state(tmp_path) == (head, False)
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state(tmp_path) == (head, True)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "second")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mod.py").write_text("y = 1\n")
+    git("add", "sub/mod.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "third")
+    (tmp_path / "sub" / "mod.py").write_text("y = 2\n")  # a tracked .py in a folder
+    assert git_state(tmp_path) == (git("rev-parse", "HEAD"), True)
 
 
 def test_a_full_disk_leaves_the_earlier_records_and_exits_with_its_status(tmp_path, monkeypatch,
