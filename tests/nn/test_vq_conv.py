@@ -480,6 +480,29 @@ def test_attention_ignores_edge_weights():
 
 
 # ------------------------------------------------------------------ the public API
+@pytest.mark.parametrize("kind", ["gcn", "gat"])
+def test_validate_refuses_a_changed_input_of_a_constant_input_layer(kind: str) -> None:
+    """The neighbours' part reads the stored rows, so input dropout before the layer would
+    reach the batch nodes only: validate=True names it; without it the layer runs."""
+    torch.manual_seed(0)
+    n = 30
+    graph = VQGraph(random_graph(n, 90), n)
+    x = torch.randn(n, 4)
+    batch = torch.tensor([3, 7, 11])
+    for validate in (True, False):
+        layer = VQConv(make_conv(kind, 4, 6), num_nodes=n, constant_input=True,
+                       validate=validate)
+        layer.set_constant_input(x.bfloat16(), graph)  # stored in 16 bits, as --feature-dtype
+        expected = layer(x.bfloat16()[batch], graph, batch)  # the stored rows: accepted
+        dropped = torch.nn.functional.dropout(x[batch], 0.5)
+        if validate:
+            with pytest.raises(ConfigError, match="the batch's 'x' differs from the stored "
+                                                  "rows of its nodes"):
+                layer(dropped, graph, batch)
+        else:
+            assert layer(dropped, graph, batch).shape == expected.shape
+
+
 def test_a_constant_input_layer_allocates_no_codebook() -> None:
     n = 30
     graph = VQGraph(random_graph(n, 90), n)

@@ -100,10 +100,14 @@ class VQConv(QuantizedLayer):
             :func:`~vqgnn.nn.adapters.adapter_for`).
         constant_input: the layer reads constant inputs (e.g. raw features): it holds
             no codebook, and :meth:`set_constant_input` must be called before mini-batch
-            steps. Its mini-batch outputs are exact.
+            steps. Its mini-batch outputs are exact. Its neighbours' part comes from the
+            stored inputs, so a change made to the batch's ``x`` before the layer
+            (dropout on the input, say) does not reach it: keep such a layer's input as
+            stored (``validate=True`` checks that every batch's ``x`` is).
         auto_update: apply a captured pair left pending at the next training forward,
             instead of dropping it with a warning.
-        validate: check the values of every ``batch`` (ids in range, distinct), which
+        validate: check the values of every ``batch`` (ids in range, distinct) and,
+            for a layer with constant inputs, that its ``x`` is the stored rows, which
             costs host synchronisations on a GPU; shapes and dtypes are always checked.
 
     Example:
@@ -510,6 +514,13 @@ class VQConv(QuantizedLayer):
         if const_graph is not graph:
             raise ConfigError("'VQConv': the constant input was set for another graph")
         x = x.to(self.compute_dtype)  # the stored rows may be bf16 or fp16
+        if self.validate and not torch.equal(x, x_all.index_select(0, batch).to(x.dtype)):
+            raise ConfigError("'VQConv': this layer's inputs were set constant "
+                              "(set_constant_input), and the batch's 'x' differs from the "
+                              "stored rows of its nodes (dropout or another change before "
+                              "the layer?); the neighbours' part reads the stored rows, so "
+                              "that change would reach the batch nodes only: pass the stored "
+                              "rows")
         if aggregated is None:  # attention reads the step's shared gather (the next
             # attention layers' lean steps use it too)
             shared = isinstance(self.adapter, AttentionAdapter)
