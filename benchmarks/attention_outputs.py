@@ -20,7 +20,6 @@ Usage:
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import replace
@@ -38,6 +37,7 @@ from vqgnn.cli import script_parser  # noqa: E402
 from vqgnn.datasets import load_dataset  # noqa: E402
 from vqgnn.errors import DivergenceError  # noqa: E402
 from vqgnn.train import Trainer, TrainResult  # noqa: E402
+from vqgnn.train.records import append_result  # noqa: E402
 from vqgnn.train.trainer import seed_everything  # noqa: E402
 
 
@@ -119,14 +119,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"best validation {100 * result.best_val:.2f} at epoch {result.best_epoch}, "
               f"test {100 * result.test:.2f}")
     if args.json is not None:
-        with open(args.json, "a") as f:
-            f.write(json.dumps({"dataset": preset.name, "method": args.method,
-                                "index": args.index, "lr": config.lr,
-                                "warmup_epochs": config.warmup_epochs,
-                                "lr_per_epoch": config.lr_per_epoch,
-                                "threads": torch.get_num_threads(), "status": status,
-                                "best_val": result.best_val, "test": result.test,
-                                "epochs": rows}) + "\n")
+        append_result(args.json, {"dataset": preset.name, "method": args.method,
+                                  "index": args.index, "lr": config.lr,
+                                  "warmup_epochs": config.warmup_epochs,
+                                  "lr_per_epoch": config.lr_per_epoch,
+                                  "threads": torch.get_num_threads(), "status": status,
+                                  "best_val": result.best_val, "test": result.test,
+                                  "epochs": rows})
 
 
 if __name__ == "__main__":

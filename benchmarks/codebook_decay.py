@@ -115,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 record = run_experiment(data, model, run.train)
                 record.update(variant=name, seed=seed)
                 append_result(out, record)
-                recorded[key] = strict_json(record)  # as read back from the file
+                recorded[key] = strict_json(record)  # as read back from the file, but its `code`
             record = recorded[key]
             rows.setdefault(name, []).append(record)
             shown = ", ".join(f"epoch {e} {100 * v:.1f}" for e in at

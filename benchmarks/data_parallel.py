@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from vqgnn.cli import script_parser
+from vqgnn.train.records import append_result
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "data_parallel.jsonl"
@@ -119,8 +120,7 @@ def worker(args: argparse.Namespace) -> None:
             "test_exact": result.test_exact, "backend": getattr(parallel, "backend", None),
             "cores": os.cpu_count(),
         }
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_result(args.out, record)
     parallel.close()
 
 

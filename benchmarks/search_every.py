@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 record = run_experiment(data, run.model, run.train)
                 record.update(variant=name)
                 append_result(out, record)
-                recorded[key] = strict_json(record)  # as read back from the file
+                recorded[key] = strict_json(record)  # as read back from the file, but its `code`
             record = recorded[key]
             rows.setdefault(name, []).append(record)
             print(f"{name} split {run.split} seed {run.train.seed}: test "

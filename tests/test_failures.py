@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def test_a_torn_tail_is_closed_and_skipped_never_glued(tmp_path):
     assert records == [{"a": 1}, {"c": 3}]
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_a_result_says_what_code_produced_it(tmp_path):
     """append_result adds vqgnn's and torch's versions and the checkout's commit (this
     test runs in a git checkout: the repository's clone); a record's own 'code' stays."""
@@ -119,7 +121,8 @@ def test_a_result_says_what_code_produced_it(tmp_path):
     assert second == {"b": 2, "code": "given"}
 
 
-def test_git_state_counts_python_files_only(tmp_path):
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_state_counts_python_files_only(tmp_path, monkeypatch):
     """A benchmark appends to tracked result files: they leave 'dirty' False; an edited
     tracked .py file makes it True; no checkout gives (None, None)."""
     from vqgnn.train.records import git_state
@@ -149,6 +152,11 @@ def test_git_state_counts_python_files_only(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "third")
     (tmp_path / "sub" / "mod.py").write_text("y = 2\n")  # a tracked .py in a folder
     assert git_state(tmp_path) == (git("rev-parse", "HEAD"), True)
+    # a git hook's environment names another repository and literal pathspecs: ignored
+    monkeypatch.setenv("GIT_DIR", str(Path(__file__).resolve().parent.parent / ".git"))
+    monkeypatch.setenv("GIT_LITERAL_PATHSPECS", "1")
+    assert git_state(tmp_path) == (git("--git-dir", str(tmp_path / ".git"), "rev-parse",
+                                       "HEAD"), True)
 
 
 def test_a_full_disk_leaves_the_earlier_records_and_exits_with_its_status(tmp_path, monkeypatch,

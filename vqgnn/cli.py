@@ -334,8 +334,10 @@ def _check_attention_flags(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from vqgnn.datasets import load_dataset
     from vqgnn.errors import ConfigError, DivergenceError
-    from vqgnn.train.records import append_result, check_writable
+    from vqgnn.train.records import append_result, check_writable, code_version
     from vqgnn.train.trainer import FEATURE_DTYPES
+
+    code_version()  # the code this command imported, read before it trains
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
@@ -450,7 +452,11 @@ class _ScriptParser(argparse.ArgumentParser):
 def script_parser(doc: Optional[str], epilog: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser of a script (``benchmarks/``, ``examples/``) from its module
     docstring: the first paragraph as the description, the rest as the epilog (both as
-    written), every option's default shown."""
+    written), every option's default shown. Reads the code's version now, at the script's
+    start, for the records it will write (:func:`~vqgnn.train.records.code_version`)."""
+    from vqgnn.train.records import code_version
+
+    code_version()
     text = (doc or "").strip()
     first, _, rest = text.partition("\n\n")
     return _ScriptParser(description=first, epilog=rest if epilog is None else epilog,

@@ -229,6 +229,10 @@ def test_health_reads_usage_and_perplexity_from_the_assignments(index_dtype):
     assert health.perplexity == pytest.approx(float((-(p * p.log()).sum()).exp()), rel=1e-6)
     q.assignment.fill_(1)  # every node on one codeword
     assert q.health().usage == pytest.approx(1 / 3) and q.health().perplexity == pytest.approx(1)
+    kept = torch.tensor([3, 3, 0])  # counts a caller keeps: read as given
+    assert q.health(kept).usage == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"'counts' must have shape \(3,\), received \(4,\)"):
+        q.health(torch.ones(4))
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -216,6 +216,19 @@ def test_vq_inference_before_fit_says_what_sets_the_codebooks_up(data):
     assert set(trainer.evaluate("vq")) == {"train", "val", "test"}
 
 
+def test_a_failed_prepare_leaves_vq_inference_refused(data, monkeypatch):
+    trainer = Trainer(build(data), data, config())
+
+    def fail(*args, **kwargs):
+        raise MemoryError("k-means ran out of memory")
+
+    monkeypatch.setattr(trainer.model, "prepare", fail)
+    with pytest.raises(MemoryError):
+        trainer.prepare()
+    with pytest.raises(ConfigError, match="mode 'vq' reads the codebooks"):
+        trainer.predict("vq")
+
+
 # ------------------------------------------------------------------- errors
 @pytest.mark.parametrize("changes, match", [
     ({"method": "foo"}, "'method' must be one of \\('vq', 'full', 'sage', 'cluster', "

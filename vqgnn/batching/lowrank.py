@@ -742,7 +742,7 @@ def batch_rows(op: SparseOperator, batch: Tensor, local: Tensor, symmetric: bool
         # cuSPARSE documents CSR with sorted columns; torch's CPU products (MKL's and its
         # own) take them in any order, so the CPU skips this sort of the in-batch entries
         # (README, "None of 9 (b, K) configs brings Tolokers within 1.15x": the one-batch
-        # configs' epochs fell by 0.02-0.05 s).
+        # configs' epochs fell by 0.02-0.04 s).
         order = torch.argsort(row.index_select(0, sel) * b + inner_pos)
         sel, inner_pos = sel.index_select(0, order), inner_pos.index_select(0, order)
     inner_row = row.index_select(0, sel)

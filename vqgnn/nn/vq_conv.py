@@ -45,6 +45,17 @@ from vqgnn.nn.quantized import QuantizedLayer, _InjectGradient, resolve_codebook
 from vqgnn.quantize.options import CodebookOptions
 
 
+def _same_rows(x: Tensor, stored: Tensor) -> bool:
+    """Whether ``x`` is ``stored`` (NaN equal to NaN), up to rounding either one to the
+    other's dtype (rows stored in 16 bits and passed in 32, or the reverse)."""
+    def same(a: Tensor, b: Tensor) -> bool:
+        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+
+    if x.shape != stored.shape:
+        return False
+    return same(x.to(stored.dtype), stored) or same(x, stored.to(x.dtype))
+
+
 class VQConv(QuantizedLayer):
     r"""Wraps a PyG ``MessagePassing`` layer for VQ-GNN mini-batch training.
 
@@ -513,14 +524,14 @@ class VQConv(QuantizedLayer):
         const_graph, x_all, aggregated = self._constant  # type: ignore[misc]
         if const_graph is not graph:
             raise ConfigError("'VQConv': the constant input was set for another graph")
-        x = x.to(self.compute_dtype)  # the stored rows may be bf16 or fp16
-        if self.validate and not torch.equal(x, x_all.index_select(0, batch).to(x.dtype)):
+        if self.validate and not _same_rows(x, x_all.index_select(0, batch)):
             raise ConfigError("'VQConv': this layer's inputs were set constant "
                               "(set_constant_input), and the batch's 'x' differs from the "
                               "stored rows of its nodes (dropout or another change before "
                               "the layer?); the neighbours' part reads the stored rows, so "
                               "that change would reach the batch nodes only: pass the stored "
                               "rows")
+        x = x.to(self.compute_dtype)  # the stored rows may be bf16 or fp16
         if aggregated is None:  # attention reads the step's shared gather (the next
             # attention layers' lean steps use it too)
             shared = isinstance(self.adapter, AttentionAdapter)

@@ -291,10 +291,14 @@ class FeatureGradientQuantizer(torch.nn.Module):
         are the codewords that stand for out-of-batch neighbours. The codebook's own
         figures come from its EMA counts, where a codeword restarted with a count of 1
         counts as used before any node is assigned to it: with restarts on, its usage
-        reads 1.0 whatever the assignments. One ``bincount`` over the N assignments.
+        reads 1.0 whatever the assignments. Without ``counts``: one ``bincount`` over the
+        N assignments.
         """
         if counts is None:
             counts = torch.bincount(self.assignment, minlength=self.num_codewords)
+        elif counts.shape != (self.num_codewords,):
+            raise ConfigError(f"'FeatureGradientQuantizer.health': 'counts' must have shape "
+                              f"({self.num_codewords},), received {tuple(counts.shape)}")
         counts = counts.float()
         return replace(self.codebook.health(), usage=float((counts > 0).float().mean()),
                        perplexity=float(perplexity(counts)))

@@ -606,7 +606,6 @@ class VQMethod(TrainingMethod):
 
     def prepare(self, init: bool) -> None:
         ctx, model = self.ctx, self.model
-        self._prepared = True
         if init:
             model.prepare(ctx.x, ctx.graph, ctx.eval_batch_size, seed=ctx.seed,
                           progress=ctx.progress, init_nodes=self.options.init_nodes)
@@ -614,6 +613,7 @@ class VQMethod(TrainingMethod):
             model.layers[0].set_constant_input(ctx.x, ctx.graph)
         if self.options.loss_aware_backward:
             model.set_loss_nodes(ctx.masks["train"], ctx.graph)
+        self._prepared = True  # only once all of it ran
 
     def batches(self) -> Iterable[Tensor]:
         device = self.ctx.device

@@ -94,14 +94,19 @@ def git_state(root: Path) -> tuple[Optional[str], Optional[bool]]:
     result files); (None, None) where ``root`` is no git checkout or git is missing."""
     if not (root / ".git").exists():  # an installed copy has no .git beside it
         return None, None
+    # the repository at root whatever the caller's GIT_DIR or pathspec settings (a git
+    # hook's), and no index refresh that could take a concurrent commit's lock
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     try:
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                  text=True, check=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args],
+                                  capture_output=True, text=True, check=True, timeout=30,
+                                  env=env).stdout.strip()
 
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py") != ""
-    except (OSError, subprocess.SubprocessError):
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--",
+                    ":(glob)**/*.py") != ""
+    except (OSError, ValueError, subprocess.SubprocessError):
         return None, None
     return commit, dirty
 
@@ -121,9 +126,10 @@ def _code_version() -> tuple[tuple[str, Any], ...]:
 def code_version() -> dict[str, Any]:
     """What produced a result: vqgnn's version, the git commit of the checkout vqgnn was
     imported from and whether its tracked Python files differed from that commit (both
-    None outside a checkout, or without git; :func:`git_state`), and torch's version.
-    Read once per process, when first asked for (a process runs the code it imported; a
-    checkout edited before that reads as it is then)."""
+    None outside a checkout, or where git is missing or fails; :func:`git_state`), and
+    torch's version. Read once per process, when first asked for: the command line and
+    the benchmark scripts ask when they start (:func:`~vqgnn.cli.script_parser`), so
+    that the commit is the one whose code the command imported."""
     return dict(_code_version())
 
 

@@ -621,6 +621,7 @@ class Trainer:
         """(N, C) outputs of all nodes by one of the method's inference modes
         (``'exact'`` layer-wise; VQ-GNN also ``'vq'`` mini-batch inference, which reads
         the codebooks :meth:`fit` or :meth:`prepare` sets up)."""
+        self.method.check_mode(mode)
         self.model.eval()
         return self.method.predict(mode)
 
