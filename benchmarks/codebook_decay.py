@@ -114,8 +114,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     model = replace(model, codebook=replace(model.codebook, decay=decay))
                 record = run_experiment(data, model, run.train)
                 record.update(variant=name, seed=seed)
-                append_result(out, record)
-                recorded[key] = strict_json(record)  # as read back from the file, but its `code`
+                recorded[key] = strict_json(append_result(out, record))  # as read back
             record = recorded[key]
             rows.setdefault(name, []).append(record)
             shown = ", ".join(f"epoch {e} {100 * v:.1f}" for e in at

@@ -156,13 +156,7 @@ def epoch_times(data: Any, method: str, batch_size: int, num_codewords: int,
     """``epochs`` timed epochs of one kind after a warm-up epoch (caches, allocator)."""
     epoch = (floor_epoch(data, symmetric=method == "floor") if method.startswith("floor")
              else trainer_epoch(data, method, batch_size, num_codewords, search_every))
-    times = []
-    for n in range(epochs + 1):
-        start = time.perf_counter()
-        epoch()
-        if n:
-            times.append(time.perf_counter() - start)
-    return times
+    return take_turns({method: epoch}, epochs)[method]  # one kind: its epochs in a row
 
 
 def take_turns(kinds: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:

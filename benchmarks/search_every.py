@@ -145,8 +145,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                                     seed=run.train.seed)
                 record = run_experiment(data, run.model, run.train)
                 record.update(variant=name)
-                append_result(out, record)
-                recorded[key] = strict_json(record)  # as read back from the file, but its `code`
+                recorded[key] = strict_json(append_result(out, record))  # as read back
             record = recorded[key]
             rows.setdefault(name, []).append(record)
             print(f"{name} split {run.split} seed {run.train.seed}: test "

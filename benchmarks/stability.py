@@ -208,8 +208,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 run_fn = reference_run if method == REFERENCE else run_experiment
                 record = run_fn(data, model, config)
                 record.update(variant=name, seed=key[2])
-                append_result(out, record)
-                recorded[key] = strict_json(record)  # as read back from the file, but its `code`
+                recorded[key] = strict_json(append_result(out, record))  # as read back
             record = recorded[key]
             drop, gap = curve_figures(record["history"], args.after)
             reaches = record["history"][-1]["epoch"] > args.after

@@ -133,10 +133,12 @@ def code_version() -> dict[str, Any]:
     return dict(_code_version())
 
 
-def append_result(path: PathLike, record: dict[str, Any]) -> None:
+def append_result(path: PathLike, record: dict[str, Any]) -> dict[str, Any]:
     """:func:`append_record` of a result: ``record`` with a ``code`` entry
-    (:func:`code_version`) unless it has one."""
-    append_record(path, record if "code" in record else {**record, "code": code_version()})
+    (:func:`code_version`) unless it has one. Returns the record as written."""
+    written = record if "code" in record else {**record, "code": code_version()}
+    append_record(path, written)
+    return written
 
 
 def read_records(path: PathLike) -> list[dict[str, Any]]:
