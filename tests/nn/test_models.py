@@ -561,3 +561,6 @@ def test_a_dropout_probability_that_16_bits_cannot_hold_is_drawn_exactly(p):
 def test_dropout_rejects_a_probability_outside_zero_one(p):
     with pytest.raises(ConfigError, match=f"'dropout': 'p' must be in \\[0, 1\\), received {p}"):
         dropout(torch.ones(3), p, True)
+    with pytest.raises(ConfigError, match=f"'dropout_mask': 'p' must be in \\[0, 1\\), "
+                                          f"received {p}"):
+        dropout_mask(torch.Size([3]), p)

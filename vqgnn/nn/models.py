@@ -63,6 +63,8 @@ def dropout_mask(shape: torch.Size, p: float) -> tuple[Tensor, float]:
     draw, at or above a threshold. A ``p`` that 16 bits would round to 0 or 1, or by more
     than 0.1 % of it (possible below 0.0077), is drawn exactly instead, one ``torch.rand``
     float per entry."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"'dropout_mask': 'p' must be in [0, 1), received {p!r}")
     threshold = round(p * _UNIFORM16)
     if not 0 < threshold < _UNIFORM16 or abs(threshold - p * _UNIFORM16) > 1e-3 * p * _UNIFORM16:
         return torch.rand(shape, device="cpu") >= p, p
